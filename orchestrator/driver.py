@@ -1,0 +1,135 @@
+"""Driving runs: the controller loop, its Redis lock, and the Celery sender.
+
+A tick happens at once when a worker reports a job done (an event on the run's Redis list) and
+otherwise every ``poll_s`` seconds, so no cycle waits out a polling interval. One controller
+drives a run at a time: it holds ``dq:{run}:lock`` (a token with expiry, refreshed every tick).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Celery
+
+from orchestrator.controller import LOCK, Controller
+from orchestrator.runs import TERMINAL
+from storage.store import ShardStore
+from workers.app import ROUTES
+from workers.context import EVENTS_KEY
+
+log = logging.getLogger("distillq.driver")
+
+RUNS_KEY = "dq:runs"  # hash: run_id -> storage URI, the runs `serve` drives
+LOCK_TTL_MS = 30_000
+
+
+def celery_sender(app: Celery) -> Callable[[str, list[Any], str], None]:
+    def send(task: str, args: list[Any], task_id: str) -> None:
+        app.send_task(task, args=args, task_id=task_id, queue=ROUTES[task]["queue"])
+
+    return send
+
+
+class RunLock:
+    """``SET key token NX PX ttl``; refreshed only by its holder (compare-and-set in Lua)."""
+
+    _REFRESH = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+                "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
+    _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+                "return redis.call('del', KEYS[1]) else return 0 end")
+
+    def __init__(self, client: redis.Redis, run_id: str, ttl_ms: int = LOCK_TTL_MS):
+        self.client, self.key, self.ttl = client, LOCK.format(run_id=run_id), ttl_ms
+        self.token = secrets.token_hex(8)
+
+    def acquire(self) -> bool:
+        if self.client.set(self.key, self.token, nx=True, px=self.ttl):
+            return True
+        return bool(self.client.eval(self._REFRESH, 1, self.key, self.token, self.ttl))
+
+    def release(self) -> None:
+        self.client.eval(self._RELEASE, 1, self.key, self.token)
+
+
+def wait_for_events(client: redis.Redis, run_ids: list[str], timeout: float) -> int:
+    """Block until an event arrives for any of the runs (or timeout); drain them all."""
+    keys = [EVENTS_KEY.format(run_id=r) for r in run_ids]
+    got = client.blpop(keys, timeout=max(timeout, 0.01))
+    if got is None:
+        return 0
+    n = 1
+    for key in keys:
+        while client.lpop(key) is not None:
+            n += 1
+    return n
+
+
+def drive(store: ShardStore, client: redis.Redis, run_id: str, app: Celery,
+          poll_s: float = 2.0, on_tick: Callable[[Controller], None] | None = None,
+          should_stop: Callable[[], bool] = lambda: False) -> str:
+    """Drive one run to its end (or until ``should_stop``); returns its status."""
+    controller = Controller(store, client, run_id, celery_sender(app))
+    lock = RunLock(client, run_id)
+    status = "running"
+    try:
+        while not should_stop():
+            if not _locked(lock, run_id):
+                time.sleep(1.0)
+                continue
+            status = controller.tick()
+            if on_tick:
+                on_tick(controller)
+            if status in TERMINAL:
+                return status
+            wait_for_events(client, [run_id], poll_s)
+    finally:
+        _release(lock)
+    return status
+
+
+def _locked(lock: RunLock, run_id: str) -> bool:
+    try:
+        if lock.acquire():
+            return True
+    except redis.RedisError as exc:
+        log.warning("run=%s cannot reach Redis for the lock: %s", run_id, exc)
+        return False
+    log.info("run=%s is driven by another controller; waiting", run_id)
+    return False
+
+
+def _release(lock: RunLock) -> None:
+    try:
+        lock.release()
+    except redis.RedisError:
+        pass
+
+
+def serve(client: redis.Redis, app: Celery, poll_s: float = 2.0,
+          should_stop: Callable[[], bool] = lambda: False) -> None:
+    """Drive every submitted run, several at once, until ``should_stop``."""
+    locks: dict[str, RunLock] = {}
+    controllers: dict[str, Controller] = {}
+    while not should_stop():
+        runs = {k.decode(): v.decode() for k, v in client.hgetall(RUNS_KEY).items()}
+        for run_id, uri in runs.items():
+            lock = locks.setdefault(run_id, RunLock(client, run_id))
+            if not lock.acquire():
+                continue
+            ctl = controllers.setdefault(
+                run_id, Controller(ShardStore(uri), client, run_id, celery_sender(app)))
+            try:
+                status = ctl.tick()
+            except Exception:  # one broken run must not stop the others
+                log.exception("run=%s tick failed", run_id)
+                continue
+            if status in TERMINAL:
+                client.hdel(RUNS_KEY, run_id)
+                lock.release()
+                log.info("run=%s finished: %s", run_id, status)
+        wait_for_events(client, list(runs) or ["_idle"], poll_s)

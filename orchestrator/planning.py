@@ -1,0 +1,183 @@
+"""Planning: turn cycle c-1's evaluation report into cycle c's generation jobs.
+
+Three modes (``generation.mode``):
+
+- ``sharded`` (distillq's default): per-class quotas — every class keeps ``class_floor``
+  examples, the rest goes to classes in proportion to their weakness (1 - F1), and a share goes
+  to the most-confused pairs. Each job targets one class or one confused pair and carries that
+  class's own report lines and correct / misclassified / hard-negative examples.
+- ``single`` (the paper's form): every job carries the whole report and examples of any class.
+- ``unguided`` (for comparison): uniform quotas, no report, no mined examples.
+
+Jobs hold at most ``examples_per_request`` examples; a class's quota becomes several jobs
+("parts"), each with a different slice of its examples. Job ids are deterministic:
+``c{cycle:02d}-{k:04d}`` in a fixed order, so re-planning a cycle gives the same jobs.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from typing import Any
+
+from orchestrator.spec import GenerationSpec
+
+PAIR_SHARE = 0.25  # share of a sharded cycle's examples that targets confused pairs
+
+Item = dict[str, Any]
+
+
+def largest_remainder(weights: dict[str, float], total: int) -> dict[str, int]:
+    """Split ``total`` integer units in proportion to ``weights`` (ties broken by name)."""
+    if total <= 0 or not weights:
+        return {k: 0 for k in weights}
+    s = sum(weights.values())
+    if s <= 0:
+        weights, s = {k: 1.0 for k in weights}, float(len(weights))
+    raw = {k: total * w / s for k, w in weights.items()}
+    out = {k: int(math.floor(v)) for k, v in raw.items()}
+    left = total - sum(out.values())
+    for k in sorted(raw, key=lambda k: (-(raw[k] - out[k]), k))[:left]:
+        out[k] += 1
+    return out
+
+
+def class_quotas(report: dict[str, Any], taxonomy: list[str], gen: GenerationSpec,
+                 total: int) -> dict[str, int]:
+    """Every class gets the floor; the rest in proportion to 1 - F1 (weak classes get more)."""
+    per_class = report.get("per_class", {})
+    floor = min(gen.class_floor, total // max(1, len(taxonomy)))
+    weakness = {c: max(0.0, 1.0 - float(per_class.get(c, {}).get("f1", 0.0))) for c in taxonomy}
+    extra = largest_remainder(weakness, total - floor * len(taxonomy))
+    return {c: floor + extra[c] for c in taxonomy}
+
+
+def pair_quotas(report: dict[str, Any], total: int) -> dict[tuple[str, str], int]:
+    """The most-confused pairs, quota in proportion to how often they are confused."""
+    confusions = [(str(t), str(p), int(n)) for t, p, n in report.get("confusions", []) if t != p]
+    top = confusions[: max(1, min(10, len(confusions)))] if confusions else []
+    quotas = largest_remainder({(t, p): float(n) for t, p, n in top}, total)
+    return {pair: q for pair, q in quotas.items() if q > 0}
+
+
+def _involves(item: Item, labels: set[str]) -> bool:
+    return item.get("label") in labels or item.get("pred") in labels
+
+
+def _slice(items: list[Item], n: int, part: int) -> list[Item]:
+    """The ``part``-th window of n items (wrapping), so parts of a quota see different ones."""
+    if n <= 0 or not items:
+        return []
+    if len(items) <= n:
+        return list(items)
+    start = (part * n) % len(items)
+    return (items + items)[start : start + n]
+
+
+class Planner:
+    """Builds one cycle's jobs from the previous cycle's report."""
+
+    def __init__(self, gen: GenerationSpec, taxonomy: list[str],
+                 fewshot_pool: list[Item], seed: int = 0):
+        self.gen = gen
+        self.taxonomy = taxonomy
+        self.seed = seed
+        self.fewshot_by_class: dict[str, list[Item]] = defaultdict(list)
+        for item in fewshot_pool:
+            self.fewshot_by_class[item["label"]].append(item)
+
+    def plan(self, cycle: int, report: dict[str, Any]) -> list[Item]:
+        if self.gen.mode == "sharded":
+            targets = self._sharded_targets(report)
+        elif self.gen.mode == "single":
+            targets = [((), self.gen.examples_per_cycle)]
+        else:
+            quotas = largest_remainder({c: 1.0 for c in self.taxonomy},
+                                       self.gen.examples_per_cycle)
+            targets = [((c,), q) for c, q in sorted(quotas.items())]
+        jobs: list[Item] = []
+        for labels, quota in targets:
+            jobs.extend(self._jobs_for(cycle, labels, quota, report, len(jobs)))
+        return jobs
+
+    def _sharded_targets(self, report: dict[str, Any]) -> list[tuple[tuple[str, ...], int]]:
+        total = self.gen.examples_per_cycle
+        pairs = pair_quotas(report, int(total * PAIR_SHARE)) if report.get("confusions") else {}
+        per_class = class_quotas(report, self.taxonomy, self.gen, total - sum(pairs.values()))
+        targets: list[tuple[tuple[str, ...], int]] = [((c,), q) for c, q in per_class.items()]
+        targets += [((t, p), q) for (t, p), q in sorted(pairs.items())]
+        return [t for t in targets if t[1] > 0]
+
+    def _jobs_for(self, cycle: int, labels: tuple[str, ...], quota: int,
+                  report: dict[str, Any], first: int) -> list[Item]:
+        per = self.gen.examples_per_request
+        n_parts = math.ceil(quota / per)
+        jobs = []
+        for part in range(n_parts):
+            n = min(per, quota - part * per)
+            job = self._job(cycle, labels, n, part, n_parts, report)
+            job["job_id"] = f"c{cycle:02d}-{first + part:04d}"
+            jobs.append(job)
+        return jobs
+
+    def _job(self, cycle: int, labels: tuple[str, ...], n: int, part: int, n_parts: int,
+             report: dict[str, Any]) -> Item:
+        guided = self.gen.mode != "unguided"
+        job: Item = {
+            "mode": self.gen.mode, "target_labels": list(labels), "n_examples": n,
+            "part": part, "n_parts": n_parts, "cycle": cycle,
+            "fewshot": self._fewshot(labels, part, cycle),
+            "report": {}, "confusions": [], "correct": [], "misclassified": [],
+            "hard_negatives": [],
+        }
+        if guided and self.gen.use_report:
+            job["report"] = self._report_for(labels, report)
+            job["confusions"] = self._confusions_for(labels, report)
+        if guided:
+            self._add_mined(job, labels, report, part)
+        return job
+
+    def _fewshot(self, labels: tuple[str, ...], part: int, cycle: int) -> list[Item]:
+        n = self.gen.n_fewshot
+        if labels:
+            pool = [x for c in labels for x in self.fewshot_by_class.get(c, [])]
+        else:
+            pool = [x for c in self.taxonomy for x in self.fewshot_by_class.get(c, [])]
+            pool = random.Random(f"{self.seed}-{cycle}-{part}").sample(pool, min(len(pool), 4 * n))
+        return [{"text": x["text"], "label": x["label"]} for x in _slice(pool, n, part)]
+
+    def _report_for(self, labels: tuple[str, ...], report: dict[str, Any]) -> dict[str, Any]:
+        per_class = report.get("per_class", {})
+        if not labels:
+            chosen = dict(per_class)
+        else:
+            worst = sorted(per_class, key=lambda c: (per_class[c].get("f1", 0.0), c))[:5]
+            chosen = {c: per_class[c] for c in (*labels, *worst) if c in per_class}
+        head = {k: report[k] for k in ("accuracy", "macro_f1", "weighted_f1") if k in report}
+        return {**head, "per_class": chosen}
+
+    def _confusions_for(self, labels: tuple[str, ...], report: dict[str, Any]) -> list[Any]:
+        conf = report.get("confusions", [])
+        if labels:
+            conf = [c for c in conf if c[0] in labels or c[1] in labels]
+        return conf[:10]
+
+    def _add_mined(self, job: Item, labels: tuple[str, ...], report: dict[str, Any],
+                   part: int) -> None:
+        mined = report.get("mined", {})
+        wanted = {
+            "correct": self.gen.n_correct,
+            "misclassified": self.gen.n_misclassified,
+            "hard_negatives": self.gen.n_hard_negatives if self.gen.use_hard_negatives else 0,
+        }
+        for key, n in wanted.items():
+            items = list(mined.get(key, []))
+            if labels:
+                items = [x for x in items if _involves(x, set(labels))]
+            job[key] = [_public(x) for x in _slice(items, n, part)]
+
+
+def _public(item: Item) -> Item:
+    keep = ("text", "label", "pred", "confidence")
+    return {k: item[k] for k in keep if k in item}

@@ -1,0 +1,86 @@
+"""Live progress in the terminal: one bar per stage of the current cycle, one line per cycle.
+
+Falls back to plain log lines when the output is not a terminal (CI, pipes) or ``quiet`` is set.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
+
+from orchestrator.controller import Controller, CycleProgress
+from orchestrator.runs import load_manifest, spend
+from storage.store import ShardStore
+
+
+class Progress:
+    def __init__(self, store: ShardStore, run_id: str, quiet: bool = False):
+        self.store, self.run_id = store, run_id
+        self.console = Console(stderr=True)
+        self.live = not quiet and sys.stderr.isatty()
+        self.bars = RichProgress(
+            TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=self.console, disable=not self.live,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.decided = 0
+        self.last_phase = ""
+        self.t0 = time.monotonic()
+
+    def __enter__(self) -> Progress:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.bars.stop()
+
+    def update(self, controller: Controller) -> None:
+        self._print_decisions(controller.manifest)
+        if controller.progress is not None:
+            self._show(controller.progress)
+
+    def refresh(self) -> None:
+        """For ``watch``: progress from storage alone (no controller in this process)."""
+        manifest = load_manifest(self.store, self.run_id)
+        self._print_decisions(manifest)
+        cycle = len(manifest["decisions"])
+        plan = self.store.read_json(self.run_id, f"cycle={cycle}/plan.json") or {"jobs": []}
+        jobs = {j["job_id"] for j in plan["jobs"]} or ({"seed"} if cycle == 0 else set())
+        done = set(self.store.list_jobs(self.run_id, cycle, "generated")) & jobs
+        attributed = set(self.store.list_jobs(self.run_id, cycle, "attributed")) & jobs
+        self._show(CycleProgress(cycle, planned=len(jobs), generated=len(done),
+                                 attributed=len(attributed), phase="generate"))
+
+    def _show(self, p: CycleProgress) -> None:
+        self._bar(f"cycle {p.cycle} generate", p.generated + p.failed, p.planned)
+        if p.attributed:
+            self._bar(f"cycle {p.cycle} attribute", p.attributed, p.planned)
+        self._bar(f"cycle {p.cycle} train", int(p.trained), 1)
+        if not self.live and p.phase != self.last_phase:
+            self._say(f"cycle {p.cycle}: {p.phase} ({p.generated}/{p.planned} jobs generated)")
+        self.last_phase = p.phase
+
+    def _bar(self, name: str, done: int, total: int) -> None:
+        if name not in self.tasks:
+            self.tasks[name] = self.bars.add_task(name, total=max(total, 1))
+        self.bars.update(self.tasks[name], completed=done, total=max(total, 1))
+
+    def _print_decisions(self, manifest: dict[str, Any]) -> None:
+        for d in manifest.get("decisions", [])[self.decided:]:
+            spent = spend(self.store, self.run_id, d["cycle"])
+            tokens = int(spent["tokens_in"] + spent["tokens_out"])
+            note = f" — stop: {d['reason']}" if d["action"] == "stop" else ""
+            self._say(f"cycle {d['cycle']}: val {d['metric']}={d['value']:.4f} "
+                      f"(best c{d['best_cycle']}={d['best_value']:.4f}) teacher tokens={tokens} "
+                      f"cost={spent['cost']:.4f}{note}")
+        self.decided = len(manifest.get("decisions", []))
+
+    def _say(self, text: str) -> None:
+        elapsed = time.monotonic() - self.t0
+        self.console.print(f"[{elapsed:7.1f}s] {text}", highlight=False)

@@ -1,0 +1,105 @@
+"""Runs in storage: creating one (validate, split, seed), its manifest, and its progress.
+
+Storage is the source of truth. A run exists once its ``manifest.json`` is committed, and that
+happens last: an invalid spec or dataset raises before anything is written.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from orchestrator.datasets import Labelled, load_and_split
+from orchestrator.errors import InvalidInputError
+from orchestrator.spec import RunSpec, spec_to_dict, validate_run_id
+from storage.schemas import EXAMPLES
+from storage.store import ShardStore
+
+TERMINAL = ("done", "failed", "cancelled")
+
+
+def new_run_id(spec: RunSpec) -> str:
+    if spec.run_id:
+        return spec.run_id
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in spec.name)[:24] or "run"
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def examples_table(data: Labelled, run_id: str, cycle: int, source: str, job_id: str,
+                   id_prefix: str) -> pa.Table:
+    n = len(data)
+    cols: dict[str, list[Any]] = {
+        "id": [f"{id_prefix}-{i}" for i in data.ids],
+        "run_id": [run_id] * n,
+        "cycle": [cycle] * n,
+        "source": [source] * n,
+        "label": list(data.labels),
+        "text": list(data.texts),
+        "job_id": [job_id] * n,
+        "teacher_model": [""] * n,
+        "prompt_id": [""] * n,
+        "input_tokens": [0] * n,
+        "output_tokens": [0] * n,
+        "latency_s": [0.0] * n,
+        "cost": [0.0] * n,
+    }
+    return pa.table({f.name: pa.array(cols[f.name], f.type) for f in EXAMPLES}, schema=EXAMPLES)
+
+
+def create_run(spec: RunSpec, store: ShardStore | None = None) -> str:
+    """Validate the data, write the seed / val / test / pool tables, then the manifest."""
+    run_id = validate_run_id(new_run_id(spec))
+    store = store or ShardStore(spec.storage)
+    if store.read_json(run_id, "manifest.json") is not None:
+        raise InvalidInputError(f"run {run_id!r} already exists in {spec.storage}")
+    split = load_and_split(spec.dataset)  # raises InvalidInputError before any write
+    store.write_table(run_id, "val", examples_table(split.val, run_id, 0, "seed", "val", "val"))
+    store.write_table(run_id, "pool", examples_table(split.pool, run_id, 0, "pool", "pool", "pool"))
+    if split.test is not None:
+        store.write_table(run_id, "test",
+                          examples_table(split.test, run_id, 0, "test", "test", "test"))
+    seed = examples_table(split.seed_train, run_id, 0, "seed", "seed", "seed")
+    store.commit(run_id, 0, "generated", "seed", seed)
+    manifest = {
+        "run_id": run_id,
+        "spec": spec_to_dict(spec),
+        "taxonomy": split.taxonomy,
+        "created_at": time.time(),
+        "status": "running",
+        "decisions": [],
+        "counts": {"seed_train": len(split.seed_train), "val": len(split.val),
+                   "pool": len(split.pool), "test": len(split.test or [])},
+    }
+    store.write_json(run_id, "manifest.json", manifest)
+    return run_id
+
+
+def load_manifest(store: ShardStore, run_id: str) -> dict[str, Any]:
+    validate_run_id(run_id)
+    manifest = store.read_json(run_id, "manifest.json")
+    if manifest is None:
+        raise InvalidInputError(f"no run {run_id!r} in {store.root}")
+    return dict(manifest)
+
+
+def spend(store: ShardStore, run_id: str, upto_cycle: int) -> dict[str, float]:
+    """Teacher tokens and cost so far, summed from the committed job statistics."""
+    total = {"tokens_in": 0.0, "tokens_out": 0.0, "cost": 0.0, "requests": 0.0}
+    for cycle in range(1, upto_cycle + 1):
+        for stats in cycle_stats(store, run_id, cycle):
+            for key in total:
+                total[key] += float(stats.get(key, 0) or 0)
+    return total
+
+
+def cycle_stats(store: ShardStore, run_id: str, cycle: int) -> list[dict[str, Any]]:
+    out = []
+    for job_id in store.list_jobs(run_id, cycle, "generated"):
+        stats = store.read_json(run_id, f"cycle={cycle}/jobstats/{job_id}.json")
+        if stats:
+            out.append(stats)
+    return out

@@ -1,0 +1,304 @@
+"""The run spec: one YAML file, validated by a typed model.
+
+Every error names the field and the problem (``SpecError.problems``). Paths in the spec are
+resolved relative to the spec file. Model references may be a local Hugging Face folder or one of
+the offline assets named in ``workers.assets`` (``builtin:minilm``, ``builtin:smollm2``); dataset
+references may be a file path or ``builtin:20newsgroups-train`` and friends (see
+``orchestrator.datasets``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from orchestrator.errors import SpecError
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def validate_run_id(run_id: str) -> str:
+    """Run ids name folders and Redis keys: letters, digits, ``_ . -``; no separators, no ``..``."""
+    if not RUN_ID_RE.match(run_id) or ".." in run_id:
+        raise ValueError(
+            f"run id {run_id!r} is not allowed: use 1-64 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit, no path separators and no '..'"
+        )
+    return run_id
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Model):
+    """Where the labelled data comes from and how the seed is drawn (PGKD: 1,000 = 800 + 200)."""
+
+    train: str = Field(description="training split: a CSV/TSV/Orange .tab file or builtin:NAME")
+    test: str | None = Field(default=None, description="test split, evaluated once at the end")
+    text_column: str = "text"
+    label_column: str = "label"
+    id_column: str | None = Field(default=None, description="optional column of unique row ids")
+    labels: list[str] | None = Field(
+        default=None, description="the label taxonomy; default: the labels found in train"
+    )
+    label_descriptions: dict[str, str] = Field(default_factory=dict)
+    seed_size: int = Field(default=1000, ge=2)
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    test_limit: int | None = Field(default=None, ge=1, description="evaluate on a subset of test")
+    max_text_chars: int = Field(default=20_000, ge=16, description="longer texts are an error")
+    sample_seed: int = 0
+
+
+class PriceSpec(_Model):
+    """Money per 1,000 tokens, in any currency the user likes (reports call it 'cost')."""
+
+    input_per_1k: float = Field(default=0.0, ge=0)
+    output_per_1k: float = Field(default=0.0, ge=0)
+
+
+class SimSpec(_Model):
+    """The simulated teacher: an OpenAI-compatible server answering from a pool of real data."""
+
+    pool: Literal["rest_of_train"] = "rest_of_train"
+    label_noise: float = Field(default=0.0, ge=0.0, le=1.0)
+    latency_ms: float = Field(default=0.0, ge=0.0)
+    fault_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    rpm_limit: int | None = Field(default=None, ge=1, description="the sim answers 429 above this")
+    seed: int = 0
+
+
+class TeacherSpec(_Model):
+    kind: Literal["openai", "sim"] = "sim"
+    base_url: str | None = None
+    model: str = "sim-teacher"
+    api_key_env: str | None = Field(default=None, description="env variable holding the API key")
+    api_key_file: str | None = Field(default=None, description="file holding the API key")
+    headers: dict[str, str] = Field(default_factory=dict)
+    rpm: int = Field(default=600, ge=1, description="requests/minute, shared by all workers")
+    tpm: int = Field(default=2_000_000, ge=1, description="tokens/minute, shared by all workers")
+    concurrency: int = Field(default=16, ge=1, description="requests in flight per process")
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=6, ge=1)
+    max_elapsed_s: float = Field(default=300.0, gt=0)
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    max_output_tokens: int = Field(default=2048, ge=16)
+    global_rate_limit: bool = Field(
+        default=True, description="pace rpm/tpm in Redis across all workers (false: only "
+        "per-process concurrency, retries and Retry-After; for endpoints without limits)")
+    json_mode: bool = Field(
+        default=False, description='send response_format {"type": "json_object"} (OpenAI, '
+        "vLLM, llama.cpp and Ollama support it)")
+    price: PriceSpec = Field(default_factory=PriceSpec)
+    sim: SimSpec = Field(default_factory=SimSpec)
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> TeacherSpec:
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("teacher.base_url is required when teacher.kind is 'openai'")
+        return self
+
+
+class GenerationSpec(_Model):
+    """What the teacher is asked for each cycle (PGKD section 3)."""
+
+    mode: Literal["sharded", "single", "unguided"] = Field(
+        default="sharded",
+        description="sharded: one job per class or confused pair; single: the paper's one "
+        "prompt with the whole report; unguided: uniform quotas, no report, no hard negatives",
+    )
+    examples_per_cycle: int = Field(default=200, ge=1)
+    examples_per_request: int = Field(default=10, ge=1, le=100)
+    n_correct: int = Field(default=16, ge=0)
+    n_misclassified: int = Field(default=16, ge=0)
+    n_hard_negatives: int = Field(default=16, ge=0)
+    n_fewshot: int = Field(default=4, ge=0)
+    use_report: bool = True
+    use_hard_negatives: bool = True
+    class_floor: int = Field(default=1, ge=0, description="examples every class gets per cycle")
+    report_token_budget: int = Field(default=1500, ge=100)
+    prompt_example_chars: int = Field(
+        default=400, ge=20, description="each example shown in a prompt is cut to this length")
+    min_chars: int = Field(default=3, ge=1)
+    max_chars: int = Field(default=2000, ge=10)
+    tolerated_failure_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+class AttributionSpec(_Model):
+    """Teacher rationales (Ballout et al.): see docs/attribution.md."""
+
+    enabled: bool = False
+    model: str = "builtin:minilm"
+    kind: Literal["classifier", "causal_lm"] = "classifier"
+    finetune: bool = Field(default=True, description="fine-tune a classifier teacher on the seed")
+    finetune_epochs: int = Field(default=10, ge=1, description="at most; early stop on val loss")
+    finetune_lr: float = Field(default=1e-4, gt=0)
+    method: Literal["saliency", "input_x_gradient", "integrated_gradients", "attention"] = (
+        "input_x_gradient"
+    )
+    ig_steps: int = Field(default=16, ge=2)
+    internal_batch_size: int = Field(
+        default=256, ge=1, description="rows per forward pass for integrated-gradient steps"
+    )
+    attention: Literal["last_layer", "rollout"] = Field(
+        default="last_layer", description="which attention map the attention method reads"
+    )
+    prompt: str | None = Field(
+        default=None,
+        description="causal_lm: classification prompt with {labels} and {text}; "
+        "default: a built-in one",
+    )
+    top_k: int = Field(default=5, ge=1)
+    mass_fraction: float | None = Field(
+        default=None, gt=0.0, le=1.0,
+        description="keep the fewest words holding this share of the score mass (≤ top_k)",
+    )
+    drop_stopwords: bool = True
+    batch_size: int = Field(default=32, ge=1)
+    max_length: int = Field(default=128, ge=8, description="longer texts are truncated")
+    device: str = Field(default="auto", description="auto: cuda if available, else cpu")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, v: str | None) -> str | None:
+        if v is not None and "{text}" not in v:
+            raise ValueError("the prompt must contain {text}")
+        return v
+
+
+class StudentSpec(_Model):
+    """The student and how it is trained (paper: BERT-base, lr 2e-5, batch 64, patience 5)."""
+
+    model: str = "builtin:minilm"
+    num_layers: int | None = Field(default=None, ge=1, description="keep only the first N layers")
+    max_length: int = Field(default=64, ge=8)
+    lr: float = Field(default=2e-5, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    epochs: int = Field(default=30, ge=1, description="most epochs per cycle")
+    patience: int = Field(
+        default=5, ge=1, description="stop after this many epochs without a lower validation loss"
+    )
+    weight_decay: float = Field(default=0.01, ge=0.0, description="AdamW weight decay")
+    warm_start: bool = Field(
+        default=False, description="start each cycle from the previous cycle's student"
+    )
+    rationales: bool = Field(default=False, description="learn from teacher rationales")
+    rationale_weight: float = Field(
+        default=0.5, ge=0.0, description="weight of the rationale token-tagging loss"
+    )
+    seed: int = 0
+    device: str = "auto"
+
+
+class LoopSpec(_Model):
+    max_cycles: int = Field(default=10, ge=0, description="generation cycles after the seed")
+    patience: int = Field(default=5, ge=1)
+    metric: Literal["macro_f1", "accuracy", "weighted_f1"] = "macro_f1"
+    min_delta: float = Field(default=0.0, ge=0.0, description="smallest gain that counts")
+    generate_deadline_s: float = Field(default=600.0, gt=0, description="re-send after this")
+    attribute_deadline_s: float = Field(default=3600.0, gt=0)
+    train_deadline_s: float = Field(default=6 * 3600.0, gt=0)
+    max_sends: int = Field(default=5, ge=1, description="a job sent this often has failed")
+
+
+class BudgetSpec(_Model):
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost: float | None = Field(default=None, gt=0)
+
+
+class RunSpec(_Model):
+    """A whole distillation run."""
+
+    name: str = "run"
+    run_id: str | None = None
+    storage: str = Field(default="runs", description="local folder or pyarrow.fs URI (s3://...)")
+    dataset: DatasetSpec
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    attribution: AttributionSpec = Field(default_factory=AttributionSpec)
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    loop: LoopSpec = Field(default_factory=LoopSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_ok(cls, v: str | None) -> str | None:
+        return None if v is None else validate_run_id(v)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunSpec:
+        if self.student.rationales and not self.attribution.enabled:
+            raise ValueError("student.rationales needs attribution.enabled: true")
+        return self
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make relative file paths in the spec relative to the spec file's folder."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and "://" not in value and not value.startswith(
+            "builtin:"
+        ):
+            p = Path(value).expanduser()
+            return str(p if p.is_absolute() else (base / p).resolve())
+        return value
+
+    ds = data.get("dataset")
+    if isinstance(ds, dict):
+        for key in ("train", "test"):
+            if key in ds:
+                ds[key] = fix(ds[key])
+    for section, key in (("student", "model"), ("attribution", "model"), ("teacher", "api_key_file")):
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str):
+            v = sec[key]
+            if (base / v).exists() or v.startswith(("./", "../", "~")) or v.startswith("/"):
+                sec[key] = fix(v)
+    if isinstance(data.get("storage"), str):
+        data["storage"] = fix(data["storage"])
+    return data
+
+
+def parse_spec(data: Any, source: str = "<spec>", base: Path | None = None) -> RunSpec:
+    """Validate a decoded spec; raise SpecError naming every bad field."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [("(top level)", "the spec must be a mapping of fields")])
+    if base is not None:
+        data = _resolve_paths(dict(data), base)
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = [(_field_name(e["loc"]), e["msg"]) for e in exc.errors()]
+        raise SpecError(source, problems) from None
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Read and validate a YAML run spec."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise SpecError(str(p), [("(file)", f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(p), [("(file)", f"not UTF-8 text (byte {exc.start})")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(str(p), [("(file)", f"not valid YAML: {exc}")]) from None
+    return parse_spec(data, str(p), p.parent.resolve())
+
+
+def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
+    """The JSON form stored in the run manifest."""
+    return spec.model_dump(mode="json")

@@ -1,0 +1,173 @@
+"""The controller against a real Redis and real storage; workers are played by the test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from orchestrator.controller import Controller, read_job
+from orchestrator.datasets import Labelled
+from orchestrator.runs import create_run, examples_table, load_manifest
+from orchestrator.spec import parse_spec
+from storage.store import ShardStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _dataset(tmp_path: Path) -> Path:
+    rows = ["text,label"] + [f"text number {i} of class {c},c{c}" for c in range(3)
+                             for i in range(20)]
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _spec(tmp_path: Path, **over: Any) -> Any:
+    data: dict[str, Any] = {
+        "run_id": "r1", "storage": str(tmp_path / "store"),
+        "dataset": {"train": str(_dataset(tmp_path)), "test": str(_dataset(tmp_path)),
+                    "seed_size": 30},
+        "generation": {"examples_per_cycle": 12, "examples_per_request": 4},
+        "loop": {"max_cycles": 3, "patience": 1, "generate_deadline_s": 60, "max_sends": 3},
+    }
+    for key, value in over.items():
+        data[key] = {**data.get(key, {}), **value}
+    return parse_spec(data)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, redis_client: redis.Redis) -> Any:
+    def make(**over: Any) -> tuple[Controller, list[tuple[str, list[Any], str]], Clock]:
+        spec = _spec(tmp_path, **over)
+        store = ShardStore(spec.storage)
+        create_run(spec, store)
+        sent: list[tuple[str, list[Any], str]] = []
+        clock = Clock()
+        ctl = Controller(store, redis_client, "r1", lambda *a: sent.append(a), clock=clock)
+        return ctl, sent, clock
+
+    return make
+
+
+def _eval(ctl: Controller, cycle: int, f1: float) -> None:
+    report = {"cycle": cycle, "macro_f1": f1, "accuracy": f1, "loss": 1 - f1,
+              "per_class": {c: {"precision": f1, "recall": f1, "f1": f1, "support": 2}
+                            for c in ("c0", "c1", "c2")},
+              "confusions": [["c0", "c1", 2]], "mined": {}}
+    ctl.store.write_json("r1", f"cycle={cycle}/eval.json", report)
+
+
+def _commit_jobs(ctl: Controller, cycle: int, job_ids: list[str]) -> None:
+    for job in job_ids:
+        data = Labelled([f"{job}-{i}" for i in range(2)], [f"{job} text {i}" for i in range(2)],
+                        ["c0", "c1"])
+        ctl.store.commit("r1", cycle, "generated", job,
+                         examples_table(data, "r1", cycle, "teacher", job, job))
+
+
+def test_cycle_zero_trains_on_the_seed_and_resends_after_deadline(setup: Any) -> None:
+    ctl, sent, clock = setup()
+    assert ctl.tick() == "running"
+    assert [s[0] for s in sent] == ["distillq.train"]
+    assert sent[0][2] == "r1:c00/train:1"
+    ctl.tick()
+    assert len(sent) == 1, "in flight and not past its deadline: not sent again"
+    clock.now += 6 * 3600 + 1
+    ctl.tick()
+    assert [s[2] for s in sent] == ["r1:c00/train:1", "r1:c00/train:2"]
+
+
+def test_full_loop_plans_generates_trains_and_stops_on_patience(setup: Any) -> None:
+    ctl, sent, clock = setup()
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()  # decide cycle 0: continue
+    assert load_manifest(ctl.store, "r1")["decisions"][0]["action"] == "continue"
+    sent.clear()
+    ctl.tick()  # plan cycle 1 and send its generate jobs
+    plan = ctl.store.read_json("r1", "cycle=1/plan.json")
+    job_ids = plan["jobs"]
+    assert plan["examples"] == 12
+    assert sum(read_job(ctl.store, "r1", 1, j)["n_examples"] for j in job_ids) == 12
+    assert sorted(s[1][2] for s in sent) == sorted(job_ids)
+    assert all(s[0] == "distillq.generate" for s in sent)
+    sent.clear()
+    _commit_jobs(ctl, 1, job_ids[:-1])
+    ctl.tick()
+    assert sent == [], "train waits for the last shard"
+    _commit_jobs(ctl, 1, job_ids[-1:])
+    ctl.tick()
+    assert [s[0] for s in sent] == ["distillq.train"] and sent[0][1][1] == 1
+    _eval(ctl, 1, 0.4)  # worse: patience 1 is used up
+    ctl.tick()
+    manifest = load_manifest(ctl.store, "r1")
+    assert manifest["decisions"][-1]["action"] == "stop"
+    assert manifest["final"]["best_cycle"] == 0
+    sent.clear()
+    ctl.tick()
+    assert [s[0] for s in sent] == ["distillq.test"] and sent[0][1][1] == 0
+    assert ctl.tick() == "running"
+    ctl.store.write_json("r1", "test.json", {"cycle": 0, "macro_f1": 0.5})
+    assert ctl.tick() == "done"
+
+
+def test_replanning_is_deterministic_after_a_restart(setup: Any, redis_client: Any) -> None:
+    ctl, sent, clock = setup()
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    first = ctl.store.read_json("r1", "cycle=1/plan.json")
+    redis_client.flushall()  # a lost Redis: everything uncommitted is sent again, same ids
+    sent.clear()
+    again = Controller(ctl.store, redis_client, "r1", lambda *a: sent.append(a), clock=clock)
+    again.tick()
+    assert ctl.store.read_json("r1", "cycle=1/plan.json") == first
+    assert sorted(s[1][2] for s in sent) == sorted(first["jobs"])
+
+
+def test_max_cycles_and_cancel(setup: Any) -> None:
+    ctl, sent, clock = setup(loop={"max_cycles": 0})
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    assert load_manifest(ctl.store, "r1")["final"]["reason"].startswith("max_cycles=0")
+    ctl.store.write_json("r1", "cancel.json", {"at": clock.now + 1})
+    assert ctl.tick() == "cancelled"
+    assert ctl.tick() == "cancelled"
+
+
+def test_permanent_generation_failures_over_tolerance_fail_the_run(setup: Any) -> None:
+    ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    plan = ctl.store.read_json("r1", "cycle=1/plan.json")
+    job = plan["jobs"][0]
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", {"error": "boom"})
+    assert ctl.tick() == "failed"
+    assert "failed permanently" in load_manifest(ctl.store, "r1")["stop_reason"]
+
+
+def test_a_job_that_never_answers_is_failed_after_max_sends(setup: Any) -> None:
+    ctl, sent, clock = setup()
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    n_jobs = len(sent) - 1
+    for _ in range(3):
+        clock.now += 61
+        ctl.tick()
+    assert ctl.tick() == "failed"  # every generate job used its 3 sends
+    assert len(sent) == 1 + 3 * n_jobs

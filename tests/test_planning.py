@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from orchestrator.planning import Planner, class_quotas, largest_remainder
+from orchestrator.spec import GenerationSpec
+
+TAX = ["a", "b", "c", "d"]
+
+
+def _report() -> dict[str, Any]:
+    per_class = {"a": 0.9, "b": 0.5, "c": 0.2, "d": 0.9}
+    mined = [
+        {"id": f"m{i}", "text": f"t{i}", "label": lab, "pred": pred, "confidence": conf}
+        for i, (lab, pred, conf) in enumerate(
+            [("c", "b", 0.99), ("c", "b", 0.95), ("b", "c", 0.9), ("a", "d", 0.6),
+             ("c", "a", 0.4)])
+    ]
+    return {
+        "accuracy": 0.6, "macro_f1": 0.62,
+        "per_class": {c: {"precision": f, "recall": f, "f1": f, "support": 10}
+                      for c, f in per_class.items()},
+        "confusions": [["c", "b", 7], ["b", "c", 3], ["a", "d", 1]],
+        "mined": {"hard_negatives": mined[:3], "misclassified": mined,
+                  "correct": [{"id": "k", "text": "ok", "label": "a", "pred": "a",
+                               "confidence": 0.9}]},
+    }
+
+
+def _seed() -> list[dict[str, str]]:
+    return [{"text": f"seed {c} {i}", "label": c} for c in TAX for i in range(6)]
+
+
+def test_largest_remainder_sums_exactly() -> None:
+    q = largest_remainder({"x": 1.0, "y": 1.0, "z": 1.0}, 10)
+    assert sum(q.values()) == 10 and sorted(q.values()) == [3, 3, 4]
+    assert largest_remainder({"x": 0.0, "y": 0.0}, 3) in ({"x": 2, "y": 1}, {"x": 1, "y": 2})
+
+
+def test_weak_classes_get_more_and_all_keep_a_floor() -> None:
+    q = class_quotas(_report(), TAX, GenerationSpec(class_floor=2), 40)
+    assert sum(q.values()) == 40
+    assert min(q.values()) >= 2
+    assert q["c"] > q["b"] > q["a"]
+
+
+def test_sharded_plan_is_deterministic_and_targets_classes_and_pairs() -> None:
+    gen = GenerationSpec(examples_per_cycle=60, examples_per_request=5, n_hard_negatives=2)
+    p1 = Planner(gen, TAX, _seed()).plan(1, _report())
+    p2 = Planner(gen, TAX, _seed()).plan(1, _report())
+    assert p1 == p2
+    assert sum(j["n_examples"] for j in p1) == 60
+    assert all(j["n_examples"] <= 5 for j in p1)
+    assert len({j["job_id"] for j in p1}) == len(p1)
+    assert any(j["target_labels"] == ["c", "b"] for j in p1)
+    job_c = next(j for j in p1 if j["target_labels"] == ["c"])
+    # hard negatives are the class's own confident errors, most confident first
+    assert [h["text"] for h in job_c["hard_negatives"]] == ["t0", "t1"]
+    assert set(job_c["report"]["per_class"]) >= {"c"}
+    assert all(x["label"] == "c" for x in job_c["fewshot"])
+
+
+def test_single_mode_carries_whole_report() -> None:
+    gen = GenerationSpec(mode="single", examples_per_cycle=20, examples_per_request=10)
+    jobs = Planner(gen, TAX, _seed()).plan(2, _report())
+    assert len(jobs) == 2 and all(j["target_labels"] == [] for j in jobs)
+    assert set(jobs[0]["report"]["per_class"]) == set(TAX)
+
+
+def test_unguided_mode_is_uniform_without_guidance() -> None:
+    gen = GenerationSpec(mode="unguided", examples_per_cycle=40, examples_per_request=10)
+    jobs = Planner(gen, TAX, _seed()).plan(1, _report())
+    per_class = Counter()
+    for j in jobs:
+        per_class[j["target_labels"][0]] += j["n_examples"]
+        assert j["report"] == {} and j["hard_negatives"] == [] and j["misclassified"] == []
+    assert set(per_class.values()) == {10}
+
+
+def test_ablations_drop_report_or_hard_negatives() -> None:
+    no_hn = Planner(GenerationSpec(use_hard_negatives=False), TAX, _seed()).plan(1, _report())
+    assert all(j["hard_negatives"] == [] for j in no_hn)
+    assert any(j["misclassified"] for j in no_hn)
+    no_rep = Planner(GenerationSpec(use_report=False), TAX, _seed()).plan(1, _report())
+    assert all(j["report"] == {} for j in no_rep)
+    assert any(j["hard_negatives"] for j in no_rep)

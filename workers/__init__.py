@@ -1,0 +1,1 @@
+"""distillq workers: the Celery app and its task families (generate, attribute, train)."""

@@ -1,0 +1,144 @@
+"""The one Celery app of distillq.
+
+Configuration is read once, when Celery first needs it (``on_configure``), from the worker's
+environment at start: ``REDIS_URL`` (``redis://``, ``rediss://`` with TLS, passwords included,
+or ``unix:///path/redis.sock`` as the embedded Redis uses). Nothing is read at import time.
+
+Delivery semantics, chosen on purpose (see docs/delivery.md):
+
+- ``task_acks_late``: a message is acknowledged only after its task returns, so a worker that
+  dies mid-task does not lose the job: Redis redelivers it. Every task is idempotent (one shard
+  per deterministic job id, committed atomically), so running a job twice is harmless.
+- ``task_reject_on_worker_lost``: when a prefork child is killed (SIGKILL, OOM) the message is
+  requeued at once instead of being acknowledged as failed. A task that kills its worker every
+  time would loop; the controller's per-job attempt count stops that (a job that was sent
+  ``max_sends`` times is failed permanently).
+- ``visibility_timeout`` (Redis transport) is above the longest task's hard time limit, so a
+  long training job is never handed to a second worker while the first is still on it. A worker
+  killed as a whole (not just its child) leaves its messages unacknowledged until that timeout;
+  the controller does not wait for it: it re-sends jobs whose deadline has passed.
+- Prefetch 1: a worker reserves one message per execution slot, so long attribute and train
+  jobs are never queued behind each other inside one worker while another worker is idle.
+- JSON only: ``accept_content=["json"]``. A pickled message is refused by the worker (kombu's
+  ContentDisallowed) and logged; it never reaches a task.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from celery import Celery
+from kombu import Queue
+
+QUEUES = ("generate", "attribute", "train")
+
+# Hard time limits per task family (seconds); the visibility timeout sits above the largest.
+TIME_LIMITS = {"generate": 30 * 60, "attribute": 2 * 3600, "train": 6 * 3600}
+VISIBILITY_TIMEOUT = max(TIME_LIMITS.values()) + 3600
+
+ROUTES = {
+    "distillq.generate": {"queue": "generate"},
+    "distillq.ping": {"queue": "generate"},
+    "distillq.prepare_teacher": {"queue": "attribute"},
+    "distillq.attribute": {"queue": "attribute"},
+    "distillq.train": {"queue": "train"},
+    "distillq.test": {"queue": "train"},
+}
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Where the broker is, built once from the environment at worker/CLI start."""
+
+    redis_url: str
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> BrokerSettings:
+        env = dict(os.environ) if env is None else env
+        url = env.get("REDIS_URL") or env.get("DISTILLQ_REDIS_URL")
+        if not url:
+            raise RuntimeError(
+                "REDIS_URL is not set: point it at a Redis server (redis://, rediss://, "
+                "unix:///path.sock), or use `orchestrator run`, which starts an embedded one"
+            )
+        return cls(redis_url=url)
+
+    @property
+    def kombu_url(self) -> str:
+        """Celery/kombu spell unix sockets ``redis+socket:///path``."""
+        if self.redis_url.startswith("unix://"):
+            parts = urlsplit(self.redis_url)
+            query = f"?{parts.query}" if parts.query else ""
+            return f"redis+socket://{parts.path}{query}"
+        return self.redis_url
+
+    @property
+    def ssl_options(self) -> dict[str, Any] | None:
+        """TLS for ``rediss://``: verify certificates unless the URL says otherwise."""
+        if not self.redis_url.startswith("rediss://"):
+            return None
+        query = parse_qs(urlsplit(self.redis_url).query)
+        reqs = (query.get("ssl_cert_reqs") or ["required"])[0].lower()
+        mode = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(reqs, ssl.CERT_REQUIRED)
+        opts: dict[str, Any] = {"ssl_cert_reqs": mode}
+        for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+            if key in query:
+                opts[key] = query[key][0]
+        return opts
+
+
+def celery_config(settings: BrokerSettings) -> dict[str, Any]:
+    """The full Celery configuration for a given broker."""
+    conf: dict[str, Any] = {
+        "broker_url": settings.kombu_url,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        "broker_connection_retry_on_startup": True,
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": "generate",
+        "task_routes": ROUTES,
+        "task_track_started": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+    }
+    if settings.ssl_options:
+        conf["broker_use_ssl"] = settings.ssl_options
+    return conf
+
+
+app = Celery("distillq", include=["workers.tasks"])
+_explicit: dict[str, str] = {}
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    # Runs once, when the app's configuration is first used: at worker or CLI start.
+    url = _explicit.get("redis_url")
+    settings = BrokerSettings(url) if url else BrokerSettings.from_env()
+    sender.conf.update(celery_config(settings))
+
+
+def configure(redis_url: str) -> Celery:
+    """Point the app at a broker explicitly (the CLI and tests do this before first use)."""
+    _explicit["redis_url"] = redis_url
+    app.conf.update(celery_config(BrokerSettings(redis_url)))
+    return app
+
+
+def redis_url() -> str:
+    """The Redis URL this process uses (explicit, else from the environment)."""
+    return _explicit.get("redis_url") or BrokerSettings.from_env().redis_url

@@ -1,0 +1,95 @@
+"""What a task needs to know about its run: the store, the spec and the taxonomy.
+
+Messages carry ids and paths only; everything else is read from the run's manifest in storage
+and cached per process (a manifest's spec never changes once the run starts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from orchestrator.spec import RunSpec, parse_spec
+from storage.store import ShardStore
+from workers.errors import PermanentError
+
+EVENTS_KEY = "dq:{run_id}:events"
+# Where the embedded simulated teacher listens for a run (overrides teacher.base_url).
+TEACHER_URL_KEY = "dq:{run_id}:teacher_url"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    store: ShardStore
+    run_id: str
+    spec: RunSpec
+    taxonomy: tuple[str, ...]
+
+
+@lru_cache(maxsize=64)
+def open_store(uri: str) -> ShardStore:
+    return ShardStore(uri)
+
+
+_ctx_lock = threading.Lock()
+_ctx_cache: dict[tuple[str, str], RunContext] = {}
+
+
+def run_context(storage: str, run_id: str) -> RunContext:
+    """Load (once per process) the run's manifest and spec."""
+    key = (storage, run_id)
+    with _ctx_lock:
+        if key in _ctx_cache:
+            return _ctx_cache[key]
+    store = open_store(storage)
+    manifest = store.read_json(run_id, "manifest.json")
+    if manifest is None:
+        raise PermanentError(f"run {run_id!r} has no manifest in {storage}")
+    spec = parse_spec(manifest["spec"], f"manifest of {run_id}")
+    ctx = RunContext(
+        store=store,
+        run_id=run_id,
+        spec=spec,
+        taxonomy=tuple(manifest["taxonomy"]),
+    )
+    with _ctx_lock:
+        _ctx_cache[key] = ctx
+    return ctx
+
+
+_redis_lock = threading.Lock()
+_redis_clients: dict[str, redis.Redis] = {}
+
+
+def redis_client(url: str) -> redis.Redis:
+    """One connection pool per Redis URL per process."""
+    with _redis_lock:
+        if url not in _redis_clients:
+            _redis_clients[url] = redis.Redis.from_url(url, health_check_interval=30)
+        return _redis_clients[url]
+
+
+def workdir(run_id: str) -> Path:
+    """Scratch space for a worker (model caches, epoch checkpoints); never the source of truth."""
+    root = Path(os.environ.get("DISTILLQ_WORKDIR") or Path(tempfile.gettempdir()) / "distillq-work")
+    path = root / run_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def notify(client: redis.Redis, run_id: str, event: dict[str, Any]) -> None:
+    """Wake the run's controller at once (it also polls, so a lost event only costs a tick)."""
+    event = {**event, "at": time.time()}
+    try:
+        client.rpush(EVENTS_KEY.format(run_id=run_id), json.dumps(event))
+    except redis.RedisError:
+        pass  # the controller's next poll sees the committed shard anyway

@@ -1,0 +1,121 @@
+"""Accounting: tokens, latency and cost per request and per job; the run's spend in Redis.
+
+Every HTTP attempt that returned ``usage`` is paid for, including answers that were then
+thrown away (malformed JSON, rejected examples), so job totals are what the endpoint bills.
+A job's totals travel with its result (``GenerationResult.stats``); the controller sums them
+per cycle and run from storage. Independently, each request adds its tokens and cost to the
+Redis hash ``dq:{run_id}:spend`` (fields ``tokens``, ``tokens_in``, ``tokens_out``, ``cost``,
+``requests``) as soon as it returns, so concurrent jobs see one another's spend and
+``check_budget`` can refuse to start a job once a ``BudgetSpec`` cap is reached. That counter
+counts money actually spent: a job that is delivered twice is paid for twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from orchestrator.spec import BudgetSpec, PriceSpec
+from workers.teachers.errors import BudgetExceededError
+
+SPEND_KEY = "dq:{run_id}:spend"
+
+# Process-wide counters ("retry:<reason>", "failure:<reason>", "reject:<reason>"), for logs
+# and metrics; per-job counts live in the job's Tally.
+PROCESS_COUNTS: Counter[str] = Counter()
+
+
+def request_cost(price: PriceSpec, input_tokens: int, output_tokens: int) -> float:
+    return (input_tokens * price.input_per_1k + output_tokens * price.output_per_1k) / 1000.0
+
+
+@dataclass
+class RequestRecord:
+    """One logical teacher request (all its HTTP attempts)."""
+
+    request_id: str
+    api_id: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_s: float = 0.0
+    cost: float = 0.0
+    attempts: int = 0
+    kept: int = 0
+
+    def add(self, input_tokens: int, output_tokens: int, latency_s: float, cost: float) -> None:
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.latency_s += latency_s
+        self.cost += cost
+
+
+@dataclass
+class Tally:
+    """What one job did: its requests, and retries / failures / rejects by reason."""
+
+    retries: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    rejects: Counter[str] = field(default_factory=Counter)
+    requests: list[RequestRecord] = field(default_factory=list)
+
+    def retry(self, reason: str) -> None:
+        self.retries[reason] += 1
+        PROCESS_COUNTS[f"retry:{reason}"] += 1
+
+    def fail(self, reason: str) -> None:
+        self.failures[reason] += 1
+        PROCESS_COUNTS[f"failure:{reason}"] += 1
+
+    def reject(self, reasons: Counter[str]) -> None:
+        self.rejects.update(reasons)
+        PROCESS_COUNTS.update({f"reject:{k}": v for k, v in reasons.items()})
+
+    def stats(self, examples: int) -> dict[str, Any]:
+        """The job's totals, in the keys the controller and the report sum."""
+        reqs = self.requests
+        return {
+            "examples": examples,
+            "requests": len(reqs),
+            "attempts": sum(r.attempts for r in reqs),
+            "tokens_in": sum(r.input_tokens for r in reqs),
+            "tokens_out": sum(r.output_tokens for r in reqs),
+            "cost": sum(r.cost for r in reqs),
+            "latency_s": round(sum(r.latency_s for r in reqs), 4),
+            "retries_by_reason": dict(self.retries),
+            "failures_by_reason": dict(self.failures),
+            "rejects_by_reason": dict(self.rejects),
+        }
+
+
+def read_spend(client: redis.Redis, run_id: str) -> dict[str, float]:
+    raw = client.hgetall(SPEND_KEY.format(run_id=run_id))
+    return {k.decode(): float(v) for k, v in raw.items()}  # type: ignore[union-attr]
+
+
+def record_spend(client: redis.Redis, run_id: str, input_tokens: int, output_tokens: int,
+                 cost: float, requests: int = 1) -> None:
+    """Add requests' spend to the run's counter (one atomic transaction)."""
+    key = SPEND_KEY.format(run_id=run_id)
+    pipe = client.pipeline(transaction=True)
+    pipe.hincrby(key, "tokens", input_tokens + output_tokens)
+    pipe.hincrby(key, "tokens_in", input_tokens)
+    pipe.hincrby(key, "tokens_out", output_tokens)
+    pipe.hincrbyfloat(key, "cost", cost)
+    pipe.hincrby(key, "requests", requests)
+    pipe.execute()
+
+
+def check_budget(client: redis.Redis, run_id: str, budget: BudgetSpec) -> dict[str, float]:
+    """Raise BudgetExceededError when a cap is reached; return the spend so far."""
+    spent = read_spend(client, run_id)
+    tokens, cost = spent.get("tokens", 0.0), spent.get("cost", 0.0)
+    if budget.max_tokens is not None and tokens >= budget.max_tokens:
+        raise BudgetExceededError(
+            f"run {run_id}: token budget spent ({tokens:.0f} of {budget.max_tokens})")
+    if budget.max_cost is not None and cost >= budget.max_cost:
+        raise BudgetExceededError(
+            f"run {run_id}: cost budget spent ({cost:.4f} of {budget.max_cost})")
+    return spent

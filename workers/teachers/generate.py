@@ -1,0 +1,187 @@
+"""``generate_job``: one planned generation job → validated teacher examples + accounting.
+
+The job (``docs/architecture.md``, "Generation jobs") becomes one or more requests of at most
+``examples_per_request`` examples, sent concurrently on the process's teacher runtime. Each
+answer is parsed (a malformed one is asked again, twice at most), then validated in request
+order so ids and content do not depend on timing: ids are ``<job_id>-<i:04d>``. Tokens, latency
+and cost of each request are shared out over the examples it produced; the job's totals come
+back in ``stats`` (and are added to the run's spend counter in Redis).
+
+A job fails as a whole (so the task is retried) when more than
+``tolerated_failure_fraction`` of its requests fail, or at once on a permanent error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import redis as redis_lib
+
+from orchestrator.spec import PriceSpec, RunSpec
+from storage.schemas import EXAMPLES
+from workers.errors import DistillqError, PermanentError
+from workers.teachers.accounting import (
+    RequestRecord,
+    Tally,
+    check_budget,
+    record_spend,
+    request_cost,
+)
+from workers.teachers.errors import MalformedOutputError
+from workers.teachers.openai import ChatClient, client_for
+from workers.teachers.parsing import Validator, extract_items, validate_items
+from workers.teachers.prompts import Prompt, build_prompt, split_counts
+from workers.teachers.runtime import Runtime, get_runtime
+
+log = logging.getLogger(__name__)
+
+MALFORMED_RETRIES = 2
+OUTPUT_TOKENS_PER_EXAMPLE = 80  # for the rate limiter's estimate before a call
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    table: pa.Table          # storage.schemas.EXAMPLES
+    stats: dict[str, Any]    # requests, tokens_in/out, cost, latency_s, *_by_reason, ...
+
+
+@dataclass
+class _Answer:
+    record: RequestRecord
+    items: list[Any]
+    model: str
+
+
+def job_prompts(spec: RunSpec, job: dict[str, Any], taxonomy: list[str]) -> list[Prompt]:
+    """The requests of a job: its examples cut into batches of ``examples_per_request``."""
+    counts = split_counts(int(job.get("n_examples", 0)), spec.generation.examples_per_request)
+    counts = [c for c in counts if c > 0]
+    return [build_prompt(job, taxonomy, spec.generation, n=n, part=i, parts=len(counts),
+                         descriptions=spec.dataset.label_descriptions)
+            for i, n in enumerate(counts)]
+
+
+async def _ask(client: ChatClient, prompt: Prompt, record: RequestRecord, tally: Tally,
+               price: PriceSpec) -> _Answer:
+    """One request; a malformed answer is asked again (it is still paid for)."""
+    for round_ in range(MALFORMED_RETRIES + 1):
+        attempts: list[int] = []
+        try:
+            done = await client.complete(prompt.messages, tally, attempts=attempts,
+                                         expected_output_tokens=prompt.n
+                                         * OUTPUT_TOKENS_PER_EXAMPLE + 16)
+        finally:
+            record.attempts += len(attempts)
+        record.add(done.input_tokens, done.output_tokens, done.latency_s,
+                   request_cost(price, done.input_tokens, done.output_tokens))
+        record.api_id = done.api_id
+        try:
+            return _Answer(record, extract_items(done.text), done.model)
+        except MalformedOutputError:
+            if round_ == MALFORMED_RETRIES:
+                tally.fail("malformed")
+                raise
+            tally.retry("malformed")
+    raise AssertionError("unreachable")
+
+
+async def _ask_all(client: ChatClient, prompts: Sequence[Prompt], job_id: str, tally: Tally,
+                   price: PriceSpec) -> list[_Answer | BaseException]:
+    records = [RequestRecord(f"{job_id}-r{i:02d}") for i in range(len(prompts))]
+    tally.requests.extend(records)
+    coros = [_ask(client, p, r, tally, price) for p, r in zip(prompts, records, strict=True)]
+    return list(await asyncio.gather(*coros, return_exceptions=True))
+
+
+def _check_failures(answers: list[_Answer | BaseException], tolerated: float) -> None:
+    """Raise when the job must fail: any permanent error, or too many failed requests."""
+    failed = [a for a in answers if isinstance(a, BaseException)]
+    for exc in failed:
+        if isinstance(exc, PermanentError) or not isinstance(exc, DistillqError):
+            raise exc
+    if failed and len(failed) > tolerated * len(answers):
+        raise failed[0]
+
+
+def _rows(answers: list[_Answer | BaseException], prompts: Sequence[Prompt],
+          validator: Validator, tally: Tally, ids: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for answer, prompt in zip(answers, prompts, strict=True):
+        if isinstance(answer, BaseException):
+            continue
+        parsed = validate_items(answer.items, validator, prompt.n)
+        tally.reject(parsed.rejects)
+        rec = answer.record
+        rec.kept = k = len(parsed.examples)
+        tin, tout = _shares(rec.input_tokens, k), _shares(rec.output_tokens, k)
+        for j, (text, label) in enumerate(parsed.examples):
+            rows.append({
+                **ids, "id": f"{ids['job_id']}-{len(rows):04d}", "source": "teacher",
+                "label": label, "text": text, "teacher_model": answer.model,
+                "prompt_id": rec.request_id, "input_tokens": tin[j], "output_tokens": tout[j],
+                "latency_s": rec.latency_s / k, "cost": rec.cost / k,
+            })
+    return rows
+
+
+def _shares(total: int, k: int) -> list[int]:
+    """``total`` split into ``k`` integers that add up to it exactly."""
+    base, extra = divmod(total, max(k, 1))
+    return [base + (1 if i < extra else 0) for i in range(k)]
+
+
+def _job_texts(job: dict[str, Any]) -> list[str]:
+    keys = ("fewshot", "correct", "misclassified", "hard_negatives")
+    return [str(x.get("text", "")) for k in keys for x in job.get(k, []) or []]
+
+
+def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
+                 taxonomy: list[str], redis: redis_lib.Redis, pool: Runtime | None = None,
+                 base_url: str | None = None) -> GenerationResult:
+    """Ask the teacher for ``job``'s examples; raises BudgetExceededError before starting
+    when the run's spend has reached a ``BudgetSpec`` cap.
+
+    ``pool``: the teacher runtime (event loop + HTTP session) to use, default the process's.
+    ``base_url``: overrides ``spec.teacher.base_url`` (the embedded simulated teacher).
+    """
+    t0 = time.perf_counter()
+    job_id = str(job["job_id"])
+    check_budget(redis, run_id, spec.budget)
+    runtime = pool or get_runtime()
+    client = client_for(spec.teacher, runtime, redis, base_url)
+    prompts = job_prompts(spec, job, taxonomy)
+    tally = Tally()
+    try:
+        answers = runtime.run(_ask_all(client, prompts, job_id, tally, spec.teacher.price))
+    finally:
+        _record(redis, run_id, tally)
+    _check_failures(answers, spec.generation.tolerated_failure_fraction)
+    validator = Validator(taxonomy, spec.generation, shown=_job_texts(job))
+    ids = {"run_id": run_id, "cycle": cycle, "job_id": job_id}
+    rows = _rows(answers, prompts, validator, tally, ids)
+    table = pa.Table.from_pylist(rows, schema=EXAMPLES)
+    stats = {**tally.stats(len(rows)), "job_id": job_id, "cycle": cycle,
+             "requested": int(job.get("n_examples", 0)), "teacher_model": _model(answers),
+             "wall_s": round(time.perf_counter() - t0, 4)}
+    log.info("%6.2fs → generate(run=%s cycle=%d job=%s) examples=%d requests=%d tokens=%d+%d "
+             "cost=%.4f retries=%s rejects=%s", stats["wall_s"], run_id, cycle, job_id,
+             len(rows), stats["requests"], stats["tokens_in"], stats["tokens_out"],
+             stats["cost"], stats["retries_by_reason"], stats["rejects_by_reason"])
+    return GenerationResult(table, stats)
+
+
+def _model(answers: list[_Answer | BaseException]) -> str:
+    return next((a.model for a in answers if isinstance(a, _Answer)), "")
+
+
+def _record(client: redis_lib.Redis, run_id: str, tally: Tally) -> None:
+    reqs = [r for r in tally.requests if r.input_tokens or r.output_tokens]
+    if reqs:
+        record_spend(client, run_id, sum(r.input_tokens for r in reqs),
+                     sum(r.output_tokens for r in reqs), sum(r.cost for r in reqs), len(reqs))

@@ -1,0 +1,290 @@
+"""An async client for OpenAI-compatible ``POST {base_url}/v1/chat/completions`` endpoints.
+
+OpenAI, vLLM, TGI, llama.cpp's server, Ollama and most gateways speak this protocol. One
+``ChatClient`` per endpoint per process (``client_for``) lives on the process's runtime loop
+and shares its ``aiohttp`` session; at most ``TeacherSpec.concurrency`` requests are in flight
+per process, and the global limiter (``ratelimit``) paces all processes together.
+
+Retries (tenacity): 429, 408, 5xx, connection errors and timeouts are retried with exponential
+backoff and jitter, honouring ``Retry-After`` (seconds or an HTTP date) and ``retry-after-ms``;
+any other 4xx is a ``TeacherPermanentError``. Attempts stop at ``max_attempts`` or before a
+wait would pass ``max_elapsed_s``. The API key comes from an environment variable or a file,
+is sent only in the ``Authorization`` header, and never appears in a repr, log or error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+)
+
+from orchestrator.spec import TeacherSpec
+from workers.teachers.accounting import Tally
+from workers.teachers.errors import TeacherPermanentError, TeacherTransientError
+from workers.teachers.ratelimit import GlobalRateLimiter, endpoint_namespace
+from workers.teachers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 409, 425, 429}
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 30.0
+DEFAULT_COOL_DOWN_S = 1.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to send requests. The key and headers are kept out of ``repr``."""
+
+    base_url: str
+    model: str
+    api_key: str | None = field(default=None, repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def url(self) -> str:
+        base = self.base_url.rstrip("/")
+        return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
+
+    @property
+    def namespace(self) -> str:
+        return endpoint_namespace(self.base_url, self.model)
+
+    def request_headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **self.headers}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One successful answer: its text and what it cost."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    latency_s: float
+    api_id: str
+    model: str
+
+
+def load_api_key(teacher: TeacherSpec, env: Mapping[str, str] | None = None) -> str | None:
+    """The API key from ``api_key_env`` or ``api_key_file``; errors name the source only."""
+    env = os.environ if env is None else env
+    if teacher.api_key_env:
+        value = env.get(teacher.api_key_env, "").strip()
+        if not value:
+            raise TeacherPermanentError(
+                "no_api_key", f"environment variable {teacher.api_key_env} is not set or empty")
+        return value
+    if teacher.api_key_file:
+        try:
+            value = Path(teacher.api_key_file).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise TeacherPermanentError(
+                "no_api_key", f"cannot read API key file {teacher.api_key_file}: "
+                f"{exc.strerror or type(exc).__name__}") from None
+        if not value:
+            raise TeacherPermanentError("no_api_key", f"API key file {teacher.api_key_file} is empty")
+        return value
+    return None
+
+
+def endpoint_for(teacher: TeacherSpec, base_url: str | None = None,
+                 env: Mapping[str, str] | None = None) -> Endpoint:
+    """The endpoint of a teacher spec; ``base_url`` overrides (the embedded sim's URL)."""
+    url = base_url or teacher.base_url
+    if not url:
+        raise TeacherPermanentError(
+            "no_endpoint", f"teacher kind {teacher.kind!r} has no base_url and none was given")
+    return Endpoint(url, teacher.model, load_api_key(teacher, env), dict(teacher.headers))
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``retry-after-ms``, or ``Retry-After`` (seconds or HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = (headers.get("Retry-After") or headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def estimate_tokens(messages: list[dict[str, str]]) -> int:
+    """A provider-neutral estimate: about four characters per token."""
+    return math.ceil(sum(len(m.get("content", "")) for m in messages) / 4) + 4 * len(messages)
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter on top of half the base."""
+    base = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * 2 ** (attempt - 1))
+    return base / 2 + random.uniform(0, base / 2)
+
+
+def _wait(state: RetryCallState) -> float:
+    exc = state.outcome.exception() if state.outcome else None
+    hint = exc.retry_after if isinstance(exc, TeacherTransientError) else None
+    if hint is not None:
+        return hint + random.uniform(0, 0.1 + 0.1 * hint)
+    return _backoff(state.attempt_number)
+
+
+class ChatClient:
+    """Sends chat requests to one endpoint with retries, pacing and a concurrency bound."""
+
+    def __init__(self, endpoint: Endpoint, teacher: TeacherSpec, runtime: Runtime,
+                 limiter: GlobalRateLimiter | None) -> None:
+        self.endpoint = endpoint
+        self.teacher = teacher
+        self.limiter = limiter
+        self._runtime = runtime
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def _slots(self) -> asyncio.Semaphore:
+        if self._semaphore is None:  # created on the loop that uses it
+            self._semaphore = asyncio.Semaphore(self.teacher.concurrency)
+        return self._semaphore
+
+    def payload(self, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.endpoint.model, "messages": messages,
+                                "temperature": self.teacher.temperature, "max_tokens": max_tokens}
+        if self.teacher.json_mode:
+            body["response_format"] = {"type": "json_object"}
+        return body
+
+    async def complete(self, messages: list[dict[str, str]], tally: Tally, *,
+                       max_tokens: int | None = None, expected_output_tokens: int = 0,
+                       attempts: list[int] | None = None) -> Completion:
+        """Send one chat request, retrying transient failures; count them in ``tally``.
+
+        ``attempts`` (optional) receives one entry per HTTP attempt made.
+        """
+        max_tokens = max_tokens or self.teacher.max_output_tokens
+        body = self.payload(messages, max_tokens)
+        estimate_in = estimate_tokens(messages)
+        estimate = estimate_in + min(max_tokens, expected_output_tokens or max_tokens)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.teacher.max_attempts)
+            | stop_before_delay(self.teacher.max_elapsed_s),
+            wait=_wait, retry=retry_if_exception_type(TeacherTransientError),
+            before_sleep=lambda s: self._on_retry(s, tally), reraise=True)
+        try:
+            return await retrying(self._attempt, body, estimate_in, estimate, attempts)
+        except (TeacherTransientError, TeacherPermanentError) as exc:
+            tally.fail(exc.reason)
+            log.warning("teacher %s failed for good: %s", self.endpoint.model, exc)
+            raise
+
+    def _on_retry(self, state: RetryCallState, tally: Tally) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = exc.reason if isinstance(exc, TeacherTransientError) else "other"
+        tally.retry(reason)
+        log.debug("retry %d of %s after %s", state.attempt_number, self.endpoint.model, reason)
+
+    async def _attempt(self, body: dict[str, Any], estimate_in: int, estimate: int,
+                       attempts: list[int] | None) -> Completion:
+        async with self._slots():
+            if self.limiter is not None:
+                await self.limiter.acquire(estimate)
+            if attempts is not None:
+                attempts.append(1)
+            t0 = time.monotonic()
+            status, headers, raw = await self._post(body)
+            latency = time.monotonic() - t0
+        if status != 200:
+            await self._raise_for_status(status, headers, raw)
+        completion = _completion(raw, latency, estimate_in, self.endpoint.model)
+        if self.limiter is not None:
+            actual = completion.input_tokens + completion.output_tokens
+            self.limiter.adjust(actual - estimate)
+        return completion
+
+    async def _post(self, body: dict[str, Any]) -> tuple[int, Mapping[str, str], bytes]:
+        timeout = aiohttp.ClientTimeout(total=self.teacher.timeout_s)
+        session = self._runtime.session()
+        try:
+            async with session.post(self.endpoint.url, json=body, timeout=timeout,
+                                    headers=self.endpoint.request_headers()) as resp:
+                return resp.status, resp.headers, await resp.read()
+        except asyncio.TimeoutError:
+            raise TeacherTransientError(
+                "timeout", f"no answer within {self.teacher.timeout_s}s") from None
+        except aiohttp.ClientError as exc:
+            raise TeacherTransientError("connection", type(exc).__name__) from None
+
+    async def _raise_for_status(self, status: int, headers: Mapping[str, str],
+                                raw: bytes) -> None:
+        detail = raw[:300].decode("utf-8", "replace")
+        if status == 429:
+            wait = parse_retry_after(headers)
+            if self.limiter is not None:
+                await self.limiter.cool_down(DEFAULT_COOL_DOWN_S if wait is None else wait)
+            raise TeacherTransientError("http_429", detail, retry_after=wait)
+        if status >= 500 or status in RETRYABLE_STATUS:
+            raise TeacherTransientError(f"http_{status}", detail, parse_retry_after(headers))
+        raise TeacherPermanentError(f"http_{status}", detail, status)
+
+
+def _completion(raw: bytes, latency: float, estimate: int, model: str) -> Completion:
+    """Decode an answer; without ``usage``, tokens are estimated (4 characters a token)."""
+    try:
+        data = json.loads(raw)
+        text = data["choices"][0]["message"]["content"] or ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise TeacherTransientError("bad_response", "not a chat completion") from None
+    usage = data.get("usage") or {}
+    text = str(text)
+    return Completion(
+        text=text,
+        input_tokens=int(usage.get("prompt_tokens") or estimate),
+        output_tokens=int(usage.get("completion_tokens") or math.ceil(len(text) / 4)),
+        latency_s=latency, api_id=str(data.get("id", "")),
+        model=str(data.get("model") or model),
+    )
+
+
+def client_for(teacher: TeacherSpec, runtime: Runtime, redis_client: redis.Redis | None,
+               base_url: str | None = None) -> ChatClient:
+    """The process's client for this teacher endpoint (created once, reused by every task)."""
+    endpoint = endpoint_for(teacher, base_url)
+    key = ("chat", endpoint.namespace, teacher.model_dump_json(), id(redis_client))
+
+    def make() -> ChatClient:
+        limiter = None
+        if teacher.global_rate_limit and redis_client is not None:
+            limiter = GlobalRateLimiter(redis_client, endpoint.namespace, teacher.rpm, teacher.tpm)
+        return ChatClient(endpoint, teacher, runtime, limiter)
+
+    return runtime.shared(key, make)

@@ -1,0 +1,142 @@
+"""Reading the teacher's answer: tolerant JSON extraction, strict validation of each example.
+
+Extraction tolerates what LLMs wrap around JSON: code fences, a sentence before, prose after.
+An answer with no usable ``{"examples": [...]}`` object (or bare list) is a
+``MalformedOutputError`` (transient: the request is asked again). Each example is then checked
+and, when it fails, rejected with a reason and counted, never stored:
+
+``not_an_object``, ``empty``, ``too_short``, ``too_long`` (``GenerationSpec.min_chars`` /
+``max_chars``), ``label_not_in_taxonomy``, ``copy_of_prompt`` (a prompt example, after
+normalising case, spaces and punctuation), ``duplicate`` (within the job), ``injection`` (text
+that addresses the model instead of being an example), ``surplus`` (more than were asked for).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.spec import GenerationSpec
+from workers.teachers.errors import MalformedOutputError
+
+FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
+INJECTION = re.compile(
+    r"ignore (all |any )?(the )?(previous|prior|above) (instructions|prompts?)|"
+    r"disregard (all |the )?(previous|prior|above)|system prompt|you are now (a|an) (new )?(ai|assistant|model|chatbot)|"
+    r"^\s*(system|assistant)\s*:|<\|im_(start|end)\|>|\[/?INST\]",
+    re.IGNORECASE | re.MULTILINE,
+)
+MAX_CANDIDATES = 50
+
+
+def normalise(text: str) -> str:
+    """The key used to compare texts: NFKC, case-folded, words only, single spaces."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(re.findall(r"\w+", text))
+
+
+def _candidates(text: str) -> Iterable[str]:
+    yield from (m.group(1) for m in FENCE.finditer(text))
+    yield text
+
+
+def _decode_from(text: str) -> Any:
+    """The first JSON object or list that decodes, starting at any '{' or '['."""
+    decoder = json.JSONDecoder()
+    starts = [m.start() for m in re.finditer(r"[\[{]", text)][:MAX_CANDIDATES]
+    for i in starts:
+        try:
+            value, _ = decoder.raw_decode(text, i)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and isinstance(value.get("examples"), list):
+            return value["examples"]
+        if isinstance(value, list) and all(isinstance(x, dict) for x in value) and value:
+            return value
+    return None
+
+
+def extract_items(text: str) -> list[Any]:
+    """The list of example objects in an answer; MalformedOutputError when there is none."""
+    for candidate in _candidates(text):
+        items = _decode_from(candidate)
+        if items is not None:
+            return list(items)
+    raise MalformedOutputError(f"no JSON examples object in {len(text)} characters of answer")
+
+
+@dataclass
+class Validator:
+    """Checks examples against the taxonomy, the spec and what the job has already seen."""
+
+    taxonomy: list[str]
+    gen: GenerationSpec
+    shown: Iterable[str] = ()
+    seen: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._labels = {label.casefold().strip(): label for label in self.taxonomy}
+        self._shown = {normalise(t) for t in self.shown}
+
+    def check(self, item: Any) -> tuple[str, str] | str:
+        """``(text, label)`` for a good example, else the reason it is rejected."""
+        if not isinstance(item, dict):
+            return "not_an_object"
+        text = item.get("text")
+        text = " ".join(text.split()) if isinstance(text, str) else ""
+        label = self._labels.get(str(item.get("label", "")).casefold().strip())
+        key = normalise(text)
+        reason = self._reason(text, key, label)
+        if reason:
+            return reason
+        self.seen.add(key)
+        return text, str(label)
+
+    def _reason(self, text: str, key: str, label: str | None) -> str | None:
+        if not key:
+            return "empty"
+        if len(text) < self.gen.min_chars:
+            return "too_short"
+        if len(text) > self.gen.max_chars:
+            return "too_long"
+        if label is None:
+            return "label_not_in_taxonomy"
+        if INJECTION.search(text):
+            return "injection"
+        if key in self._shown:
+            return "copy_of_prompt"
+        if key in self.seen:
+            return "duplicate"
+        return None
+
+
+@dataclass
+class Parsed:
+    examples: list[tuple[str, str]]
+    rejects: Counter[str]
+
+
+def validate_items(items: list[Any], validator: Validator, limit: int) -> Parsed:
+    """Keep the first ``limit`` good examples; count every reject by reason."""
+    kept: list[tuple[str, str]] = []
+    rejects: Counter[str] = Counter()
+    for item in items:
+        if len(kept) >= limit:
+            rejects["surplus"] += 1
+            continue
+        result = validator.check(item)
+        if isinstance(result, str):
+            rejects[result] += 1
+        else:
+            kept.append(result)
+    return Parsed(kept, rejects)
+
+
+def parse_answer(text: str, validator: Validator, limit: int) -> Parsed:
+    """Extract and validate in one step (MalformedOutputError if nothing can be read)."""
+    return validate_items(extract_items(text), validator, limit)

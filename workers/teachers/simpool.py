@@ -1,0 +1,192 @@
+"""The simulated teacher's knowledge: a pool of real labelled texts, and reading our prompts.
+
+``Pool`` indexes the texts per label with TF-IDF (an inverted index, so scoring a class
+costs only the postings of the prompt's words). ``read_prompt`` recovers from the very
+prompt a real LLM gets (``prompts.build_prompt``) what the sim needs: the target labels, the
+number of examples, the taxonomy, the report's per-class F1, the mined examples and every
+text the prompt shows. ``compose`` picks the answer: for each target label, pool examples
+of that label closest to the prompt's hard negatives and misclassified examples, never one
+the prompt shows, never the same one twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.teachers import prompts as P
+from workers.teachers.parsing import normalise
+
+WORD = re.compile(r"\w+")
+WINDOW = 3  # pick n examples among the 3n closest, so parts of a job differ
+BATCH_RE = re.compile(r"^(\d+) of (\d+)$")
+REPORT_ROW = re.compile(r"^\|\s*(.+?)\s*\|\s*[\d.]+\s*\|\s*[\d.]+\s*\|\s*([\d.]+)\s*\|")
+
+
+def tokens(text: str) -> list[str]:
+    return WORD.findall(text.casefold())
+
+
+class Pool:
+    """Labelled texts with a per-label TF-IDF inverted index."""
+
+    def __init__(self, texts: Sequence[str], labels: Sequence[str]) -> None:
+        self.texts = [str(t) for t in texts]
+        self.labels = [str(lab) for lab in labels]
+        self.keys = [normalise(t) for t in self.texts]
+        self.by_label: dict[str, list[int]] = defaultdict(list)
+        for i, label in enumerate(self.labels):
+            if self.keys[i]:
+                self.by_label[label].append(i)
+        docs = [Counter(tokens(t)) for t in self.texts]
+        df = Counter(tok for d in docs for tok in d)
+        self.idf = {tok: math.log((1 + len(docs)) / (1 + n)) + 1 for tok, n in df.items()}
+        self.postings: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(
+            lambda: defaultdict(list))
+        for i, d in enumerate(docs):
+            vec = self.vector(d)
+            for tok, w in vec.items():
+                self.postings[self.labels[i]][tok].append((i, w))
+
+    def vector(self, counts: Counter[str]) -> dict[str, float]:
+        vec = {t: c * self.idf.get(t, 0.0) for t, c in counts.items()}
+        norm = math.sqrt(sum(w * w for w in vec.values())) or 1.0
+        return {t: w / norm for t, w in vec.items() if w}
+
+    def centroid(self, texts: Iterable[str]) -> dict[str, float]:
+        q: dict[str, float] = defaultdict(float)
+        for text in texts:
+            for tok, w in self.vector(Counter(tokens(text))).items():
+                q[tok] += w
+        return q
+
+    def scores(self, label: str, query: dict[str, float]) -> dict[int, float]:
+        """Cosine (up to a constant) of each of ``label``'s texts with the query vector."""
+        out: dict[int, float] = defaultdict(float)
+        index = self.postings.get(label, {})
+        for tok, qw in query.items():
+            for i, w in index.get(tok, ()):
+                out[i] += qw * w
+        return out
+
+    def pick(self, label: str, n: int, guides: Sequence[str], exclude: set[str],
+             rng: random.Random, batch: tuple[int, int] = (0, 1)) -> list[int]:
+        """``n`` distinct texts of ``label``, preferring those closest to ``guides``.
+
+        ``batch`` = (k, K): request k of a job cut into K draws from its own K-th of the
+        texts, so the requests of one job do not return the same ones.
+        """
+        scores = self.scores(label, self.centroid(guides)) if guides else {}
+        k, parts = batch
+        cands = [i for j, i in enumerate(self.by_label.get(label, []))
+                 if self.keys[i] not in exclude and j % parts == k]
+        keyed = sorted(cands, key=lambda i: (-scores.get(i, 0.0), rng.random()))
+        chosen = rng.sample(keyed[: max(n, WINDOW * n)], min(n, len(keyed)))
+        return sorted(chosen, key=lambda i: -scores.get(i, 0.0))
+
+
+@dataclass
+class PromptFacts:
+    targets: list[str] = field(default_factory=list)
+    n: int = 10
+    taxonomy: list[str] = field(default_factory=list)
+    f1: dict[str, float] = field(default_factory=dict)
+    fewshot: list[dict[str, Any]] = field(default_factory=list)
+    mined: list[dict[str, Any]] = field(default_factory=list)   # misclassified + hard negatives
+    shown: set[str] = field(default_factory=set)
+    batch: tuple[int, int] = (0, 1)
+
+
+def _json_after(line: str, prefix: str) -> Any:
+    try:
+        return json.JSONDecoder().raw_decode(line[len(prefix):].strip())[0]
+    except ValueError:
+        return None
+
+
+def _read_line(facts: PromptFacts, section: str, line: str) -> None:
+    if line.startswith(P.TARGETS):
+        value = _json_after(line, P.TARGETS)
+        facts.targets = [str(x) for x in value] if isinstance(value, list) else []
+    elif line.startswith(P.COUNT) and line[len(P.COUNT):].strip().isdigit():
+        facts.n = int(line[len(P.COUNT):].strip())
+    elif line.startswith(P.BATCH) and (m := BATCH_RE.match(line[len(P.BATCH):].strip())):
+        k, parts = int(m.group(1)), int(m.group(2))
+        facts.batch = (k - 1, parts) if 1 <= k <= parts else (0, 1)
+    elif section == P.H_TAXONOMY and line.startswith("- "):
+        label = _json_after(line, "- ")
+        if isinstance(label, str):
+            facts.taxonomy.append(label)
+    elif section == P.H_REPORT and (m := REPORT_ROW.match(line)):
+        facts.f1[m.group(1)] = float(m.group(2))
+    elif line.startswith("- {"):
+        _read_example(facts, section, _json_after(line, "- "))
+
+
+def _read_example(facts: PromptFacts, section: str, item: Any) -> None:
+    if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+        return
+    facts.shown.add(normalise(item["text"].rstrip("…")))
+    if section == P.H_FEWSHOT:
+        facts.fewshot.append(item)
+    elif section in (P.H_MISCLASSIFIED, P.H_HARD):
+        facts.mined.append(item)
+
+
+def read_prompt(messages: Sequence[dict[str, Any]]) -> PromptFacts:
+    """What a distillq prompt asks for; a foreign prompt reads as "10 examples, any label"."""
+    facts, section = PromptFacts(), ""
+    for message in messages:
+        for raw in str(message.get("content", "")).splitlines():
+            line = raw.strip()
+            if line.startswith("## "):
+                section = line
+                continue
+            _read_line(facts, section, line)
+    return facts
+
+
+def guides_for(facts: PromptFacts, label: str) -> list[str]:
+    """The prompt's misclassified / hard-negative texts that involve ``label``."""
+    own = [x["text"] for x in facts.mined if label in (x.get("label"), x.get("predicted"))]
+    if own:
+        return own
+    return [x["text"] for x in facts.fewshot if x.get("label") == label]
+
+
+def label_counts(facts: PromptFacts, known: Iterable[str], rng: random.Random) -> Counter[str]:
+    """How many examples of each label: targets evenly, else weighted by weakness (1 - F1)."""
+    if facts.targets:
+        labels = [t for t in facts.targets if t in set(known)] or list(facts.targets)
+        return Counter(labels[i % len(labels)] for i in range(facts.n))
+    labels = [t for t in (facts.taxonomy or sorted(known)) if t in set(known)]
+    if not labels:
+        return Counter()
+    mean = 1 - sum(facts.f1.values()) / len(facts.f1) if facts.f1 else 1.0
+    weights = [(1 - facts.f1[t] if t in facts.f1 else mean) + 0.05 for t in labels]
+    return Counter(rng.choices(labels, weights=weights, k=facts.n))
+
+
+def compose(pool: Pool, facts: PromptFacts, rng: random.Random,
+            label_noise: float) -> list[dict[str, str]]:
+    """The examples the simulated teacher returns for a prompt (deterministic given ``rng``)."""
+    out: list[dict[str, str]] = []
+    taxonomy = facts.taxonomy or sorted(pool.by_label)
+    for label, k in sorted(label_counts(facts, pool.by_label, rng).items()):
+        for i in pool.pick(label, k, guides_for(facts, label), facts.shown, rng, facts.batch):
+            out.append({"text": pool.texts[i], "label": _noisy(label, taxonomy, label_noise, rng)})
+    rng.shuffle(out)
+    return out
+
+
+def _noisy(label: str, taxonomy: list[str], noise: float, rng: random.Random) -> str:
+    others = [t for t in taxonomy if t != label]
+    if others and rng.random() < noise:
+        return rng.choice(others)
+    return label

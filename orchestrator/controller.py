@@ -278,12 +278,20 @@ def write_plan(store: ShardStore, run_id: str, cycle: int,
 
 
 def read_job(store: ShardStore, run_id: str, cycle: int, job_id: str) -> dict[str, Any] | None:
-    """One job's payload, from its chunk."""
+    """One job's payload, from its chunk. Job ids are ``c<cycle>-<index>``, so the chunk is
+    known without reading plan.json (a 100k-job plan is megabytes)."""
+    prefix, _, index = job_id.partition("-")
+    if prefix == f"c{cycle:02d}" and index.isdigit():
+        chunk = store.read_json(
+            run_id, f"cycle={cycle}/jobs/part-{int(index) // PLAN_CHUNK:05d}.json")
+        if chunk is not None and job_id in chunk:
+            return chunk[job_id]
     plan = store.read_json(run_id, f"cycle={cycle}/plan.json")
     if plan is None or job_id not in plan["jobs"]:
         return None
-    index = plan["jobs"].index(job_id)
-    chunk = store.read_json(run_id, f"cycle={cycle}/jobs/part-{index // plan['chunk']:05d}.json")
+    index_in_plan = plan["jobs"].index(job_id)
+    chunk = store.read_json(
+        run_id, f"cycle={cycle}/jobs/part-{index_in_plan // plan['chunk']:05d}.json")
     return None if chunk is None else chunk.get(job_id)
 
 

@@ -8,7 +8,9 @@ drives a run at a time: it holds ``dq:{run}:lock`` (a token with expiry, refresh
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,22 +37,53 @@ def celery_sender(app: Celery) -> Callable[[str, list[Any], str], None]:
     return send
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunLock:
-    """``SET key token NX PX ttl``; refreshed only by its holder (compare-and-set in Lua)."""
+    """``SET key token NX PX ttl``; refreshed only by its holder (compare-and-set in Lua).
+
+    The token names its holder (``host:pid:random``). A holder that died on *this* host (its
+    pid is gone) is taken over at once, so a controller restarted after a crash resumes without
+    waiting out the TTL; a holder on another host is trusted until its lock expires.
+    """
 
     _REFRESH = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
                 "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
+    _STEAL = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+              "return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) else return 0 end")
     _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
                 "return redis.call('del', KEYS[1]) else return 0 end")
 
     def __init__(self, client: redis.Redis, run_id: str, ttl_ms: int = LOCK_TTL_MS):
         self.client, self.key, self.ttl = client, LOCK.format(run_id=run_id), ttl_ms
-        self.token = secrets.token_hex(8)
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
 
     def acquire(self) -> bool:
         if self.client.set(self.key, self.token, nx=True, px=self.ttl):
             return True
-        return bool(self.client.eval(self._REFRESH, 1, self.key, self.token, self.ttl))
+        if self.client.eval(self._REFRESH, 1, self.key, self.token, self.ttl):
+            return True
+        return self._take_over_dead_holder()
+
+    def _take_over_dead_holder(self) -> bool:
+        raw = self.client.get(self.key)
+        if raw is None:
+            return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl))
+        holder = raw.decode(errors="replace")
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid.isdigit() or _pid_alive(int(pid)):
+            return False
+        log.warning("lock %s: holder %s is dead; taking over", self.key, holder)
+        return bool(self.client.eval(self._STEAL, 1, self.key, holder, self.token, self.ttl))
 
     def release(self) -> None:
         self.client.eval(self._RELEASE, 1, self.key, self.token)

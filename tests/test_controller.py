@@ -171,3 +171,27 @@ def test_a_job_that_never_answers_is_failed_after_max_sends(setup: Any) -> None:
         ctl.tick()
     assert ctl.tick() == "failed"  # every generate job used its 3 sends
     assert len(sent) == 1 + 3 * n_jobs
+
+
+def test_run_lock_is_exclusive_and_a_dead_local_holder_is_taken_over(redis_client: Any) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from orchestrator.driver import RunLock
+
+    first, second = RunLock(redis_client, "lk"), RunLock(redis_client, "lk")
+    assert first.acquire() and first.acquire(), "the holder refreshes its own lock"
+    assert not second.acquire(), "a live holder (this process) keeps the lock"
+    first.release()
+    assert second.acquire()
+    second.release()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = socket.gethostname()
+    redis_client.set("dq:lk:lock", f"{host}:{dead}:abc", px=30_000)
+    assert second.acquire(), "a holder whose process is gone is taken over at once"
+    assert redis_client.get("dq:lk:lock").decode() == second.token
+    redis_client.set("dq:lk:lock", f"elsewhere.example:{dead}:abc", px=30_000)
+    assert not second.acquire(), "a holder on another host is trusted until its lock expires"

@@ -1,0 +1,189 @@
+"""End to end: real Redis, real worker processes, the simulated teacher, a real tiny student.
+
+These run the same code paths as a deployment: `orchestrator run` (embedded), and `submit` +
+`serve` against a shared Redis with the controller killed by SIGKILL and restarted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from orchestrator.embedded import LocalCluster
+from storage.store import ShardStore
+
+pytestmark = pytest.mark.slow
+CLASSES = 6
+
+
+def _write_spec(tmp_path: Path, banking77: Path, name: str, **over: Any) -> Path:
+    import csv
+
+    rows = list(csv.DictReader(open(banking77 / "train.csv", encoding="utf-8")))
+    keep = sorted({r["category"] for r in rows})[:CLASSES]
+    data = tmp_path / "data.csv"
+    if not data.exists():
+        with open(data, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["text", "category"])
+            w.writerows([r["text"], r["category"]] for r in rows if r["category"] in keep)
+    spec: dict[str, Any] = {
+        "name": name, "run_id": name, "storage": str(tmp_path / "store"),
+        "dataset": {"train": str(data), "test": str(data), "label_column": "category",
+                    "seed_size": 120, "test_limit": 60},
+        "teacher": {"kind": "sim", "model": "distillq-sim", "rpm": 6000},
+        "generation": {"examples_per_cycle": 24, "examples_per_request": 4},
+        "student": {"model": "builtin:minilm", "num_layers": 1, "max_length": 32, "lr": 3e-4,
+                    "batch_size": 32, "epochs": 2, "patience": 1},
+        "loop": {"max_cycles": 1, "patience": 3, "generate_deadline_s": 60},
+    }
+    for key, value in over.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) else value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    return {**env, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _orchestrator(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_embedded_run_completes_two_cycles_with_report(tmp_path: Path, banking77: Path) -> None:
+    spec = _write_spec(tmp_path, banking77, "emb")
+    done = _orchestrator("run", str(spec), "--quiet", env=_env())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    store = ShardStore(str(tmp_path / "store"))
+    manifest = store.read_json("emb", "manifest.json")
+    assert manifest["status"] == "done"
+    assert [d["cycle"] for d in manifest["decisions"]] == [0, 1]
+    generated = store.read_kind("emb", 1, "generated")
+    assert generated.num_rows > 0 and set(generated.column("source").to_pylist()) == {"teacher"}
+    assert store.read_json("emb", "test.json")["cycle"] in (0, 1)
+    report = (tmp_path / "store" / "emb" / "report" / "report.md").read_text()
+    assert "Simulated teacher" in report and "metrics.png" in report
+    assert "SIMULATED" in done.stdout
+
+
+# ---- distributed: submit + serve, controller killed mid-cycle ----------------------------
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, LocalCluster]]:
+    from workers.app import configure
+
+    configure(redis_url)
+    local = LocalCluster(tmp_path / "cluster", redis_url)
+    local.start(extra_env={"DISTILLQ_WORKDIR": str(tmp_path / "work")})
+    try:
+        local.wait_ready()
+        yield redis_url, local
+    finally:
+        local.stop()
+
+
+def _start_sim(store: ShardStore, run_id: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    from orchestrator.commands import start_sim_process
+    from orchestrator.spec import parse_spec
+
+    spec = parse_spec(store.read_json(run_id, "manifest.json")["spec"])
+    return start_sim_process(spec, store, run_id, tmp_path / f"sim-{run_id}")
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _drive_distributed(tmp_path: Path, banking77: Path, redis_url: str, name: str,
+                       kill_mid_cycle: bool) -> ShardStore:
+    import redis as redis_lib
+
+    from workers.context import TEACHER_URL_KEY
+
+    env = _env(REDIS_URL=redis_url)
+    spec = _write_spec(tmp_path, banking77, name,
+                       generation={"examples_per_cycle": 48, "examples_per_request": 4},
+                       teacher={"sim": {"latency_ms": 300}})
+    sub = _orchestrator("submit", str(spec), env=env)
+    assert sub.returncode == 0, sub.stderr
+    store = ShardStore(str(tmp_path / "store"))
+    sim, url = _start_sim(store, name, tmp_path)
+    redis_lib.Redis.from_url(redis_url).set(TEACHER_URL_KEY.format(run_id=name), url)
+    serve = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--poll", "0.5"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        if kill_mid_cycle:
+            def some_committed() -> bool:
+                plan = store.read_json(name, "cycle=1/plan.json")
+                done = store.list_jobs(name, 1, "generated")
+                return plan is not None and 0 < len(done) < len(plan["jobs"])
+
+            _wait(some_committed, 300, "cycle 1 to be part-way through generation")
+            serve.send_signal(signal.SIGKILL)
+            serve.wait(10)
+            serve = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.cli", "serve", "--poll", "0.5"],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(lambda: store.read_json(name, "manifest.json")["status"] == "done", 600,
+              f"run {name} to finish")
+    finally:
+        serve.kill()
+        sim.kill()
+    return store
+
+
+def _examples(store: ShardStore, run_id: str) -> list[tuple[str, str, str]]:
+    table = store.training_set(run_id, 1)
+    return sorted(zip(table.column("id").to_pylist(), table.column("label").to_pylist(),
+                      table.column("text").to_pylist(), strict=True))
+
+
+def test_controller_killed_mid_cycle_gives_the_same_examples(
+        tmp_path: Path, banking77: Path, cluster: tuple[str, LocalCluster]) -> None:
+    url, local = cluster
+    calm = _drive_distributed(tmp_path, banking77, url, "calm", kill_mid_cycle=False)
+    killed = _drive_distributed(tmp_path, banking77, url, "killed", kill_mid_cycle=True)
+    a, b = _examples(calm, "calm"), _examples(killed, "killed")
+    assert len(a) > 120
+    assert a == b
+    assert len({x[0] for x in b}) == len(b), "no example twice"
+    _assert_train_started_promptly(calm, "calm", local)
+    # the restarted controller takes over the dead one's lock at once, not after its TTL
+    _assert_train_started_promptly(killed, "killed", local)
+
+
+_LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): INFO/MainProcess\] "
+                       r"Task distillq\.train\[([^\]]+)\] received")
+
+
+def _assert_train_started_promptly(store: ShardStore, run_id: str, local: LocalCluster) -> None:
+    """The cycle's train job reaches its worker within 1 s of the cycle's last shard."""
+    folder = Path(store.uri) / run_id / "cycle=1" / "generated"
+    last_commit = max(p.stat().st_mtime for p in folder.glob("*.parquet"))
+    log = (local.state_dir / "logs" / "worker-train-0.log").read_text()
+    received = [datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                for line in log.splitlines() if (m := _LOG_TIME.match(line))
+                and m.group(2).startswith(f"{run_id}:c01/train")]
+    assert received, "the train job of cycle 1 was never received"
+    gap = min(received) - last_commit
+    assert -0.5 < gap < 1.0, f"train started {gap:.2f}s after the last shard committed"

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=float, default=2.0, help="seconds between idle ticks")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on this port (default: off)")
+    p.add_argument("--storage", action="append", default=[], metavar="URI",
+                   help="also drive the unfinished runs found in this storage (repeatable); "
+                   "they are registered again if Redis loses its state")
 
     for name, help_ in (("status", "a run's cycles, metric and spend (or all runs)"),
                         ("watch", "follow a run live: cycle progress, cost, validation metric"),

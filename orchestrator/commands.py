@@ -19,7 +19,7 @@ from orchestrator.errors import InvalidInputError
 from orchestrator.runs import create_run, load_manifest
 from orchestrator.spec import RunSpec, load_spec, validate_run_id
 from storage.store import ShardStore
-from workers.context import TEACHER_URL_KEY
+from workers.context import TEACHER_URL_FILE, TEACHER_URL_KEY
 
 log = logging.getLogger("distillq.cli")
 
@@ -85,6 +85,7 @@ def _run_embedded(spec: RunSpec, store: ShardStore, run_id: str, quiet: bool) ->
         if spec.teacher.kind == "sim":
             sim, sim_url = start_sim_process(spec, store, run_id, local)
             client.set(TEACHER_URL_KEY.format(run_id=run_id), sim_url)
+            store.write_json(run_id, TEACHER_URL_FILE, {"base_url": sim_url})
         cluster.wait_ready()
         with Progress(store, run_id, quiet=quiet) as progress:
             status = drive(store, client, run_id, app, on_tick=progress.update,
@@ -150,7 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         start_metrics_server(client, args.metrics_port)
     log.info("serving runs from %s", os.environ.get("REDIS_URL", "").split("@")[-1])
-    serve(client, app, poll_s=args.poll, should_stop=stop_flag())
+    serve(client, app, poll_s=args.poll, should_stop=stop_flag(), storages=tuple(args.storage))
     return 0
 
 

@@ -23,6 +23,7 @@ from orchestrator.runs import TERMINAL
 from storage.store import ShardStore
 from workers.app import ROUTES
 from workers.context import EVENTS_KEY
+from workers.flower import publish_options
 
 log = logging.getLogger("distillq.driver")
 
@@ -32,7 +33,8 @@ LOCK_TTL_MS = 30_000
 
 def celery_sender(app: Celery) -> Callable[[str, list[Any], str], None]:
     def send(task: str, args: list[Any], task_id: str) -> None:
-        app.send_task(task, args=args, task_id=task_id, queue=ROUTES[task]["queue"])
+        app.send_task(task, args=args, task_id=task_id, queue=ROUTES[task]["queue"],
+                      **publish_options(task, args))  # ids only in events and Flower
 
     return send
 
@@ -114,12 +116,16 @@ def drive(store: ShardStore, client: redis.Redis, run_id: str, app: Celery,
             if not _locked(lock, run_id):
                 time.sleep(1.0)
                 continue
-            status = controller.tick()
-            if on_tick:
-                on_tick(controller)
-            if status in TERMINAL:
-                return status
-            wait_for_events(client, [run_id], poll_s)
+            try:
+                status = controller.tick()
+                if on_tick:
+                    on_tick(controller)
+                if status in TERMINAL:
+                    return status
+                wait_for_events(client, [run_id], poll_s)
+            except redis.RedisError as exc:  # storage holds the state: wait for Redis
+                log.warning("run=%s Redis unavailable (%s); retrying", run_id, exc)
+                time.sleep(max(poll_s, 1.0))
     finally:
         _release(lock)
     return status
@@ -144,25 +150,68 @@ def _release(lock: RunLock) -> None:
 
 
 def serve(client: redis.Redis, app: Celery, poll_s: float = 2.0,
-          should_stop: Callable[[], bool] = lambda: False) -> None:
-    """Drive every submitted run, several at once, until ``should_stop``."""
+          should_stop: Callable[[], bool] = lambda: False,
+          storages: tuple[str, ...] = ()) -> None:
+    """Drive every submitted run, several at once, until ``should_stop``.
+
+    Redis is not the source of truth: runs this process has seen, and running runs found in
+    ``storages``, are registered again if Redis loses its registry (a restart without
+    persistence, a flush), and a Redis outage only pauses the loop.
+    """
     locks: dict[str, RunLock] = {}
     controllers: dict[str, Controller] = {}
+    known: dict[str, str] = _running_in(storages)
     while not should_stop():
-        runs = {k.decode(): v.decode() for k, v in client.hgetall(RUNS_KEY).items()}
-        for run_id, uri in runs.items():
-            lock = locks.setdefault(run_id, RunLock(client, run_id))
-            if not lock.acquire():
-                continue
-            ctl = controllers.setdefault(
-                run_id, Controller(ShardStore(uri), client, run_id, celery_sender(app)))
-            try:
-                status = ctl.tick()
-            except Exception:  # one broken run must not stop the others
-                log.exception("run=%s tick failed", run_id)
-                continue
-            if status in TERMINAL:
-                client.hdel(RUNS_KEY, run_id)
-                lock.release()
-                log.info("run=%s finished: %s", run_id, status)
-        wait_for_events(client, list(runs) or ["_idle"], poll_s)
+        try:
+            runs = _registered(client, known)
+            for run_id, uri in runs.items():
+                _serve_one(client, run_id, uri, app, locks, controllers, known)
+            wait_for_events(client, list(runs) or ["_idle"], poll_s)
+        except redis.RedisError as exc:
+            log.warning("Redis unavailable (%s); retrying in %.0fs", exc, max(poll_s, 1.0))
+            time.sleep(max(poll_s, 1.0))
+
+
+def _running_in(storages: tuple[str, ...]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for uri in storages:
+        store = ShardStore(uri)
+        for run_id in store.list_runs():
+            manifest = store.read_json(run_id, "manifest.json") or {}
+            if manifest.get("status") not in TERMINAL:
+                found[run_id] = store.uri
+    return found
+
+
+def _registered(client: redis.Redis, known: dict[str, str]) -> dict[str, str]:
+    runs = {k.decode(): v.decode() for k, v in client.hgetall(RUNS_KEY).items()}
+    lost = {r: u for r, u in known.items() if r not in runs}
+    if lost:
+        log.warning("re-registering runs Redis no longer lists: %s", sorted(lost))
+        client.hset(RUNS_KEY, mapping=lost)
+        runs.update(lost)
+    known.update(runs)
+    return runs
+
+
+def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
+               locks: dict[str, RunLock], controllers: dict[str, Controller],
+               known: dict[str, str]) -> None:
+    lock = locks.setdefault(run_id, RunLock(client, run_id))
+    if not lock.acquire():
+        return
+    ctl = controllers.setdefault(
+        run_id, Controller(ShardStore(uri), client, run_id, celery_sender(app)))
+    try:
+        status = ctl.tick()
+    except redis.RedisError:
+        raise
+    except Exception:  # one broken run must not stop the others
+        log.exception("run=%s tick failed", run_id)
+        return
+    if status in TERMINAL:
+        client.hdel(RUNS_KEY, run_id)
+        known.pop(run_id, None)
+        controllers.pop(run_id, None)
+        lock.release()
+        log.info("run=%s finished: %s", run_id, status)

@@ -6,68 +6,27 @@ These run the same code paths as a deployment: `orchestrator run` (embedded), an
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
+from runkit import env as run_env
+from runkit import orchestrator, start_sim, wait_for, write_spec
 
 from orchestrator.embedded import LocalCluster
 from storage.store import ShardStore
 
 pytestmark = pytest.mark.slow
-CLASSES = 6
-
-
-def _write_spec(tmp_path: Path, banking77: Path, name: str, **over: Any) -> Path:
-    import csv
-
-    rows = list(csv.DictReader(open(banking77 / "train.csv", encoding="utf-8")))
-    keep = sorted({r["category"] for r in rows})[:CLASSES]
-    data = tmp_path / "data.csv"
-    if not data.exists():
-        with open(data, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["text", "category"])
-            w.writerows([r["text"], r["category"]] for r in rows if r["category"] in keep)
-    spec: dict[str, Any] = {
-        "name": name, "run_id": name, "storage": str(tmp_path / "store"),
-        "dataset": {"train": str(data), "test": str(data), "label_column": "category",
-                    "seed_size": 120, "test_limit": 60},
-        "teacher": {"kind": "sim", "model": "distillq-sim", "rpm": 6000},
-        "generation": {"examples_per_cycle": 24, "examples_per_request": 4},
-        "student": {"model": "builtin:minilm", "num_layers": 1, "max_length": 32, "lr": 3e-4,
-                    "batch_size": 32, "epochs": 2, "patience": 1},
-        "loop": {"max_cycles": 1, "patience": 3, "generate_deadline_s": 60},
-    }
-    for key, value in over.items():
-        spec[key] = {**spec[key], **value} if isinstance(value, dict) else value
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    return {**env, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra}
-
-
-def _orchestrator(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def test_embedded_run_completes_two_cycles_with_report(tmp_path: Path, banking77: Path) -> None:
-    spec = _write_spec(tmp_path, banking77, "emb")
-    done = _orchestrator("run", str(spec), "--quiet", env=_env())
+    spec = write_spec(tmp_path, banking77, "emb")
+    done = orchestrator("run", str(spec), "--quiet", env=run_env())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     store = ShardStore(str(tmp_path / "store"))
     manifest = store.read_json("emb", "manifest.json")
@@ -97,37 +56,20 @@ def cluster(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, LocalCluster]
         local.stop()
 
 
-def _start_sim(store: ShardStore, run_id: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    from orchestrator.commands import start_sim_process
-    from orchestrator.spec import parse_spec
-
-    spec = parse_spec(store.read_json(run_id, "manifest.json")["spec"])
-    return start_sim_process(spec, store, run_id, tmp_path / f"sim-{run_id}")
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _drive_distributed(tmp_path: Path, banking77: Path, redis_url: str, name: str,
                        kill_mid_cycle: bool) -> ShardStore:
     import redis as redis_lib
 
     from workers.context import TEACHER_URL_KEY
 
-    env = _env(REDIS_URL=redis_url)
-    spec = _write_spec(tmp_path, banking77, name,
+    env = run_env(REDIS_URL=redis_url)
+    spec = write_spec(tmp_path, banking77, name,
                        generation={"examples_per_cycle": 48, "examples_per_request": 4},
                        teacher={"sim": {"latency_ms": 300}})
-    sub = _orchestrator("submit", str(spec), env=env)
+    sub = orchestrator("submit", str(spec), env=env)
     assert sub.returncode == 0, sub.stderr
     store = ShardStore(str(tmp_path / "store"))
-    sim, url = _start_sim(store, name, tmp_path)
+    sim, url = start_sim(store, name, tmp_path)
     redis_lib.Redis.from_url(redis_url).set(TEACHER_URL_KEY.format(run_id=name), url)
     serve = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--poll", "0.5"],
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -138,13 +80,13 @@ def _drive_distributed(tmp_path: Path, banking77: Path, redis_url: str, name: st
                 done = store.list_jobs(name, 1, "generated")
                 return plan is not None and 0 < len(done) < len(plan["jobs"])
 
-            _wait(some_committed, 300, "cycle 1 to be part-way through generation")
+            wait_for(some_committed, 300, "cycle 1 to be part-way through generation")
             serve.send_signal(signal.SIGKILL)
             serve.wait(10)
             serve = subprocess.Popen(
                 [sys.executable, "-m", "orchestrator.cli", "serve", "--poll", "0.5"],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: store.read_json(name, "manifest.json")["status"] == "done", 600,
+        wait_for(lambda: store.read_json(name, "manifest.json")["status"] == "done", 600,
               f"run {name} to finish")
     finally:
         serve.kill()

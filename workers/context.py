@@ -86,6 +86,22 @@ def workdir(run_id: str) -> Path:
     return path
 
 
+TEACHER_URL_FILE = "teacher_url.json"
+
+
+def teacher_base_url(client: redis.Redis, store: Any, run_id: str) -> str | None:
+    """Where a run's (simulated) teacher answers when it was started beside the run: the Redis
+    key, else the copy in storage (Redis may have been flushed); None: the spec's base_url."""
+    try:
+        raw = client.get(TEACHER_URL_KEY.format(run_id=run_id))
+    except redis.RedisError:
+        raw = None
+    if raw:
+        return str(raw.decode())
+    saved = store.read_json(run_id, TEACHER_URL_FILE)
+    return str(saved["base_url"]) if saved and saved.get("base_url") else None
+
+
 def notify(client: redis.Redis, run_id: str, event: dict[str, Any]) -> None:
     """Wake the run's controller at once (it also polls, so a lost event only costs a tick)."""
     event = {**event, "at": time.time()}

@@ -17,11 +17,11 @@ from celery import Task
 
 from workers.app import app, redis_url
 from workers.context import (
-    TEACHER_URL_KEY,
     RunContext,
     notify,
     redis_client,
     run_context,
+    teacher_base_url,
     workdir,
 )
 from workers.errors import PermanentError, TransientError
@@ -87,11 +87,10 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
         if job is None:
             raise PermanentError(f"job {job_id} is not in the plan of cycle {cycle}")
         client = redis_client(redis_url())
-        override = client.get(TEACHER_URL_KEY.format(run_id=run_id))
         result = generate_job(
             ctx.spec, job, run_id=run_id, cycle=cycle,
             taxonomy=list(ctx.taxonomy), redis=client,
-            base_url=override.decode() if override else None,
+            base_url=teacher_base_url(client, ctx.store, run_id),
         )
         ctx.store.write_json(run_id, f"cycle={cycle}/jobstats/{job_id}.json", result.stats)
         ctx.store.commit(run_id, cycle, "generated", job_id, result.table)

@@ -117,3 +117,18 @@ def test_pool_index_scores_by_cosine() -> None:
     p = Pool(["red apple pie", "green apple", "blue sky"], ["a", "a", "a"])
     scores = p.scores("a", p.centroid(["apple pie"]))
     assert scores[0] > scores[1] > scores.get(2, 0.0)
+
+
+def test_the_prompt_states_the_length_bound_and_the_sim_keeps_to_it(pool) -> None:  # type: ignore[no-untyped-def]
+    from workers.teachers.simpool import clip, compose, read_prompt
+
+    gen = make_spec().generation.model_copy(update={"max_chars": 40})
+    messages = build_prompt(make_job(pool, n=6), LABELS, gen).messages
+    facts = read_prompt(messages)
+    assert facts.max_chars == 40
+    index = Pool([t for t, _ in pool], [lab for _, lab in pool])
+    answer = compose(index, facts, random.Random(0), 0.0)
+    assert answer and all(len(x["text"]) <= 40 for x in answer)
+    assert clip("one two three four", 9) == "one two"
+    assert clip("abcdefghijkl", 5) == "abcde"
+    assert clip("short", 40) == "short"

@@ -43,6 +43,7 @@ H_OUTPUT = "## Output"
 TARGETS = "Target labels: "   # followed by a JSON list ([] = any label)
 COUNT = "Number of examples: "
 BATCH = "Batch: "
+MAX_CHARS = "Longest text (characters): "
 WORST_CLASSES = 5
 
 
@@ -128,13 +129,14 @@ def _section(title: str, items: list[Any], n: int, limit: int, with_pred: bool) 
     return ["", title, *(_example_line(x, limit, with_pred) for x in items)]
 
 
-def _output_lines(n: int) -> list[str]:
+def _output_lines(n: int, max_chars: int) -> list[str]:
     return [
         "", H_OUTPUT,
         f"Return exactly {n} new examples as one JSON object and nothing else:",
         '{"examples": [{"text": "...", "label": "..."}]}',
         "Each label must be one of the taxonomy's labels, spelled exactly. Do not copy or "
         "lightly edit the examples shown above; write new ones.",
+        f"{MAX_CHARS}{max_chars}",
     ]
 
 
@@ -163,7 +165,7 @@ def build_prompt(job: Mapping[str, Any], taxonomy: list[str], gen: GenerationSpe
         for key, title, count, with_pred in mined:
             lines += _section(title, job.get(key, []), count, limit, with_pred)
             shown += list(job.get(key, []))[:count]
-    lines += _output_lines(n)
+    lines += _output_lines(n, gen.max_chars)
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
     return Prompt(messages, n, targets, tuple(str(x.get("text", "")) for x in shown))
 

@@ -101,6 +101,7 @@ class PromptFacts:
     mined: list[dict[str, Any]] = field(default_factory=list)   # misclassified + hard negatives
     shown: set[str] = field(default_factory=set)
     batch: tuple[int, int] = (0, 1)
+    max_chars: int | None = None
 
 
 def _json_after(line: str, prefix: str) -> Any:
@@ -119,6 +120,8 @@ def _read_line(facts: PromptFacts, section: str, line: str) -> None:
     elif line.startswith(P.BATCH) and (m := BATCH_RE.match(line[len(P.BATCH):].strip())):
         k, parts = int(m.group(1)), int(m.group(2))
         facts.batch = (k - 1, parts) if 1 <= k <= parts else (0, 1)
+    elif line.startswith(P.MAX_CHARS) and line[len(P.MAX_CHARS):].strip().isdigit():
+        facts.max_chars = int(line[len(P.MAX_CHARS):].strip())
     elif section == P.H_TAXONOMY and line.startswith("- "):
         label = _json_after(line, "- ")
         if isinstance(label, str):
@@ -180,9 +183,20 @@ def compose(pool: Pool, facts: PromptFacts, rng: random.Random,
     taxonomy = facts.taxonomy or sorted(pool.by_label)
     for label, k in sorted(label_counts(facts, pool.by_label, rng).items()):
         for i in pool.pick(label, k, guides_for(facts, label), facts.shown, rng, facts.batch):
-            out.append({"text": pool.texts[i], "label": _noisy(label, taxonomy, label_noise, rng)})
+            out.append({"text": clip(pool.texts[i], facts.max_chars),
+                        "label": _noisy(label, taxonomy, label_noise, rng)})
     rng.shuffle(out)
     return out
+
+
+def clip(text: str, limit: int | None) -> str:
+    """``text`` cut to at most ``limit`` characters, at a word boundary where there is one (an
+    LLM asked for texts of at most that length writes shorter ones)."""
+    if limit is None or len(text) <= limit:
+        return text
+    cut = text[:limit]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip()
 
 
 def _noisy(label: str, taxonomy: list[str], noise: float, rng: random.Random) -> str:

@@ -16,8 +16,8 @@ import redis
 
 from orchestrator.cli import EXIT_FAILED, state_dir, stop_flag
 from orchestrator.errors import InvalidInputError
-from orchestrator.runs import create_run, load_manifest
-from orchestrator.spec import RunSpec, load_spec, validate_run_id
+from orchestrator.runs import check_run_id, check_storage, create_run, load_manifest
+from orchestrator.spec import RunSpec, load_spec
 from storage.store import ShardStore
 from workers.context import TEACHER_URL_FILE, TEACHER_URL_KEY
 
@@ -36,13 +36,13 @@ def _redis_from_env() -> redis.Redis:
 
 
 def _store(args: argparse.Namespace) -> ShardStore:
-    return ShardStore(args.storage)
+    return ShardStore(check_storage(args.storage))
 
 
 # ---- run / resume (embedded) --------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    store = ShardStore(spec.storage)
+    store = ShardStore(check_storage(spec.storage))
     run_id = create_run(spec, store)
     print(f"run {run_id} created in {store.uri}")
     return _run_embedded(spec, store, run_id, quiet=args.quiet)
@@ -132,7 +132,7 @@ def start_sim_process(spec: RunSpec, store: ShardStore, run_id: str,
 def cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     client = _redis_from_env()
-    store = ShardStore(spec.storage)
+    store = ShardStore(check_storage(spec.storage))
     run_id = create_run(spec, store)
     from orchestrator.driver import RUNS_KEY
 
@@ -161,7 +161,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return cmd_list(args)
     from orchestrator.controller import summarize
 
-    print(json.dumps(summarize(_store(args), validate_run_id(args.run_id)), indent=2))
+    print(json.dumps(summarize(_store(args), check_run_id(args.run_id)), indent=2))
     return 0
 
 
@@ -179,7 +179,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from orchestrator.progress import Progress
 
     store = _store(args)
-    manifest = load_manifest(store, validate_run_id(args.run_id))
+    manifest = load_manifest(store, check_run_id(args.run_id))
     with Progress(store, args.run_id) as progress:
         while manifest["status"] not in ("done", "failed", "cancelled"):
             progress.refresh()
@@ -192,7 +192,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     store = _store(args)
-    load_manifest(store, validate_run_id(args.run_id))
+    load_manifest(store, check_run_id(args.run_id))
     store.write_json(args.run_id, "cancel.json", {"at": time.time()})
     print(f"run {args.run_id}: cancel requested; no new jobs will be sent")
     return 0
@@ -202,7 +202,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import write_report
 
     store = _store(args)
-    load_manifest(store, validate_run_id(args.run_id))
+    load_manifest(store, check_run_id(args.run_id))
     path = write_report(store, args.run_id, out_dir=Path(args.out) if args.out else None)
     print(f"report: {path}")
     _print_summary(store, args.run_id)
@@ -211,7 +211,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     store = _store(args)
-    manifest = load_manifest(store, validate_run_id(args.run_id))
+    manifest = load_manifest(store, check_run_id(args.run_id))
     cycle = args.cycle
     if cycle is None:
         final = manifest.get("final") or _best_so_far(manifest)

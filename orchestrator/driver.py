@@ -19,7 +19,8 @@ import redis
 from celery import Celery
 
 from orchestrator.controller import LOCK, Controller
-from orchestrator.runs import TERMINAL
+from orchestrator.errors import InvalidInputError
+from orchestrator.runs import TERMINAL, check_run_id, check_storage
 from storage.store import ShardStore
 from workers.app import ROUTES
 from workers.context import EVENTS_KEY
@@ -197,6 +198,14 @@ def _registered(client: redis.Redis, known: dict[str, str]) -> dict[str, str]:
 def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
                locks: dict[str, RunLock], controllers: dict[str, Controller],
                known: dict[str, str]) -> None:
+    try:
+        check_run_id(run_id)
+        check_storage(uri)
+    except InvalidInputError as exc:  # registered by hand, or by an older deployment
+        log.error("run=%r refused and unregistered: %s", run_id, exc)
+        client.hdel(RUNS_KEY, run_id)
+        known.pop(run_id, None)
+        return
     lock = locks.setdefault(run_id, RunLock(client, run_id))
     if not lock.acquire():
         return

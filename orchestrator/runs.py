@@ -6,8 +6,10 @@ happens last: an invalid spec or dataset raises before anything is written.
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -19,6 +21,41 @@ from storage.schemas import EXAMPLES
 from storage.store import ShardStore
 
 TERMINAL = ("done", "failed", "cancelled")
+STORAGE_ROOTS_ENV = "DISTILLQ_STORAGE_ROOTS"
+
+
+def check_run_id(run_id: str) -> str:
+    """``validate_run_id`` for command-line input: InvalidInputError (exit code 2)."""
+    try:
+        return validate_run_id(run_id)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+
+
+def check_storage(uri: str, roots: str | None = None) -> str:
+    """Refuse a storage URI outside the allowed roots.
+
+    ``roots`` (default: ``$DISTILLQ_STORAGE_ROOTS``): comma-separated folders or URI prefixes a
+    deployment allows specs to name (unset: any). Local paths are compared after resolving
+    symlinks and ``..``; URIs must start with an allowed prefix and may not contain ``..``.
+    """
+    allowed = [r.strip() for r in (roots if roots is not None
+                                    else os.environ.get(STORAGE_ROOTS_ENV, "")).split(",")
+               if r.strip()]
+    if not allowed:
+        return uri
+    if "://" in uri and not uri.startswith("file://"):
+        ok = ".." not in uri.split("?")[0].split("/") and any(
+            uri.rstrip("/") == r.rstrip("/") or uri.startswith(r.rstrip("/") + "/")
+            for r in allowed if "://" in r)
+    else:
+        path = Path(uri.removeprefix("file://")).expanduser().resolve()
+        ok = any(path.is_relative_to(Path(r.removeprefix("file://")).expanduser().resolve())
+                 for r in allowed if "://" not in r or r.startswith("file://"))
+    if not ok:
+        raise InvalidInputError(f"storage {uri!r} is outside the allowed roots "
+                                f"({STORAGE_ROOTS_ENV}={','.join(allowed)})")
+    return uri
 
 
 def new_run_id(spec: RunSpec) -> str:
@@ -52,7 +89,8 @@ def examples_table(data: Labelled, run_id: str, cycle: int, source: str, job_id:
 
 def create_run(spec: RunSpec, store: ShardStore | None = None) -> str:
     """Validate the data, write the seed / val / test / pool tables, then the manifest."""
-    run_id = validate_run_id(new_run_id(spec))
+    run_id = check_run_id(new_run_id(spec))
+    check_storage(spec.storage if store is None else store.uri)
     store = store or ShardStore(spec.storage)
     if store.read_json(run_id, "manifest.json") is not None:
         raise InvalidInputError(f"run {run_id!r} already exists in {spec.storage}")
@@ -79,7 +117,7 @@ def create_run(spec: RunSpec, store: ShardStore | None = None) -> str:
 
 
 def load_manifest(store: ShardStore, run_id: str) -> dict[str, Any]:
-    validate_run_id(run_id)
+    check_run_id(run_id)
     manifest = store.read_json(run_id, "manifest.json")
     if manifest is None:
         raise InvalidInputError(f"no run {run_id!r} in {store.root}")

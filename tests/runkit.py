@@ -33,8 +33,8 @@ def write_spec(tmp_path: Path, banking77: Path, name: str, **over: Any) -> Path:
                     "seed_size": 120, "test_limit": 60},
         "teacher": {"kind": "sim", "model": "distillq-sim", "rpm": 6000},
         "generation": {"examples_per_cycle": 24, "examples_per_request": 4},
-        "student": {"model": "builtin:minilm", "num_layers": 1, "max_length": 32, "lr": 3e-4,
-                    "batch_size": 32, "epochs": 2, "patience": 1},
+        "student": {"model": "builtin:minilm", "num_layers": 1, "max_length": 32, "lr": 1e-3,
+                    "batch_size": 16, "epochs": 2, "patience": 1},
         "loop": {"max_cycles": 1, "patience": 3, "generate_deadline_s": 60},
     }
     for key, value in over.items():

@@ -34,7 +34,7 @@ from workers.context import TEACHER_URL_FILE
 pytestmark = pytest.mark.slow
 
 CYCLES = 2
-CHAOS_S = 75.0  # chaos stops after this; the run must then finish on its own
+CHAOS_S = 60.0  # chaos stops after this; the run must then finish on its own
 OVER: dict[str, Any] = {
     "generation": {"examples_per_cycle": 32, "examples_per_request": 4},
     "teacher": {"sim": {"latency_ms": 150}},
@@ -91,10 +91,12 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 class Chaos:
     """Kills things on a schedule; records what it did."""
 
-    def __init__(self, srv: RedisServer, cluster: LocalCluster, serve: list[subprocess.Popen[bytes]],
-                 serve_cmd: list[str], env: dict[str, str]):
+    def __init__(self, srv: RedisServer, cluster: LocalCluster,
+                 serve: list[subprocess.Popen[bytes]], serve_cmd: list[str],
+                 env: dict[str, str], serve_log: Path):
         self.srv, self.cluster, self.serve, self.serve_cmd, self.env = (
             srv, cluster, serve, serve_cmd, env)
+        self.serve_log = serve_log
         self.done = threading.Event()
         self.log: list[str] = []
         self.error: BaseException | None = None
@@ -108,8 +110,8 @@ class Chaos:
     def _run(self) -> None:
         rng = random.Random(7)
         start = time.monotonic()
-        events = {12.0: self._kill_controller, 25.0: self._restart_redis,
-                  40.0: self._flush_redis, 55.0: self._kill_controller}
+        events = {10.0: self._kill_controller, 20.0: self._restart_redis,
+                  30.0: self._flush_redis, 45.0: self._kill_controller}
         while not self.done.wait(4.0) and time.monotonic() - start < CHAOS_S:
             now = time.monotonic() - start
             for at in [t for t in events if t <= now]:
@@ -128,8 +130,7 @@ class Chaos:
     def _kill_controller(self) -> None:
         self.serve[0].send_signal(signal.SIGKILL)
         self.serve[0].wait(10)
-        self.serve[0] = subprocess.Popen(self.serve_cmd, env=self.env,
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.serve[0] = _start_serve(self.serve_cmd, self.env, self.serve_log)
         self.log.append("killed controller")
 
     def _restart_redis(self) -> None:
@@ -141,6 +142,11 @@ class Chaos:
     def _flush_redis(self) -> None:
         redis.Redis.from_url(self.srv.url).flushall()
         self.log.append("flushed redis")
+
+
+def _start_serve(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _watch_shards(store: ShardStore, run_id: str, stop: threading.Event,
@@ -185,9 +191,9 @@ def _chaos_run(tmp_path: Path, banking77: Path, srv: RedisServer) -> tuple[Shard
     cluster.workers[1].index = 1
     serve_cmd = [sys.executable, "-m", "orchestrator.cli", "serve", "--poll", "0.5",
                  "--storage", store.uri]
-    serve = [subprocess.Popen(serve_cmd, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)]
-    chaos = Chaos(srv, cluster, serve, serve_cmd, env)
+    serve_log = tmp_path / "serve.log"
+    serve = [_start_serve(serve_cmd, env, serve_log)]
+    chaos = Chaos(srv, cluster, serve, serve_cmd, env, serve_log)
     stop, problems = threading.Event(), []
     watcher = threading.Thread(target=_watch_shards, args=(store, "chaos", stop, problems))
     try:
@@ -226,6 +232,8 @@ def test_a_run_survives_killed_workers_controller_and_redis(
     assert manifest["status"] == "done", manifest.get("stop_reason")
     assert {"killed controller", "restarted redis", "flushed redis"} <= set(chaos.log)
     assert sum(e.startswith("killed worker") for e in chaos.log) >= 10
+    served = (tmp_path / "serve.log").read_text()
+    assert "re-registering runs Redis no longer lists: ['chaos']" in served, served[-3000:]
 
     a, b = _examples(calm, "calm"), _examples(chaotic, "chaos")
     assert len(a) > 120, "the seed and the generated examples"

@@ -44,6 +44,9 @@ def _teacher_totals(store: ShardStore, run_id: str, n_cycles: int) -> list[dict[
         row = {k: sum(float(s.get(k, 0) or 0) for s in stats)
                for k in ("examples", "requests", "tokens_in", "tokens_out", "cost", "latency_s")}
         row["cycle"] = cycle
+        failed = store.list_names(run_id, f"cycle={cycle}/failed")
+        row["failed"] = sum(n.startswith("generate-") for n in failed)
+        row["failed_attribute"] = sum(n.startswith("attribute-") for n in failed)
         rows.append(row)
     return rows
 
@@ -168,11 +171,16 @@ def _markdown(manifest: dict[str, Any], evals: list[dict[str, Any]], test: dict[
                   f"{test.get('macro_f1', 0):.4f}, weighted-F1 {test.get('weighted_f1', 0):.4f}"
                   f" on {test.get('n', test.get('support', '?'))} examples."]
     lines += ["", "## Teacher spend per cycle", "",
-              "| cycle | requests | examples kept | tokens in | tokens out | cost |",
-              "|---|---|---|---|---|---|"]
+              "| cycle | requests | examples kept | tokens in | tokens out | cost | failed jobs |",
+              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {int(r['cycle'])} | {int(r['requests'])} | {int(r['examples'])} | "
-                     f"{int(r['tokens_in'])} | {int(r['tokens_out'])} | {r['cost']:.4f} |")
+                     f"{int(r['tokens_in'])} | {int(r['tokens_out'])} | {r['cost']:.4f} | "
+                     f"{int(r.get('failed', 0))} generate, {int(r.get('failed_attribute', 0))} "
+                     "attribute |")
+    if any(r.get("failed") or r.get("failed_attribute") for r in rows):
+        lines += ["", "Failed jobs failed permanently (see `cycle=<c>/failed/`); the cycle went "
+                  "on because they stayed within `generation.tolerated_failure_fraction`."]
     sim_ms = spec["teacher"]["sim"]["latency_ms"] if spec["teacher"]["kind"] == "sim" else None
     lines += ["", "## Student vs teacher", "", *latency_table(test, rows, sim_ms), ""]
     lines += [f"![{p}]({p})" for p in plots]

@@ -1,6 +1,6 @@
 """The one Celery app of distillq.
 
-Configuration is read once, when Celery first needs it (``on_configure``), from the worker's
+Configuration is read once, when Celery first needs it (``_LazyConfig``), from the worker's
 environment at start: ``REDIS_URL`` (``redis://``, ``rediss://`` with TLS, passwords included,
 or ``unix:///path/redis.sock`` as the embedded Redis uses). Nothing is read at import time.
 
@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from celery import Celery
+from celery import Celery, Task
 from kombu import Queue
+
+from workers.flower import publish_options
 
 QUEUES = ("generate", "attribute", "train")
 
@@ -120,16 +123,46 @@ def celery_config(settings: BrokerSettings) -> dict[str, Any]:
     return conf
 
 
-app = Celery("distillq", include=["workers.tasks"])
+class DistillqTask(Task):  # type: ignore[misc]
+    """Every send of a distillq task (retries included) carries ids-only ``argsrepr``: events,
+    Flower and logs never see the arguments themselves (see workers/flower.py)."""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        for key, value in publish_options(self.name, args).items():
+            options.setdefault(key, value)
+        return super().apply_async(args, kwargs, **options)
+
+
 _explicit: dict[str, str] = {}
 
 
-@app.on_configure.connect
-def _configure(sender: Celery, **_: Any) -> None:
-    # Runs once, when the app's configuration is first used: at worker or CLI start.
-    url = _explicit.get("redis_url")
-    settings = BrokerSettings(url) if url else BrokerSettings.from_env()
-    sender.conf.update(celery_config(settings))
+class _LazyConfig(Mapping[str, Any]):
+    """The app's configuration source, built when Celery first loads its configuration (at
+    worker or CLI start) from the explicit URL or the environment. A source rather than an
+    ``on_configure`` handler: updating ``conf`` from inside that signal re-enters Celery's
+    configuration loading once ``app.amqp`` exists (a RecursionError, logged and swallowed)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] | None = None
+
+    def _get(self) -> dict[str, Any]:
+        if self._data is None:
+            url = _explicit.get("redis_url")
+            self._data = celery_config(BrokerSettings(url) if url else BrokerSettings.from_env())
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+app = Celery("distillq", include=["workers.tasks"], task_cls=DistillqTask)
+app.config_from_object(_LazyConfig())
 
 
 def configure(redis_url: str) -> Celery:

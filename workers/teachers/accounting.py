@@ -8,6 +8,12 @@ Redis hash ``dq:{run_id}:spend`` (fields ``tokens``, ``tokens_in``, ``tokens_out
 ``requests``) as soon as it returns, so concurrent jobs see one another's spend and
 ``check_budget`` can refuse to start a job once a ``BudgetSpec`` cap is reached. That counter
 counts money actually spent: a job that is delivered twice is paid for twice.
+
+Per teacher endpoint, every job also adds its counters to the hash ``<namespace>:stats``
+(``namespace`` = ``ratelimit.endpoint_namespace``, ``dq:rl:<hash>``, the rate limiter's own
+prefix): ``requests``, ``attempts``, ``tokens``, ``retry:<reason>``, ``failure:<reason>``
+(``http_429`` among the reasons), plus ``host``, ``model``, ``rpm`` and ``tpm`` of the endpoint.
+``orchestrator serve --metrics-port`` exports them (``orchestrator/metrics.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from orchestrator.spec import BudgetSpec, PriceSpec
 from workers.teachers.errors import BudgetExceededError
 
 SPEND_KEY = "dq:{run_id}:spend"
+ENDPOINT_STATS_KEY = "{namespace}:stats"
 
 # Process-wide counters ("retry:<reason>", "failure:<reason>", "reject:<reason>"), for logs
 # and metrics; per-job counts live in the job's Tally.
@@ -119,3 +126,20 @@ def check_budget(client: redis.Redis, run_id: str, budget: BudgetSpec) -> dict[s
         raise BudgetExceededError(
             f"run {run_id}: cost budget spent ({cost:.4f} of {budget.max_cost})")
     return spent
+
+
+def record_endpoint(client: redis.Redis, namespace: str, tally: Tally, *, host: str,
+                    model: str, rpm: float, tpm: float) -> None:
+    """Add a job's requests, retries and failures to its endpoint's counters (one transaction).
+    ``host`` is the endpoint's host:port only, never a URL with credentials."""
+    reqs = tally.requests
+    key = ENDPOINT_STATS_KEY.format(namespace=namespace)
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(key, mapping={"host": host, "model": model, "rpm": rpm, "tpm": tpm})
+    pipe.hincrby(key, "requests", len(reqs))
+    pipe.hincrby(key, "attempts", sum(r.attempts for r in reqs))
+    pipe.hincrby(key, "tokens", sum(r.input_tokens + r.output_tokens for r in reqs))
+    for prefix, counts in (("retry", tally.retries), ("failure", tally.failures)):
+        for reason, n in counts.items():
+            pipe.hincrby(key, f"{prefix}:{reason}", n)
+    pipe.execute()

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import redis as redis_lib
@@ -30,6 +31,7 @@ from workers.teachers.accounting import (
     RequestRecord,
     Tally,
     check_budget,
+    record_endpoint,
     record_spend,
     request_cost,
 )
@@ -161,6 +163,7 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
         answers = runtime.run(_ask_all(client, prompts, job_id, tally, spec.teacher.price))
     finally:
         _record(redis, run_id, tally)
+        _record_endpoint(redis, client, tally)
     _check_failures(answers, spec.generation.tolerated_failure_fraction)
     validator = Validator(taxonomy, spec.generation, shown=_job_texts(job))
     ids = {"run_id": run_id, "cycle": cycle, "job_id": job_id}
@@ -185,3 +188,14 @@ def _record(client: redis_lib.Redis, run_id: str, tally: Tally) -> None:
     if reqs:
         record_spend(client, run_id, sum(r.input_tokens for r in reqs),
                      sum(r.output_tokens for r in reqs), sum(r.cost for r in reqs), len(reqs))
+
+
+def _record_endpoint(client: redis_lib.Redis, chat: ChatClient, tally: Tally) -> None:
+    """The endpoint's counters for metrics; never fails the job."""
+    teacher = chat.teacher
+    try:
+        record_endpoint(client, chat.endpoint.namespace, tally,
+                        host=urlsplit(chat.endpoint.base_url).netloc.rpartition("@")[2],
+                        model=chat.endpoint.model, rpm=teacher.rpm, tpm=teacher.tpm)
+    except redis_lib.RedisError as exc:
+        log.warning("endpoint counters not recorded: %s", exc)

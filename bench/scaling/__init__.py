@@ -1,0 +1,1 @@
+"""Scaling benchmark: generation throughput vs. worker processes under one rate limit."""

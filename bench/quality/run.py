@@ -178,10 +178,7 @@ def run_upper_bound(spec: dict[str, Any], work: Path, seed: int) -> dict[str, An
     ckpt = train(cfg, data)
     clf = Classifier.load(ckpt.output_dir, parsed.student.device)
     assert split.test is not None
-    test_texts, test_labels = list(split.test.texts), list(split.test.labels)
-    if parsed.dataset.test_limit:
-        test_texts, test_labels = (test_texts[: parsed.dataset.test_limit],
-                                   test_labels[: parsed.dataset.test_limit])
+    test_texts, test_labels = list(split.test.texts), list(split.test.labels)  # test_limit applied
     rep = report(clf.labels, clf.label_ids(test_labels), clf.predict(test_texts))
     return {**{m: rep[m] for m in METRICS}, "added": len(split.pool.texts), "best_cycle": 0,
             "tokens": 0.0, "cost": 0.0, "wall_s": time.monotonic() - t0}

@@ -28,6 +28,7 @@ from orchestrator.planning import Planner
 from orchestrator.runs import TERMINAL, cycle_stats, load_manifest, spend
 from orchestrator.spec import RunSpec, parse_spec
 from storage.store import ShardStore
+from workers.context import as_text
 
 log = logging.getLogger("distillq.controller")
 
@@ -174,12 +175,13 @@ class Controller:
     def _load_inflight(self) -> None:
         """One HGETALL per tick: the in-flight table of the whole run."""
         raw = self.redis.hgetall(INFLIGHT.format(run_id=self.run_id))
-        self._inflight = {k.decode(): json.loads(v) for k, v in raw.items()}
+        self._inflight = {as_text(k): json.loads(v) for k, v in raw.items()}
         self._updates: dict[str, str] = {}
 
     def _flush_inflight(self) -> None:
         if self._updates:
-            self.redis.hset(INFLIGHT.format(run_id=self.run_id), mapping=self._updates)
+            updates: dict[Any, Any] = self._updates
+            self.redis.hset(INFLIGHT.format(run_id=self.run_id), mapping=updates)
             self._updates = {}
 
     def _ensure(self, task: str, args: list[Any], key: str, deadline_s: float) -> None:
@@ -189,7 +191,7 @@ class Controller:
         if entry["sends"] and now - entry["sent_at"] < deadline_s:
             return
         if entry["sends"] >= self._spec.loop.max_sends:
-            self._give_up(task, args, key, entry["sends"])
+            self._give_up(task, args, key, int(entry["sends"]))
             return
         entry = {"sent_at": now, "sends": entry["sends"] + 1}
         self._inflight[key] = entry

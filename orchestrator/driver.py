@@ -23,7 +23,7 @@ from orchestrator.errors import InvalidInputError
 from orchestrator.runs import TERMINAL, check_run_id, check_storage
 from storage.store import ShardStore
 from workers.app import ROUTES
-from workers.context import EVENTS_KEY
+from workers.context import EVENTS_KEY, as_text
 from workers.flower import publish_options
 
 log = logging.getLogger("distillq.driver")
@@ -80,7 +80,7 @@ class RunLock:
         raw = self.client.get(self.key)
         if raw is None:
             return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl))
-        holder = raw.decode(errors="replace")
+        holder = as_text(raw)
         host, _, rest = holder.partition(":")
         pid = rest.partition(":")[0]
         if host != socket.gethostname() or not pid.isdigit() or _pid_alive(int(pid)):
@@ -185,11 +185,12 @@ def _running_in(storages: tuple[str, ...]) -> dict[str, str]:
 
 
 def _registered(client: redis.Redis, known: dict[str, str]) -> dict[str, str]:
-    runs = {k.decode(): v.decode() for k, v in client.hgetall(RUNS_KEY).items()}
+    runs = {as_text(k): as_text(v) for k, v in client.hgetall(RUNS_KEY).items()}
     lost = {r: u for r, u in known.items() if r not in runs}
     if lost:
         log.warning("re-registering runs Redis no longer lists: %s", sorted(lost))
-        client.hset(RUNS_KEY, mapping=lost)
+        mapping: dict[Any, Any] = lost
+        client.hset(RUNS_KEY, mapping=mapping)
         runs.update(lost)
     known.update(runs)
     return runs

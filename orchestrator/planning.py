@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.spec import GenerationSpec
 
@@ -28,7 +28,10 @@ PAIR_SHARE = 0.25  # share of a sharded cycle's examples that targets confused p
 Item = dict[str, Any]
 
 
-def largest_remainder(weights: dict[str, float], total: int) -> dict[str, int]:
+K = TypeVar("K", str, tuple[str, str])
+
+
+def largest_remainder(weights: dict[K, float], total: int) -> dict[K, int]:
     """Split ``total`` integer units in proportion to ``weights`` (ties broken by name)."""
     if total <= 0 or not weights:
         return {k: 0 for k in weights}
@@ -57,7 +60,8 @@ def pair_quotas(report: dict[str, Any], total: int) -> dict[tuple[str, str], int
     """The most-confused pairs, quota in proportion to how often they are confused."""
     confusions = [(str(t), str(p), int(n)) for t, p, n in report.get("confusions", []) if t != p]
     top = confusions[: max(1, min(10, len(confusions)))] if confusions else []
-    quotas = largest_remainder({(t, p): float(n) for t, p, n in top}, total)
+    weights = {(t, p): float(n) for t, p, n in top}
+    quotas = largest_remainder(weights, total)
     return {pair: q for pair, q in quotas.items() if q > 0}
 
 
@@ -154,7 +158,8 @@ class Planner:
         else:
             worst = sorted(per_class, key=lambda c: (per_class[c].get("f1", 0.0), c))[:5]
             chosen = {c: per_class[c] for c in (*labels, *worst) if c in per_class}
-        head = {k: report[k] for k in ("accuracy", "macro_f1", "weighted_f1") if k in report}
+        head: dict[str, Any] = {k: report[k] for k in ("accuracy", "macro_f1", "weighted_f1")
+                                if k in report}
         return {**head, "per_class": chosen}
 
     def _confusions_for(self, labels: tuple[str, ...], report: dict[str, Any]) -> list[Any]:

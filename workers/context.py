@@ -89,6 +89,11 @@ def workdir(run_id: str) -> Path:
 TEACHER_URL_FILE = "teacher_url.json"
 
 
+def as_text(value: Any) -> str:
+    """A Redis reply (bytes unless the client decodes) as text."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 def teacher_base_url(client: redis.Redis, store: Any, run_id: str) -> str | None:
     """Where a run's (simulated) teacher answers when it was started beside the run: the Redis
     key, else the copy in storage (Redis may have been flushed); None: the spec's base_url."""
@@ -97,7 +102,7 @@ def teacher_base_url(client: redis.Redis, store: Any, run_id: str) -> str | None
     except redis.RedisError:
         raw = None
     if raw:
-        return str(raw.decode())
+        return as_text(raw)
     saved = store.read_json(run_id, TEACHER_URL_FILE)
     return str(saved["base_url"]) if saved and saved.get("base_url") else None
 

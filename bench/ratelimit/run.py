@@ -79,13 +79,21 @@ def start_workers(n: int, env: dict[str, str], logs: Path) -> list[subprocess.Po
     return procs
 
 
-def wait_for_workers(app: Any, n: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        replies = app.control.ping(timeout=1.0) or []
-        if len(replies) >= n:
-            return
-    raise RuntimeError(f"only {len(replies)} of {n} workers answered")
+def wait_for_workers(app: Any, procs: list[subprocess.Popen[bytes]],
+                     timeout: float = 600.0) -> float:
+    """Wait until every worker has answered a ping (8 cold starts take minutes on 2 busy
+    cores); return the seconds it took."""
+    t0 = time.monotonic()
+    seen: set[str] = set()
+    while time.monotonic() - t0 < timeout:
+        dead = [p.pid for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"worker pid {dead[0]} exited during start-up (see its log)")
+        for reply in app.control.ping(timeout=2.0) or []:
+            seen |= set(reply)
+        if len(seen) >= len(procs):
+            return time.monotonic() - t0
+    raise RuntimeError(f"only {len(seen)} of {len(procs)} workers answered in {timeout:.0f}s")
 
 
 def measure(app: Any, client: Any, store: ShardStore, variant: dict[str, Any],
@@ -111,14 +119,25 @@ def measure(app: Any, client: Any, store: ShardStore, variant: dict[str, Any],
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    def kill(p: subprocess.Popen[bytes], sig: int) -> None:
+        try:  # workers lead their own process group; the sims do not
+            if os.getpgid(p.pid) == p.pid:
+                os.killpg(p.pid, sig)
+            else:
+                p.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
     for p in procs:
         if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
+            kill(p, signal.SIGTERM)
+    deadline = time.monotonic() + 10  # tasks still waiting on 429 back-offs are not awaited
     for p in procs:
         try:
-            p.wait(20)
+            p.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+            kill(p, signal.SIGKILL)
+            p.wait(5)
 
 
 def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
@@ -145,7 +164,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
                              "celery_rate": None if limiter else per_worker})
         workers = start_workers(args.workers, env, tmp)
         procs += workers
-        wait_for_workers(app, args.workers)
+        print(f"workers up after {wait_for_workers(app, workers):.0f}s", file=sys.stderr)
         rows = []
         for v in variants:
             app.control.rate_limit("distillq.generate", v["celery_rate"], reply=True,
@@ -164,9 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--latency-ms", type=float, default=200.0)
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="keep the store, sim pool and worker logs here (default: a temp dir)")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = run(args, Path(tmp))
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        rows = run(args, args.workdir.resolve())
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run(args, Path(tmp))
     for row in rows:
         print(json.dumps(row))
     print(f"\n{args.workers} worker processes x 8 threads, limit L = {args.rpm} requests/min, "

@@ -7,9 +7,14 @@ per process, and the global limiter (``ratelimit``) paces all processes together
 
 Retries (tenacity): 429, 408, 5xx, connection errors and timeouts are retried with exponential
 backoff and jitter, honouring ``Retry-After`` (seconds or an HTTP date) and ``retry-after-ms``;
-any other 4xx is a ``TeacherPermanentError``. Attempts stop at ``max_attempts`` or before a
-wait would pass ``max_elapsed_s``. The API key comes from an environment variable or a file,
-is sent only in the ``Authorization`` header, and never appears in a repr, log or error.
+any other 4xx is a ``TeacherPermanentError``. Attempts stop at ``max_attempts`` or before a wait
+would end at or after ``max_elapsed_s`` (``stop_after_attempt | stop_before_delay``). The first
+attempt runs outside tenacity: almost every request succeeds at once, and tenacity's
+per-attempt machinery cost ~40% of the client's throughput at 2,000+ requests/s
+(docs/benchmarks.md, "Teacher throughput"); a request that fails once is handed to tenacity.
+
+The API key comes from an environment variable or a file, is sent only in the
+``Authorization`` header, and never appears in a repr, log or error.
 """
 
 from __future__ import annotations
@@ -153,12 +158,19 @@ def _backoff(attempt: int) -> float:
     return base / 2 + random.uniform(0, base / 2)
 
 
-def _wait(state: RetryCallState) -> float:
+def _outcome(state: RetryCallState) -> TeacherTransientError:
     exc = state.outcome.exception() if state.outcome else None
-    hint = exc.retry_after if isinstance(exc, TeacherTransientError) else None
+    if not isinstance(exc, TeacherTransientError):  # only these are retried
+        raise RuntimeError(f"unexpected retry outcome: {exc!r}")
+    return exc
+
+
+def _wait(exc: TeacherTransientError, attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt``: the server's hint, else backoff."""
+    hint = exc.retry_after
     if hint is not None:
         return hint + random.uniform(0, 0.1 + 0.1 * hint)
-    return _backoff(state.attempt_number)
+    return _backoff(attempt)
 
 
 class ChatClient:
@@ -195,23 +207,35 @@ class ChatClient:
         body = self.payload(messages, max_tokens)
         estimate_in = estimate_tokens(messages)
         estimate = estimate_in + min(max_tokens, expected_output_tokens or max_tokens)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.teacher.max_attempts)
-            | stop_before_delay(self.teacher.max_elapsed_s),
-            wait=_wait, retry=retry_if_exception_type(TeacherTransientError),
-            before_sleep=lambda s: self._on_retry(s, tally), reraise=True)
+        started = time.monotonic()
         try:
+            try:  # the first attempt has no retry machinery: almost every request succeeds
+                return await self._attempt(body, estimate_in, estimate, attempts)
+            except TeacherTransientError as exc:
+                wait = _wait(exc, 1)
+                if (self.teacher.max_attempts <= 1
+                        or time.monotonic() - started + wait >= self.teacher.max_elapsed_s):
+                    raise
+                self._on_retry(exc, 1, tally)
+                await asyncio.sleep(wait)
+            # then tenacity: the remaining attempts within the remaining time
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(self.teacher.max_attempts - 1)
+                | stop_before_delay(self.teacher.max_elapsed_s - (time.monotonic() - started)),
+                wait=lambda state: _wait(_outcome(state), state.attempt_number + 1),
+                retry=retry_if_exception_type(TeacherTransientError),
+                before_sleep=lambda state: self._on_retry(
+                    _outcome(state), state.attempt_number + 1, tally),
+                reraise=True)
             return await retrying(self._attempt, body, estimate_in, estimate, attempts)
         except (TeacherTransientError, TeacherPermanentError) as exc:
             tally.fail(exc.reason)
             log.warning("teacher %s failed for good: %s", self.endpoint.model, exc)
             raise
 
-    def _on_retry(self, state: RetryCallState, tally: Tally) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        reason = exc.reason if isinstance(exc, TeacherTransientError) else "other"
-        tally.retry(reason)
-        log.debug("retry %d of %s after %s", state.attempt_number, self.endpoint.model, reason)
+    def _on_retry(self, exc: TeacherTransientError, attempt: int, tally: Tally) -> None:
+        tally.retry(exc.reason)
+        log.debug("retry %d of %s after %s", attempt, self.endpoint.model, exc.reason)
 
     async def _attempt(self, body: dict[str, Any], estimate_in: int, estimate: int,
                        attempts: list[int] | None) -> Completion:

@@ -65,6 +65,8 @@ class Attributor:
         """Attribute each text toward its target label (a label name or index)."""
         if len(texts) != len(targets):
             raise ValueError(f"{len(texts)} texts but {len(targets)} targets")
+        if not texts:
+            return []
         encodings = self.teacher.encode(texts, targets, self.max_length)
         out: list[Attribution | None] = [None] * len(texts)
         for idx in length_batches([len(e.input_ids) for e in encodings], self.batch_size):

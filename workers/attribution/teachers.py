@@ -171,6 +171,8 @@ class Teacher(ABC):
     def score(self, texts: Sequence[str], targets: Sequence[Target], *, max_length: int = 128,
               batch_size: int = 32) -> list[float]:
         """Target scores of whole texts, batched by length (forward passes only)."""
+        if not texts:
+            return []
         encodings = self.encode(texts, targets, max_length)
         out = [0.0] * len(encodings)
         for idx in length_batches([len(e.input_ids) for e in encodings], batch_size):
@@ -194,9 +196,13 @@ class ClassifierTeacher(Teacher):
 
     def __init__(self, model: Any, tokenizer: Any, labels: Sequence[str] | None = None,
                  device: str | torch.device = "auto", dtype: str | torch.dtype = "float32"):
+        outputs = int(model.config.num_labels)
         if labels is None:
             id2label = model.config.id2label
-            labels = [str(id2label[i]) for i in range(len(id2label))]
+            labels = [str(id2label[i]) for i in range(outputs)]
+        if len(labels) != outputs:
+            raise InvalidInputError(f"{len(labels)} labels given for a classifier with "
+                                    f"{outputs} outputs")
         super().__init__(model, tokenizer, labels, device, dtype)
 
     def encode(self, texts: Sequence[str], targets: Sequence[Target],

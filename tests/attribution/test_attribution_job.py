@@ -1,0 +1,89 @@
+"""The ``attribute`` queue's functions on real Parquet storage and the tiny saved teacher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from orchestrator.spec import RunSpec
+from storage.schemas import ATTRIBUTIONS, EXAMPLES
+from storage.store import ShardStore
+from workers.attribution import job
+from workers.attribution.words import split_words
+from workers.errors import PermanentError, TransientError
+
+RUN = "run-attr"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> Iterator[None]:
+    job.clear_teachers()
+    yield
+    job.clear_teachers()
+
+
+def _spec(tiny, **attribution: object) -> RunSpec:
+    fields = {"enabled": True, "model": str(tiny.folder), "finetune": False, "top_k": 2,
+              "device": "cpu", "method": "integrated_gradients", "ig_steps": 4, **attribution}
+    return RunSpec(dataset={"train": "unused.csv"}, attribution=fields)
+
+
+def _examples(texts: list[str], labels: list[str], cycle: int = 1) -> pa.Table:
+    n = len(texts)
+    return pa.table({
+        "id": [f"job-7-{i:04d}" for i in range(n)], "run_id": [RUN] * n, "cycle": [cycle] * n,
+        "source": ["teacher"] * n, "label": labels, "text": texts, "job_id": ["job-7"] * n,
+        "teacher_model": ["sim"] * n, "prompt_id": ["p"] * n, "input_tokens": [0] * n,
+        "output_tokens": [0] * n, "latency_s": [0.0] * n, "cost": [0.0] * n,
+    }, schema=EXAMPLES)
+
+
+@pytest.fixture
+def store(tmp_path: Path, tiny) -> ShardStore:
+    s = ShardStore(tmp_path / "runs")
+    s.write_json(RUN, "manifest.json", {"taxonomy": list(tiny.teacher.labels)})
+    return s
+
+
+def test_attribute_table_commits_one_row_per_example(tiny, store, tmp_path) -> None:
+    spec = _spec(tiny)
+    examples = _examples(tiny.texts[:6], tiny.labels[:6])
+    table = job.attribute_table(spec, store, RUN, examples, tmp_path / "work")
+    assert table.schema == ATTRIBUTIONS
+    store.commit(RUN, 1, "attributed", "job-7", table)
+    back = store.read_shard(RUN, 1, "attributed", "job-7").to_pylist()
+    assert [r["example_id"] for r in back] == examples.column("id").to_pylist()
+    for row, text, label in zip(back, tiny.texts, tiny.labels, strict=False):
+        assert row["run_id"] == RUN and row["cycle"] == 1 and row["label"] == label
+        assert row["method"] == "integrated_gradients"
+        assert row["words"] == [w.text for w in split_words(text)]
+        assert len(row["scores"]) == len(row["words"])
+        assert set(row["rationale"]) <= set(row["words"]) and len(row["rationale"]) <= 2
+    assert job.attribute_table(spec, store, RUN, examples.slice(0, 0), tmp_path).num_rows == 0
+
+
+def test_the_teacher_is_loaded_once_per_process(tiny, store, tmp_path) -> None:
+    spec = _spec(tiny)
+    first = job.teacher_for(spec, store, RUN, tmp_path)
+    assert job.teacher_for(spec, store, RUN, tmp_path) is first
+    assert job.prepare_teacher(spec, store, RUN, tmp_path) == str(tiny.folder)  # used as it is
+
+
+def test_quality_report_on_the_validation_split(tiny, store, tmp_path) -> None:
+    store.write_table(RUN, "val", _examples(tiny.texts, tiny.labels, cycle=0))
+    report = job.quality_report(_spec(tiny, method="saliency"), store, RUN, tmp_path,
+                                limit=12, draws=2)
+    assert report["examples"] == 12 and report["method"] == "saliency"
+    assert report["deletion"]["n"] > 0 and report["label_overlap"]["n"] == 12
+
+
+def test_missing_manifest_and_unprepared_teacher(tiny, tmp_path) -> None:
+    empty = ShardStore(tmp_path / "empty")
+    with pytest.raises(PermanentError, match="taxonomy"):
+        job.teacher_for(_spec(tiny), empty, RUN, tmp_path)
+    empty.write_json(RUN, "manifest.json", {"taxonomy": list(tiny.teacher.labels)})
+    with pytest.raises(TransientError, match="not prepared"):
+        job.teacher_for(_spec(tiny, finetune=True), empty, RUN, tmp_path)

@@ -22,8 +22,9 @@ from storage.store import ShardStore
 class Progress:
     def __init__(self, store: ShardStore, run_id: str, quiet: bool = False):
         self.store, self.run_id = store, run_id
-        self.console = Console(stderr=True)
         self.live = not quiet and sys.stderr.isatty()
+        # a log (not a terminal) gets whole lines, never wrapped at 80 columns
+        self.console = Console(stderr=True, width=None if self.live else 200)
         self.bars = RichProgress(
             TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=self.console, disable=not self.live,

@@ -16,7 +16,8 @@ import redis
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-BANKING77 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77"
+BANKING77 = Path(os.environ.get("DISTILLQ_BANKING77") or
+                 Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77")
 
 
 @pytest.fixture(scope="session")
@@ -43,5 +44,6 @@ def redis_client(redis_url: str) -> redis.Redis:
 @pytest.fixture(scope="session")
 def banking77() -> Path:
     if not (BANKING77 / "train.csv").exists():
-        pytest.skip(f"Banking77 not found at {BANKING77} (expected ../shared/data/banking77)")
+        pytest.skip(f"Banking77 not found at {BANKING77} (expected ../shared/data/banking77 "
+                    "beside the checkout, or $DISTILLQ_BANKING77)")
     return BANKING77

@@ -167,9 +167,24 @@ app.config_from_object(_LazyConfig())
 
 def configure(redis_url: str) -> Celery:
     """Point the app at a broker explicitly (the CLI and tests do this before first use)."""
+    previous = _explicit.get("redis_url")
     _explicit["redis_url"] = redis_url
     app.conf.update(celery_config(BrokerSettings(redis_url)))
+    if previous is not None and previous != redis_url:
+        _drop_connections()
     return app
+
+
+def _drop_connections() -> None:
+    """Forget pooled broker connections (and producers) made for an earlier URL, as Celery does
+    after a fork; the next use connects to the URL now configured."""
+    pool = app._pool  # noqa: SLF001 - Celery keeps its broker pool here
+    if pool is not None:
+        pool.force_close_all()
+    app._pool = None  # noqa: SLF001
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None  # noqa: SLF001
 
 
 def redis_url() -> str:

@@ -98,7 +98,11 @@ def _run_embedded(spec: RunSpec, store: ShardStore, run_id: str, quiet: bool) ->
     finally:
         if sim is not None:
             sim.terminate()
-            sim.wait(10)
+            try:
+                sim.wait(10)
+            except subprocess.TimeoutExpired:  # requests it was told to hang on (fault tests)
+                sim.kill()
+                sim.wait(10)
         cluster.stop()
 
 

@@ -118,8 +118,7 @@ def celery_config(settings: BrokerSettings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
     }
-    if settings.ssl_options:
-        conf["broker_use_ssl"] = settings.ssl_options
+    conf["broker_use_ssl"] = settings.ssl_options  # None: plain (also undoes an earlier TLS URL)
     return conf
 
 
@@ -177,11 +176,13 @@ def configure(redis_url: str) -> Celery:
 
 def _drop_connections() -> None:
     """Forget pooled broker connections (and producers) made for an earlier URL, as Celery does
-    after a fork; the next use connects to the URL now configured."""
-    pool = app._pool  # noqa: SLF001 - Celery keeps its broker pool here
-    if pool is not None:
-        pool.force_close_all()
-    app._pool = None  # noqa: SLF001
+    after a fork; the next use connects to the URL now configured. kombu keeps its pools in a
+    process-wide registry keyed by connection: reset it too, or a later switch back to the same
+    URL would be handed the pool closed here."""
+    from kombu import pools
+
+    pools.reset()
+    app._pool = None  # noqa: SLF001 - Celery keeps its broker pool here
     amqp = app.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None  # noqa: SLF001

@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from orchestrator.runs import cycle_stats, load_manifest  # noqa: E402
 from storage.store import ShardStore  # noqa: E402
+from workers.context import ATTRIBUTION_QUALITY_FILE  # noqa: E402
 
 SIM_NOTE = ("> **Simulated teacher.** This run's teacher was distillq's simulated teacher: it "
             "answers from a held-out pool of real labelled examples (an oracle), not an LLM. "
@@ -120,6 +121,27 @@ def _generated_counts(store: ShardStore, run_id: str, n_cycles: int) -> Counter[
     return counts
 
 
+def rationale_lines(quality: dict[str, Any] | None) -> list[str]:
+    """Teacher rationale quality (Ballout et al.): the deletion test and label-word overlap."""
+    if not quality:
+        return []
+    d, o = quality["deletion"], quality["label_overlap"]
+    return [
+        "", "## Teacher rationales", "",
+        f"Method `{quality['method']}` on a {quality['teacher']} teacher, {quality['examples']} "
+        f"validation examples, {quality['rationale_words_mean']:.1f} rationale words on average.",
+        "",
+        "| deletion test | mean drop of the teacher's target score |",
+        "|---|---|",
+        f"| remove the rationale's top-k words | {d['topk_drop']:.4f} |",
+        f"| remove k random words | {d['random_drop']:.4f} |",
+        "",
+        f"Top-k removal hurts more than random removal on {d['topk_wins']:.0%} of {d['n']} "
+        f"examples. Rationales hold a word of the label's own name in {o['hit_rate']:.0%} of the "
+        f"{o['eligible']} texts that contain one (Ballout et al. report 68% on their data).",
+    ]
+
+
 def latency_table(test: dict[str, Any], rows: list[dict[str, float]],
                   sim_latency_ms: float | None = None) -> list[str]:
     """PGKD Table 5 on this run: student per-64 latency vs the teacher's, and cost."""
@@ -149,7 +171,8 @@ def latency_table(test: dict[str, Any], rows: list[dict[str, float]],
 
 
 def _markdown(manifest: dict[str, Any], evals: list[dict[str, Any]], test: dict[str, Any],
-              rows: list[dict[str, float]], plots: list[str]) -> str:
+              rows: list[dict[str, float]], plots: list[str],
+              quality: dict[str, Any] | None = None) -> str:
     spec = manifest["spec"]
     lines = [f"# distillq run `{manifest['run_id']}`", ""]
     if spec["teacher"]["kind"] == "sim":
@@ -181,6 +204,7 @@ def _markdown(manifest: dict[str, Any], evals: list[dict[str, Any]], test: dict[
     if any(r.get("failed") or r.get("failed_attribute") for r in rows):
         lines += ["", "Failed jobs failed permanently (see `cycle=<c>/failed/`); the cycle went "
                   "on because they stayed within `generation.tolerated_failure_fraction`."]
+    lines += rationale_lines(quality)
     sim_ms = spec["teacher"]["sim"]["latency_ms"] if spec["teacher"]["kind"] == "sim" else None
     lines += ["", "## Student vs teacher", "", *latency_table(test, rows, sim_ms), ""]
     lines += [f"![{p}]({p})" for p in plots]
@@ -206,7 +230,8 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
             plots.append(_plot_generated(counts, folder))
         if rows:
             plots.append(_plot_cost(rows, folder))
-        (folder / "report.md").write_text(_markdown(manifest, evals, test, rows, plots))
+        quality = store.read_json(run_id, ATTRIBUTION_QUALITY_FILE)
+        (folder / "report.md").write_text(_markdown(manifest, evals, test, rows, plots, quality))
         store.put_dir(folder, run_id, "report")
         if out_dir is not None:
             shutil.copytree(folder, out_dir, dirs_exist_ok=True)

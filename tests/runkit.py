@@ -38,7 +38,7 @@ def write_spec(tmp_path: Path, banking77: Path, name: str, **over: Any) -> Path:
         "loop": {"max_cycles": 1, "patience": 3, "generate_deadline_s": 60},
     }
     for key, value in over.items():
-        spec[key] = {**spec[key], **value} if isinstance(value, dict) else value
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

@@ -129,3 +129,25 @@ def _assert_train_started_promptly(store: ShardStore, run_id: str, local: LocalC
     assert received, "the train job of cycle 1 was never received"
     gap = min(received) - last_commit
     assert -0.5 < gap < 1.0, f"train started {gap:.2f}s after the last shard committed"
+
+
+def test_embedded_run_with_teacher_rationales(tmp_path: Path, banking77: Path) -> None:
+    """Attribution end to end: a fine-tuned classifier teacher, one attribution shard per
+    generation shard, the student trained on the rationales, their quality in the report."""
+    spec = write_spec(tmp_path, banking77, "rat",
+                      attribution={"enabled": True, "finetune_epochs": 2, "method": "saliency",
+                                   "max_length": 32, "top_k": 3},
+                      student={"rationales": True})
+    done = orchestrator("run", str(spec), "--quiet", env=run_env())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    store = ShardStore(str(tmp_path / "store"))
+    for cycle in (0, 1):
+        assert store.list_jobs("rat", cycle, "attributed") == store.list_jobs(
+            "rat", cycle, "generated")
+    rationales = store.attributions("rat", 1).column("rationale").to_pylist()
+    assert rationales and all(0 < len(r) <= 3 for r in rationales)
+    assert store.read_json("rat", "cycle=1/eval.json")["rationale_examples"] > 0
+    quality = store.read_json("rat", "attribution_quality.json")
+    assert quality["method"] == "saliency" and quality["deletion"]["n"] > 0
+    report = (tmp_path / "store" / "rat" / "report" / "report.md").read_text()
+    assert "## Teacher rationales" in report and "random words" in report

@@ -87,6 +87,7 @@ def workdir(run_id: str) -> Path:
 
 
 TEACHER_URL_FILE = "teacher_url.json"
+ATTRIBUTION_QUALITY_FILE = "attribution_quality.json"  # rationale quality, once per run
 
 
 def as_text(value: Any) -> str:

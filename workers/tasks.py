@@ -17,6 +17,7 @@ from celery import Task
 
 from workers.app import app, redis_url
 from workers.context import (
+    ATTRIBUTION_QUALITY_FILE,
     RunContext,
     notify,
     redis_client,
@@ -105,8 +106,13 @@ def prepare_teacher(self: Task, run_id: str, storage: str) -> dict[str, Any]:
 
     def body() -> dict[str, Any]:
         from workers.attribution.job import prepare_teacher as prepare
+        from workers.attribution.job import quality_report
 
-        return {"teacher": str(prepare(ctx.spec, ctx.store, run_id, workdir(run_id)))}
+        teacher = prepare(ctx.spec, ctx.store, run_id, workdir(run_id))
+        if ctx.store.read_json(run_id, ATTRIBUTION_QUALITY_FILE) is None:  # once, for the report
+            ctx.store.write_json(run_id, ATTRIBUTION_QUALITY_FILE,
+                                 quality_report(ctx.spec, ctx.store, run_id, workdir(run_id)))
+        return {"teacher": str(teacher)}
 
     return _run_job("prepare_teacher", ctx, 0, "teacher", body)
 

@@ -39,12 +39,11 @@ class Row:
     key: int
     name: str
     spec: dict[str, Any] = field(default_factory=dict)  # overrides of the base spec
-    generates: bool = True
 
 
 ROWS = [
-    Row(0, "whole training split (upper bound)", generates=False),
-    Row(1, "seed only", {"loop": {"max_cycles": 0}}, generates=False),
+    Row(0, "whole training split (upper bound)"),
+    Row(1, "seed only", {"loop": {"max_cycles": 0}}),
     Row(2, "PGKD guided, class-sharded"),
     Row(3, "PGKD single prompt", {"generation": {"mode": "single"}}),
     Row(4, "unguided (uniform, no report, no hard negatives)",

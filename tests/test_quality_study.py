@@ -11,22 +11,37 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_the_quality_study_runs_and_writes_its_table(tmp_path: Path, banking77: Path) -> None:
+def test_the_quality_study_runs_and_writes_its_table(
+    tmp_path: Path, banking77: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from bench.quality.run import main
 
     out = tmp_path / "quality.md"
-    assert main(["--rows", "0,2", "--seeds", "0", "--data", str(banking77), "--classes", "4",
-                 "--seed-size", "80", "--test-limit", "60", "--layers", "1", "--epochs", "2",
-                 "--lr", "1e-3", "--batch-size", "16", "--max-cycles", "1",
-                 "--examples-per-cycle", "16", "--examples-per-request", "4",
-                 "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    small = ["--data", str(banking77), "--classes", "4", "--seed-size", "80",
+             "--test-limit", "60", "--layers", "1", "--epochs", "2", "--lr", "1e-3",
+             "--batch-size", "16", "--max-cycles", "1", "--examples-per-cycle", "16",
+             "--examples-per-request", "4", "--work", str(tmp_path / "work"),
+             "--results", str(tmp_path / "results"), "--out", str(out)]
+    assert main(["--rows", "2,0", "--seeds", "0", *small]) == 0
     text = out.read_text()
     assert "The teacher is simulated" in text
     rows = [line for line in text.splitlines() if line.startswith("| 0 |") or
             line.startswith("| 2 |")]
     assert len(rows) == 2
+    assert "Not measured yet: (1) seed only" in text
+    cells = sorted(p.name for p in (tmp_path / "results").glob("*/*.json"))
+    assert cells == ["protocol.json", "row0-seed0.json", "row2-seed0.json"]
+
+    # A second sitting measures only what is missing and tabulates everything.
+    capsys.readouterr()
+    assert main(["--rows", "0,1", "--seeds", "0", *small]) == 0
+    said = capsys.readouterr().out
+    assert "row 0, seed 0: already measured" in said and "row 1 (seed only), seed 0 ..." in said
+    text = out.read_text()
+    assert all(f"| {k} |" in text for k in (0, 1, 2))
+    assert "- (2) closes" in text, "rows 0, 1 and 2 are in: the first target is checked"
     results = json.loads(out.with_suffix(".json").read_text())
-    assert set(results) == {"0", "2"}
+    assert set(results) == {"0", "1", "2"}
     guided = results["2"][0]
     assert 0.0 <= guided["macro_f1"] <= 1.0 and guided["tokens"] > 0 and guided["cost"] > 0
     assert 0 <= guided["added"] <= 16  # up to the best cycle

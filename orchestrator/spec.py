@@ -193,6 +193,11 @@ class StudentSpec(_Model):
     )
     seed: int = 0
     device: str = "auto"
+    cache_dir: str | None = Field(
+        default=None,
+        description="a folder shared by runs: a student trained from the base model with the "
+        "same settings, data and seed as one already there is copied, not trained again",
+    )
 
 
 class LoopSpec(_Model):

@@ -40,6 +40,7 @@ class TrainConfig:
     eval_batch_size: int = 128
     init_from: Path | None = None  # warm start: an earlier student checkpoint folder
     checkpoint_dir: Path | None = None  # epoch checkpoints, so a killed job resumes
+    cache_dir: Path | None = None  # trained cold-start students shared between runs
 
     @classmethod
     def from_spec(
@@ -67,6 +68,7 @@ class TrainConfig:
             device=spec.device,
             init_from=init_from,
             checkpoint_dir=checkpoint_dir,
+            cache_dir=Path(spec.cache_dir) if spec.cache_dir else None,
         )
 
     def fingerprint_fields(self) -> dict[str, Any]:
@@ -129,6 +131,7 @@ class Checkpoint:
     train_seconds: float = 0.0
     device: str = "cpu"
     rationale_examples: int = 0  # training examples that carried rationale words
+    cached: bool = False  # copied from student.cache_dir, not trained by this job
 
     def state(self) -> dict[str, Any]:
         out = asdict(self)

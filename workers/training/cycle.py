@@ -179,7 +179,8 @@ def _training_summary(ckpt: Checkpoint) -> dict[str, Any]:
     return {"epochs_run": ckpt.epochs_run, "best_epoch": ckpt.best_epoch,
             "val_losses": ckpt.val_losses, "train_seconds": round(ckpt.train_seconds, 2),
             "resumed_from_epoch": ckpt.resumed_from_epoch, "warm_start": ckpt.warm_start,
-            "rationale_examples": ckpt.rationale_examples, "device": ckpt.device}
+            "rationale_examples": ckpt.rationale_examples, "device": ckpt.device,
+            "cached": ckpt.cached}
 
 
 def predictions_table(table: pa.Table, pred: Predictions, labels: list[str], run_id: str,

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from workers.training import cache
 from workers.training.checkpoints import EpochCheckpoints, History, Parts, weights_copy
 from workers.training.config import LABELS_FILE, STATE_FILE, Checkpoint, TrainConfig, TrainData
 from workers.training.model import (
@@ -45,6 +46,10 @@ def train(cfg: TrainConfig, data: TrainData) -> Checkpoint:
     data.check()
     started = time.perf_counter()
     device = pick_device(cfg.device)
+    key = cache.cache_key(cfg, data, device)
+    hit = cache.lookup(cfg, key)
+    if hit is not None:
+        return hit
     precision = Precision(device)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_student(cfg.init_from or cfg.model, data.label_names, cfg.num_layers,
@@ -87,6 +92,7 @@ def train(cfg: TrainConfig, data: TrainData) -> Checkpoint:
         device=str(device), rationale_examples=_n_rationales(data) if head is not None else 0,
     )
     save_student(model, tokenizer, cfg, data.label_names, ckpt)
+    cache.store(cfg, key, ckpt)
     return ckpt
 
 

@@ -215,10 +215,12 @@ class Controller:
         loop = self._spec.loop
         decisions = self.manifest["decisions"]
         value = float(report.get(loop.metric, 0.0))
-        best = max(decisions, key=lambda d: d["value"], default=None)
-        improved = best is None or value > best["value"] + loop.min_delta
-        best_cycle = cycle if improved else best["best_cycle"]  # type: ignore[index]
-        best_value = value if improved else best["value"]  # type: ignore[index]
+        # The best so far is the last decision's: a cycle that gained less than min_delta
+        # does not become the baseline the next cycles are measured against.
+        last = decisions[-1] if decisions else None
+        improved = last is None or value > float(last["best_value"]) + loop.min_delta
+        best_cycle = cycle if improved else int(last["best_cycle"])  # type: ignore[index]
+        best_value = value if improved else float(last["best_value"])  # type: ignore[index]
         since = 0 if improved else cycle - best_cycle
         reason = self._stop_reason(cycle, since)
         decision = {"cycle": cycle, "value": value, "metric": loop.metric,

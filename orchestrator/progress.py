@@ -52,7 +52,7 @@ class Progress:
         self._print_decisions(manifest)
         cycle = len(manifest["decisions"])
         plan = self.store.read_json(self.run_id, f"cycle={cycle}/plan.json") or {"jobs": []}
-        jobs = {j["job_id"] for j in plan["jobs"]} or ({"seed"} if cycle == 0 else set())
+        jobs = set(plan["jobs"]) or ({"seed"} if cycle == 0 else set())
         done = set(self.store.list_jobs(self.run_id, cycle, "generated")) & jobs
         attributed = set(self.store.list_jobs(self.run_id, cycle, "attributed")) & jobs
         self._show(CycleProgress(cycle, planned=len(jobs), generated=len(done),

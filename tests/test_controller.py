@@ -195,3 +195,37 @@ def test_run_lock_is_exclusive_and_a_dead_local_holder_is_taken_over(redis_clien
     assert redis_client.get("dq:lk:lock").decode() == second.token
     redis_client.set("dq:lk:lock", f"elsewhere.example:{dead}:abc", px=30_000)
     assert not second.acquire(), "a holder on another host is trusted until its lock expires"
+
+
+def test_gains_below_min_delta_do_not_move_the_baseline(setup: Any) -> None:
+    """0.50 → 0.505 → 0.509 with min_delta 0.01: neither later cycle counts as a gain, so the
+    best stays cycle 0 at 0.50 — value and cycle agree — and patience 2 stops the run."""
+    ctl, sent, clock = setup(loop={"patience": 2, "min_delta": 0.01, "max_cycles": 5})
+    ctl.tick()
+    for cycle, f1 in enumerate([0.50, 0.505, 0.509]):
+        _eval(ctl, cycle, f1)
+        ctl.tick()  # decide
+        if cycle < 2:
+            ctl.tick()  # plan the next cycle
+            plan = ctl.store.read_json("r1", f"cycle={cycle + 1}/plan.json")
+            _commit_jobs(ctl, cycle + 1, plan["jobs"])
+            ctl.tick()  # send its training
+    decisions = load_manifest(ctl.store, "r1")["decisions"]
+    assert [(d["best_cycle"], d["best_value"]) for d in decisions] == [(0, 0.5)] * 3
+    assert decisions[-1]["action"] == "stop" and "patience" in decisions[-1]["reason"]
+
+
+def test_watch_shows_a_cycle_with_a_plan(setup: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.progress import Progress
+
+    ctl, sent, clock = setup()
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()  # cycle 1 planned
+    jobs = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"]
+    _commit_jobs(ctl, 1, jobs[:1])
+    with Progress(ctl.store, "r1") as progress:
+        progress.refresh()
+    out = capsys.readouterr().err  # progress goes to stderr
+    assert f"cycle 1: generate (1/{len(jobs)} jobs generated)" in out

@@ -1,7 +1,8 @@
 """The ``orchestrator`` command line.
 
 Exit codes: 0 success, 1 the run failed or was cancelled, 2 invalid input (spec, dataset, run id,
-storage) — in which case nothing was written.
+storage) — in which case nothing was written, 3 the shared Redis of ``REDIS_URL`` could not be
+reached — nothing was written either.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from redis import exceptions as redis_errors
+
 from orchestrator.errors import InvalidInputError
 
-EXIT_FAILED, EXIT_INVALID = 1, 2
+EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE = 1, 2, 3
 DEFAULT_STORAGE = "runs"
 
 
@@ -103,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+        where = os.environ.get("REDIS_URL", "").split("@")[-1]  # never the password
+        print(f"error: cannot reach Redis at {where}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         print("interrupted; the run can be continued with `orchestrator resume`",
               file=sys.stderr)

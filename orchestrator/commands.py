@@ -24,15 +24,24 @@ from workers.context import TEACHER_URL_FILE, TEACHER_URL_KEY
 log = logging.getLogger("distillq.cli")
 
 
-def _redis_from_env() -> redis.Redis:
+def _redis_from_env(ping: bool = True) -> redis.Redis:
+    """The shared Redis of ``$REDIS_URL``; with ``ping``, reached once before anything is
+    written (the CLI turns an unreachable Redis into exit 3 with the address)."""
     url = os.environ.get("REDIS_URL")
     if not url:
-        raise InvalidInputError("REDIS_URL is not set: `submit`, `serve` and `watch` talk to a "
-                                "shared Redis (or use `orchestrator run SPEC`, which embeds one)")
+        raise InvalidInputError("REDIS_URL is not set: `submit`, `serve` and `resume` of a "
+                                "served run talk to a shared Redis (or use `orchestrator run "
+                                "SPEC`, which embeds one)")
+    try:
+        client = redis.Redis.from_url(url)
+    except ValueError as exc:  # the message never includes a password
+        raise InvalidInputError(f"REDIS_URL is not a Redis URL: {exc}") from None
     from workers.app import configure
 
     configure(url)
-    return redis.Redis.from_url(url)
+    if ping:
+        client.ping()
+    return client
 
 
 def _store(args: argparse.Namespace) -> ShardStore:
@@ -49,23 +58,41 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    store = _store(args)
-    manifest = load_manifest(store, args.run_id)
-    manifest["resumed_at"] = time.time()
-    if manifest["status"] in ("failed", "cancelled"):
-        manifest["status"] = "running"
-        manifest.pop("stop_reason", None)
-    store.write_json(args.run_id, "manifest.json", manifest)
-    if os.environ.get("REDIS_URL"):
-        from orchestrator.driver import RUNS_KEY
-
-        _redis_from_env().hset(RUNS_KEY, args.run_id, store.uri)
-        print(f"run {args.run_id} handed back to `orchestrator serve`")
-        return 0
+    """Continue a run: a failed or cancelled one gets the failed jobs of its current cycle
+    sent again (their records kept under ``failed-before-resume/``) and, under ``serve``, a
+    fresh in-flight table; a done run is refused. Nothing is written before the manifest's
+    spec parses and (with ``REDIS_URL``) Redis answers."""
+    from orchestrator.controller import INFLIGHT
+    from orchestrator.runs import reopen_failed_jobs
     from orchestrator.spec import parse_spec
 
-    spec = parse_spec(manifest["spec"], f"manifest of {args.run_id}")
-    return _run_embedded(spec, store, args.run_id, quiet=False)
+    store = _store(args)
+    run_id = check_run_id(args.run_id)
+    manifest = load_manifest(store, run_id)
+    if manifest["status"] == "done":
+        raise InvalidInputError(f"run {run_id} is done: there is nothing to resume "
+                                f"(`orchestrator report {run_id}` writes its report)")
+    spec = parse_spec(manifest["spec"], f"manifest of {run_id}")
+    client = _redis_from_env() if os.environ.get("REDIS_URL") else None
+    if manifest["status"] in ("failed", "cancelled"):
+        cycle = len(manifest["decisions"])
+        reopened = reopen_failed_jobs(store, run_id, cycle)
+        if reopened:
+            print(f"run {run_id}: {len(reopened)} failed job(s) of cycle {cycle} will be sent "
+                  "again")
+        if client is not None:  # sends counted before the failure start again from zero
+            client.delete(INFLIGHT.format(run_id=run_id))
+        manifest["status"] = "running"
+        manifest.pop("stop_reason", None)
+    manifest["resumed_at"] = time.time()
+    store.write_json(run_id, "manifest.json", manifest)
+    if client is not None:
+        from orchestrator.driver import RUNS_KEY
+
+        client.hset(RUNS_KEY, run_id, store.uri)
+        print(f"run {run_id} handed back to `orchestrator serve`")
+        return 0
+    return _run_embedded(spec, store, run_id, quiet=False)
 
 
 def _run_embedded(spec: RunSpec, store: ShardStore, run_id: str, quiet: bool) -> int:
@@ -135,7 +162,7 @@ def start_sim_process(spec: RunSpec, store: ShardStore, run_id: str,
 # ---- distributed --------------------------------------------------------------------------
 def cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    client = _redis_from_env()
+    client = _redis_from_env()  # reached before the run is written
     store = ShardStore(check_storage(spec.storage))
     run_id = create_run(spec, store)
     from orchestrator.driver import RUNS_KEY
@@ -146,7 +173,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    client = _redis_from_env()
+    client = _redis_from_env(ping=False)  # serve waits out an unreachable Redis
     from orchestrator.driver import serve
     from workers.app import app
 
@@ -196,7 +223,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     store = _store(args)
-    load_manifest(store, check_run_id(args.run_id))
+    manifest = load_manifest(store, check_run_id(args.run_id))
+    if manifest["status"] in ("done", "failed", "cancelled"):
+        print(f"run {args.run_id} is already {manifest['status']}: nothing to cancel")
+        return 0
     store.write_json(args.run_id, "cancel.json", {"at": time.time()})
     print(f"run {args.run_id}: cancel requested; no new jobs will be sent")
     return 0

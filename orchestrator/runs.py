@@ -155,3 +155,23 @@ def cycle_stats(store: ShardStore, run_id: str, cycle: int) -> list[dict[str, An
         if stats:
             out.append(stats)
     return out
+
+
+FAILED_BEFORE_RESUME = "failed-before-resume"
+
+
+def reopen_failed_jobs(store: ShardStore, run_id: str, cycle: int) -> list[str]:
+    """Give the permanently failed jobs of ``cycle`` another chance (``orchestrator resume``):
+    each ``cycle=<c>/failed/<name>.json`` is copied to ``cycle=<c>/failed-before-resume/``
+    (kept for the record) and then removed, so the controller sends the job again. Safe to
+    repeat after a crash between the copy and the removal. Returns the names reopened."""
+    folder = f"cycle={cycle}/failed"
+    names = [n for n in store.list_names(run_id, folder) if n.endswith(".json")]
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    for name in names:
+        record = store.read_json(run_id, f"{folder}/{name}")
+        if record is not None:
+            store.write_json(run_id, f"cycle={cycle}/{FAILED_BEFORE_RESUME}/"
+                             f"{name.removesuffix('.json')}.{stamp}.json", record)
+        store.delete_json(run_id, f"{folder}/{name}")
+    return [n.removesuffix(".json") for n in names]

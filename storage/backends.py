@@ -53,6 +53,7 @@ class Backend(Protocol):
     def write_bytes(self, key: str, data: Any) -> None: ...
     def read_bytes(self, key: str) -> bytes | None: ...
     def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
     def names(self, key: str) -> list[str]: ...
     def put_dir(self, src: Path, key: str, token: bytes) -> None: ...
     def copy_dir_out(self, key: str, dest: Path) -> None: ...
@@ -183,6 +184,16 @@ class LocalBackend:
     def exists(self, key: str) -> bool:
         return os.path.exists(self.path(key))
 
+    def delete(self, key: str) -> None:
+        """Remove one file; one that is not there is not an error."""
+        path = self.path(key)
+        with _local_errors(path):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                return
+            _fsync_path(os.path.dirname(path))
+
     def names(self, key: str) -> list[str]:
         try:
             return _visible(os.listdir(self.path(key)))
@@ -259,6 +270,15 @@ class FsBackend:
         path = self.path(key)
         with _remote_errors(path):
             return bool(self.fs.get_file_info(path).type != pafs.FileType.NotFound)
+
+    def delete(self, key: str) -> None:
+        """Remove one file; one that is not there is not an error."""
+        path = self.path(key)
+        try:
+            with _remote_errors(path):
+                self.fs.delete_file(path)
+        except FileNotFoundError:
+            return
 
     def names(self, key: str) -> list[str]:
         path = self.path(key)

@@ -181,6 +181,10 @@ class ShardStore:
         except ValueError as exc:
             raise StorageError(f"{relpath} of run {run_id} is not valid JSON: {exc}") from None
 
+    def delete_json(self, run_id: str, relpath: str) -> None:
+        """Remove the document at ``<run_id>/<relpath>`` (gone already: not an error)."""
+        self._b.delete(layout.rel_key(run_id, relpath))
+
     def list_names(self, run_id: str, relpath: str) -> list[str]:
         """Names inside a folder of the run (e.g. ``cycle=1/failed``), sorted; [] if none."""
         return self._b.names(layout.rel_key(run_id, relpath))

@@ -104,6 +104,9 @@ def test_json_tables_and_runs(s3_store: ShardStore) -> None:
     assert s3_store.list_runs() == ["r"]
     assert s3_store.list_names("r", "cycle=1/failed") == ["generate-j1.json"]
     assert s3_store.cycles("r") == [1]
+    s3_store.delete_json("r", "cycle=1/failed/generate-j1.json")
+    s3_store.delete_json("r", "cycle=1/failed/generate-j1.json")  # gone already: no error
+    assert s3_store.list_names("r", "cycle=1/failed") == []
 
 
 def test_folders_round_trip_and_recommit_cleanly(s3_store: ShardStore, s3: tuple[str, Any],

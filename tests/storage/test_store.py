@@ -124,6 +124,10 @@ def test_tables_and_json(store: ShardStore, tmp_path: Path, make_examples: MakeE
     store.write_json("r", "cycle=1/eval.json", {"macro_f1": 0.6})
     assert store.read_json("r", "cycle=1/eval.json") == {"macro_f1": 0.6}
     assert _files(tmp_path / "root" / "r" / "cycle=1") == ["eval.json"]  # no temp file left
+    store.delete_json("r", "cycle=1/eval.json")
+    store.delete_json("r", "cycle=1/eval.json")  # gone already: not an error
+    assert store.read_json("r", "cycle=1/eval.json") is None
+    store.write_json("r", "cycle=1/eval.json", {"macro_f1": 0.6})
     with pytest.raises(StorageError, match="not JSON-serialisable"):
         store.write_json("r", "x.json", {"a": object()})
     (tmp_path / "root" / "r" / "broken.json").write_text("{")

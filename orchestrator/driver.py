@@ -19,7 +19,7 @@ import redis
 from celery import Celery
 
 from orchestrator.controller import LOCK, Controller
-from orchestrator.errors import InvalidInputError
+from orchestrator.errors import DistillqError, InvalidInputError, PermanentError
 from orchestrator.runs import TERMINAL, check_run_id, check_storage
 from storage.store import ShardStore
 from workers.app import ROUTES
@@ -173,6 +173,18 @@ def serve(client: redis.Redis, app: Celery, poll_s: float = 2.0,
             time.sleep(max(poll_s, 1.0))
 
 
+def _mark_failed(store: ShardStore, run_id: str, reason: str) -> None:
+    """Record a failure the controller itself could not record (best effort: the manifest
+    may be the broken part); the run is unregistered either way, and `resume` can retry it."""
+    try:
+        manifest = store.read_json(run_id, "manifest.json")
+        if isinstance(manifest, dict):
+            manifest.update(status="failed", stop_reason=reason, finished_at=time.time())
+            store.write_json(run_id, "manifest.json", manifest)
+    except (DistillqError, OSError) as exc:
+        log.error("run=%s could not be marked failed: %s", run_id, exc)
+
+
 def _running_in(storages: tuple[str, ...]) -> dict[str, str]:
     found: dict[str, str] = {}
     for uri in storages:
@@ -216,7 +228,11 @@ def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
         status = ctl.tick()
     except redis.RedisError:
         raise
-    except Exception:  # one broken run must not stop the others
+    except PermanentError as exc:  # retrying will not mend it (a broken manifest or spec)
+        log.error("run=%s failed permanently: %s", run_id, exc)
+        _mark_failed(ShardStore(uri), run_id, f"controller: {exc}")
+        status = "failed"
+    except Exception:  # one broken run must not stop the others; a transient error heals
         log.exception("run=%s tick failed", run_id)
         return
     if status in TERMINAL:

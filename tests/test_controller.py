@@ -284,3 +284,25 @@ def test_submit_to_an_unreachable_redis_writes_nothing(
     monkeypatch.setenv("REDIS_URL", "http://127.0.0.1:1")
     assert main(["submit", str(path)]) == 2
     assert "REDIS_URL is not a Redis URL" in capsys.readouterr().err
+
+
+def test_serve_fails_and_unregisters_a_run_that_cannot_be_driven(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    """A permanent error in a tick (here: a manifest whose spec no longer validates) fails
+    the run and frees its slot, instead of a traceback every poll for ever."""
+    from orchestrator.driver import RUNS_KEY, _serve_one
+    from workers.app import app
+
+    spec = _spec(tmp_path)
+    store = ShardStore(spec.storage)
+    create_run(spec, store)
+    manifest = load_manifest(store, "r1")
+    manifest["spec"]["student"]["lr"] = -1
+    store.write_json("r1", "manifest.json", manifest)
+    redis_client.hset(RUNS_KEY, "r1", store.uri)
+    known = {"r1": store.uri}
+    _serve_one(redis_client, "r1", store.uri, app, {}, {}, known)
+    assert redis_client.hget(RUNS_KEY, "r1") is None and known == {}
+    after = load_manifest(store, "r1")
+    assert after["status"] == "failed" and "lr" in after["stop_reason"]

@@ -2,7 +2,9 @@
 
 - **Deletion test** (faithfulness): delete the rationale's words from the text and measure how
   much the teacher's target score falls; do the same with as many words drawn at random from
-  the same candidates (``draws`` times). A faithful rationale makes the score fall more.
+  the text (``draws`` times) — the textbook "k random words" baseline: any word but stop words
+  (when the rule drops them), whatever its score, the rationale's own words included. A
+  faithful rationale makes the score fall more.
 - **Label-word overlap** (plausibility): how often the rationale holds one of the label's own
   words ("card_arrival" → {card, arrival}), among texts that contain one at all. Words match on
   a shared prefix of 5 letters (or the whole shorter word), so "arrived" matches "arrival".

@@ -75,25 +75,33 @@ def _decode(path: Path) -> str:
         ) from None
 
 
-def _rows(path: Path) -> tuple[list[str], list[list[str]], int]:
+def _rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     """Header, rows, and the file line number of the first row."""
     text = _decode(path)
     if path.suffix == ".tab":
         lines = text.split("\n")
         header = lines[0].rstrip("\r").split("\t")
         body = "\n".join(lines[3:])
-        first = 4
+        offset = 3  # the three header lines
         reader = csv.reader(io.StringIO(body), delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
         delim = "," if path.suffix == ".csv" else "\t"
         reader = csv.reader(io.StringIO(text), delimiter=delim)
         header = next(reader, [])
-        first = 2
+        offset = 0
+    # Each row's first line in the file (blank lines and quoted multi-line fields counted),
+    # so errors point at the right line.
+    rows, starts, before = [], [], reader.line_num
     try:
-        rows = [r for r in reader if any(cell.strip() for cell in r)]
+        for r in reader:
+            if any(cell.strip() for cell in r):
+                rows.append(r)
+                starts.append(offset + before + 1)
+            before = reader.line_num
     except csv.Error as exc:
-        raise InvalidInputError(f"{path}: malformed {path.suffix} file: {exc}") from None
-    return header, rows, first
+        raise InvalidInputError(f"{path}: malformed {path.suffix} file near line "
+                                f"{offset + reader.line_num}: {exc}") from None
+    return header, rows, starts
 
 
 def _column(header: list[str], name: str, path: Path, field: str) -> int:
@@ -105,13 +113,12 @@ def _column(header: list[str], name: str, path: Path, field: str) -> int:
 
 
 def read_labelled(path: Path, ds: DatasetSpec) -> Labelled:
-    header, rows, first = _rows(path)
+    header, rows, starts = _rows(path)
     ti = _column(header, ds.text_column, path, "text_column")
     li = _column(header, ds.label_column, path, "label_column")
     ii = _column(header, ds.id_column, path, "id_column") if ds.id_column else None
     ids, texts, labels = [], [], []
-    for n, row in enumerate(rows):
-        line = first + n
+    for n, (row, line) in enumerate(zip(rows, starts, strict=True)):
         if len(row) <= max(ti, li, ii or 0):
             raise InvalidInputError(f"{path}: line {line} has {len(row)} fields, too few")
         text, label = row[ti].strip(), row[li].strip()
@@ -188,5 +195,10 @@ def load_and_split(ds: DatasetSpec) -> Split:
     random.Random(ds.sample_seed).shuffle(order)
     seed, pool = order[: ds.seed_size], sorted(order[ds.seed_size:])
     n_val = max(1, round(len(seed) * ds.val_fraction))
+    if n_val >= len(seed):
+        raise InvalidInputError(
+            f"dataset.seed_size={len(seed)} with dataset.val_fraction={ds.val_fraction} puts "
+            f"all {len(seed)} seed examples in validation and leaves none to train on"
+        )
     val, seed_train = sorted(seed[:n_val]), sorted(seed[n_val:])
     return Split(train.subset(seed_train), train.subset(val), train.subset(pool), test, taxonomy)

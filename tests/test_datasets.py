@@ -45,6 +45,10 @@ def test_seed_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
         ("text,label\na,x\nb,y\n", {"labels": ["x"]}, "not in dataset.labels"),
         ("text,label\na,x\nb,x\n", {"labels": ["x", "y"]}, "no training examples: ['y']"),
         ("text,label\na,x\nb,y\n", {"seed_size": 5}, "more than the 2 training rows"),
+        ("text,label\na,x\nb,y\nc,x\n", {"val_fraction": 0.8},
+         "leaves none to train on"),
+        # a quoted two-line text and a blank line before the bad row: line 5, not 3
+        ('text,label\n"two\nlines",x\n\n,y\n', {}, "line 5 has an empty text"),
     ],
 )
 def test_bad_datasets_name_the_problem(tmp_path: Path, body: str | bytes, kwargs: dict,

@@ -201,9 +201,13 @@ def _markdown(manifest: dict[str, Any], evals: list[dict[str, Any]], test: dict[
                      f"{int(r['tokens_in'])} | {int(r['tokens_out'])} | {r['cost']:.4f} | "
                      f"{int(r.get('failed', 0))} generate, {int(r.get('failed_attribute', 0))} "
                      "attribute |")
-    if any(r.get("failed") or r.get("failed_attribute") for r in rows):
-        lines += ["", "Failed jobs failed permanently (see `cycle=<c>/failed/`); the cycle went "
-                  "on because they stayed within `generation.tolerated_failure_fraction`."]
+    if any(r.get("failed") for r in rows):
+        lines += ["", "Failed generate jobs failed permanently (see `cycle=<c>/failed/`); a "
+                  "cycle goes on while they stay within "
+                  "`generation.tolerated_failure_fraction` and fails the run beyond it."]
+    if any(r.get("failed_attribute") for r in rows):
+        lines += ["", "Failed attribute jobs leave their examples without rationale words; "
+                  "the student still trains on them."]
     lines += rationale_lines(quality)
     sim_ms = spec["teacher"]["sim"]["latency_ms"] if spec["teacher"]["kind"] == "sim" else None
     lines += ["", "## Student vs teacher", "", *latency_table(test, rows, sim_ms), ""]
@@ -216,7 +220,10 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
     manifest = load_manifest(store, run_id)
     evals = _evals(store, run_id, manifest)
     test = store.read_json(run_id, "test.json") or {}
-    rows = _teacher_totals(store, run_id, len(manifest["decisions"]))
+    # a failed or cancelled run also spent on the cycle it stopped in (no decision yet)
+    unfinished = manifest.get("status") != "done" and store.read_json(
+        run_id, f"cycle={len(manifest['decisions'])}/plan.json") is not None
+    rows = _teacher_totals(store, run_id, len(manifest["decisions"]) + int(unfinished))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         plots = []

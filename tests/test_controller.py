@@ -306,3 +306,20 @@ def test_serve_fails_and_unregisters_a_run_that_cannot_be_driven(
     assert redis_client.hget(RUNS_KEY, "r1") is None and known == {}
     after = load_manifest(store, "r1")
     assert after["status"] == "failed" and "lr" in after["stop_reason"]
+
+
+def test_the_report_of_a_failed_run_counts_the_cycle_it_stopped_in(setup: Any) -> None:
+    from orchestrator.report import write_report
+
+    ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    job = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"][0]
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", {"error": "boom"})
+    assert ctl.tick() == "failed"
+    text = Path(write_report(ctl.store, "r1")).read_text()
+    spend = text.split("## Teacher spend per cycle")[1]
+    assert "| 1 | 0 | 0 | 0 | 0 | 0.0000 | 1 generate, 0 attribute |" in spend
+    assert "fails the run beyond it" in spend

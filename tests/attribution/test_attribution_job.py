@@ -87,3 +87,18 @@ def test_missing_manifest_and_unprepared_teacher(tiny, tmp_path) -> None:
     empty.write_json(RUN, "manifest.json", {"taxonomy": list(tiny.teacher.labels)})
     with pytest.raises(TransientError, match="not prepared"):
         job.teacher_for(_spec(tiny, finetune=True), empty, RUN, tmp_path)
+
+
+def test_a_fine_tuned_teacher_is_committed_and_its_local_copies_removed(
+    tiny, store, tmp_path
+) -> None:
+    half = len(tiny.texts) // 2
+    store.commit(RUN, 0, "generated", "seed",
+                 _examples(tiny.texts[:half], tiny.labels[:half], cycle=0))
+    store.write_table(RUN, "val", _examples(tiny.texts[half:], tiny.labels[half:], cycle=0))
+    spec = _spec(tiny, finetune=True, finetune_epochs=1)
+    work = tmp_path / "work"
+    assert job.prepare_teacher(spec, store, RUN, work) == f"{RUN}/teacher"
+    assert store.has_dir(RUN, "teacher")
+    assert not (work / "teacher-build").exists() and not (work / "teacher-epochs").exists()
+    assert job.prepare_teacher(spec, store, RUN, work) == f"{RUN}/teacher"  # already there

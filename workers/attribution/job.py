@@ -61,8 +61,12 @@ def prepare_teacher(spec: RunSpec, store: ShardStore, run_id: str, workdir: Path
     build = Path(workdir) / "teacher-build"
     shutil.rmtree(build, ignore_errors=True)
     t0 = time.perf_counter()
-    finetune_teacher(a, store, run_id, build, Path(workdir) / "teacher-epochs")
+    epochs = Path(workdir) / "teacher-epochs"
+    finetune_teacher(a, store, run_id, build, epochs)
     store.put_dir(build, run_id, TEACHER_DIR)
+    # committed: the local copies (a model, and an optimizer state per epoch) are not needed
+    shutil.rmtree(build, ignore_errors=True)
+    shutil.rmtree(epochs, ignore_errors=True)
     log.info("%6.2fs fine-tuned the attribution teacher of run %s", time.perf_counter() - t0,
              run_id)
     return where

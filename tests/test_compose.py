@@ -28,6 +28,8 @@ FULL_ENV = {"REDIS_PASSWORD": "pw", "FLOWER_BASIC_AUTH": "admin:pw",
             "AWS_SECRET_ACCESS_KEY": "s3cret"}
 # read by the images of other projects, not by distillq's code
 FOREIGN_ENV = {"redis": {"REDIS_PASSWORD"}, "minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}}
+# read by the AWS SDK inside pyarrow's S3 file system (and the aws-cli image), in every service
+AWS_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 FLOWER_READS = re.compile(r"^FLOWER_[A-Z_]+$")  # Flower reads every FLOWER_<option> itself
 
 
@@ -175,7 +177,7 @@ def test_environment_variables_are_ones_something_reads(compose: dict[str, Any])
     docs = "\n".join(p.read_text() for p in (ROOT / "docs").glob("*.md"))
     for name, svc in compose["services"].items():
         for var in svc.get("environment") or {}:
-            if var in FOREIGN_ENV.get(name, set()):
+            if var in FOREIGN_ENV.get(name, set()) or var in AWS_ENV:
                 continue
             if FLOWER_READS.match(var) and name == "flower":
                 continue

@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -88,8 +89,43 @@ class RunLock:
         log.warning("lock %s: holder %s is dead; taking over", self.key, holder)
         return bool(self.client.eval(self._STEAL, 1, self.key, holder, self.token, self.ttl))
 
+    def refresh(self) -> bool:
+        """Extend the lock if this holder still has it (never takes a free or foreign one)."""
+        return bool(self.client.eval(self._REFRESH, 1, self.key, self.token, self.ttl))
+
     def release(self) -> None:
         self.client.eval(self._RELEASE, 1, self.key, self.token)
+
+
+class LockKeeper:
+    """Refreshes the locks a process holds every third of their TTL from a background thread,
+    so a long tick (planning 100k jobs takes over a minute) never outlives its lock and lets a
+    second controller in. Used as a context manager around a controller loop."""
+
+    def __init__(self, locks: dict[str, RunLock], ttl_ms: int = LOCK_TTL_MS):
+        self.locks, self.every = locks, ttl_ms / 3000.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lock-keeper", daemon=True)
+
+    def __enter__(self) -> LockKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                held = tuple(self.locks.values())
+            except RuntimeError:  # the dict changed under us: next round
+                continue
+            for lock in held:
+                try:
+                    lock.refresh()
+                except redis.RedisError as exc:
+                    log.warning("lock %s not refreshed: %s", lock.key, exc)
 
 
 def wait_for_events(client: redis.Redis, run_ids: list[str], timeout: float) -> int:
@@ -113,20 +149,21 @@ def drive(store: ShardStore, client: redis.Redis, run_id: str, app: Celery,
     lock = RunLock(client, run_id)
     status = "running"
     try:
-        while not should_stop():
-            if not _locked(lock, run_id):
-                time.sleep(1.0)
-                continue
-            try:
-                status = controller.tick()
-                if on_tick:
-                    on_tick(controller)
-                if status in TERMINAL:
-                    return status
-                wait_for_events(client, [run_id], poll_s)
-            except redis.RedisError as exc:  # storage holds the state: wait for Redis
-                log.warning("run=%s Redis unavailable (%s); retrying", run_id, exc)
-                time.sleep(max(poll_s, 1.0))
+        with LockKeeper({run_id: lock}):
+            while not should_stop():
+                if not _locked(lock, run_id):
+                    time.sleep(1.0)
+                    continue
+                try:
+                    status = controller.tick()
+                    if on_tick:
+                        on_tick(controller)
+                    if status in TERMINAL:
+                        return status
+                    wait_for_events(client, [run_id], poll_s)
+                except redis.RedisError as exc:  # storage holds the state: wait for Redis
+                    log.warning("run=%s Redis unavailable (%s); retrying", run_id, exc)
+                    time.sleep(max(poll_s, 1.0))
     finally:
         _release(lock)
     return status
@@ -162,15 +199,21 @@ def serve(client: redis.Redis, app: Celery, poll_s: float = 2.0,
     locks: dict[str, RunLock] = {}
     controllers: dict[str, Controller] = {}
     known: dict[str, str] = _running_in(storages)
-    while not should_stop():
-        try:
-            runs = _registered(client, known)
-            for run_id, uri in runs.items():
-                _serve_one(client, run_id, uri, app, locks, controllers, known)
-            wait_for_events(client, list(runs) or ["_idle"], poll_s)
-        except redis.RedisError as exc:
-            log.warning("Redis unavailable (%s); retrying in %.0fs", exc, max(poll_s, 1.0))
-            time.sleep(max(poll_s, 1.0))
+    try:
+        with LockKeeper(locks):
+            while not should_stop():
+                try:
+                    runs = _registered(client, known)
+                    for run_id, uri in runs.items():
+                        _serve_one(client, run_id, uri, app, locks, controllers, known)
+                    wait_for_events(client, list(runs) or ["_idle"], poll_s)
+                except redis.RedisError as exc:
+                    log.warning("Redis unavailable (%s); retrying in %.0fs", exc,
+                                max(poll_s, 1.0))
+                    time.sleep(max(poll_s, 1.0))
+    finally:  # another serve may take these runs over at once, not after the TTL
+        for lock in locks.values():
+            _release(lock)
 
 
 def _mark_failed(store: ShardStore, run_id: str, reason: str) -> None:
@@ -239,5 +282,6 @@ def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
         client.hdel(RUNS_KEY, run_id)
         known.pop(run_id, None)
         controllers.pop(run_id, None)
+        locks.pop(run_id, None)
         lock.release()
         log.info("run=%s finished: %s", run_id, status)

@@ -323,3 +323,18 @@ def test_the_report_of_a_failed_run_counts_the_cycle_it_stopped_in(setup: Any) -
     spend = text.split("## Teacher spend per cycle")[1]
     assert "| 1 | 0 | 0 | 0 | 0 | 0.0000 | 1 generate, 0 attribute |" in spend
     assert "fails the run beyond it" in spend
+
+
+def test_a_lock_keeper_holds_locks_through_a_long_tick(redis_client: redis.Redis) -> None:
+    import time
+
+    from orchestrator.driver import LockKeeper, RunLock
+
+    mine = RunLock(redis_client, "long", ttl_ms=300)
+    assert mine.acquire()
+    with LockKeeper({"long": mine}, ttl_ms=300):
+        time.sleep(1.0)  # a tick three TTLs long
+        assert not RunLock(redis_client, "long", ttl_ms=300).acquire(), "still held"
+    time.sleep(0.5)  # no keeper: the lock runs out
+    assert RunLock(redis_client, "long", ttl_ms=300).acquire()
+    assert not mine.refresh(), "refresh never takes back a lock another holder has"

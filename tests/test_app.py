@@ -11,7 +11,15 @@ import pytest
 from kombu import Connection
 
 from orchestrator.embedded import LocalCluster
-from workers.app import ROUTES, BrokerSettings, app, celery_config, configure
+from workers.app import (
+    ROUTES,
+    TIME_LIMITS,
+    VISIBILITY_TIMEOUT,
+    BrokerSettings,
+    app,
+    celery_config,
+    configure,
+)
 
 
 def test_config_is_json_only_with_deliberate_delivery() -> None:
@@ -69,3 +77,16 @@ def test_worker_runs_json_and_refuses_pickle(tmp_path: Path, redis_url: str) -> 
         assert f"distillq.ping[{bad_id}]" not in text
     finally:
         cluster.stop()
+
+
+def test_every_task_has_its_queues_time_limits_below_the_visibility_timeout(
+        redis_url: str) -> None:
+    configure(redis_url)
+    from workers import tasks
+
+    for name, route in ROUTES.items():
+        task = app.tasks[name]
+        assert task.time_limit == TIME_LIMITS[route["queue"]]
+        assert 0 < task.soft_time_limit < task.time_limit < VISIBILITY_TIMEOUT
+    # the threads pool enforces none of them: generate_job has its own, earlier deadline
+    assert 0 < tasks.GENERATE_DEADLINE_S < app.tasks["distillq.generate"].soft_time_limit

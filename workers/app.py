@@ -13,10 +13,23 @@ Delivery semantics, chosen on purpose (see docs/delivery.md):
   requeued at once instead of being acknowledged as failed. A task that kills its worker every
   time would loop; the controller's per-job attempt count stops that (a job that was sent
   ``max_sends`` times is failed permanently).
+- Time limits per queue (``TIME_LIMITS``): every task gets ``time_limit`` (hard) and
+  ``soft_time_limit`` (``SOFT_MARGIN_S`` earlier: ``SoftTimeLimitExceeded`` is raised inside the
+  task so it can unwind) from its queue in ``ROUTES`` (``task_time_limits``, applied as task
+  options in workers/tasks.py). Only pools with a supervising parent enforce them: prefork
+  (the attribute and train workers) kills a child that passes the hard limit; the ``threads``
+  pool (and ``solo``) ignores both limits, since a thread cannot be killed. The generate
+  workers run ``-P threads`` (compose.yaml, README): there a job is bounded instead by the
+  teacher client's own timeouts — ``teacher.timeout_s`` per HTTP attempt (aiohttp
+  ``ClientTimeout``), at most ``max_attempts`` attempts within ``max_elapsed_s`` — and by
+  ``generate_job``'s deadline (the generate soft limit), which cancels its requests and
+  raises a TransientError.
 - ``visibility_timeout`` (Redis transport) is above the longest task's hard time limit, so a
   long training job is never handed to a second worker while the first is still on it. A worker
   killed as a whole (not just its child) leaves its messages unacknowledged until that timeout;
-  the controller does not wait for it: it re-sends jobs whose deadline has passed.
+  the controller does not wait for it: it re-sends jobs whose deadline has passed. A task
+  killed at its hard limit is acknowledged as failed (``acks_late`` acknowledges timeouts too);
+  the controller re-sends it once its deadline has passed.
 - Prefetch 1: a worker reserves one message per execution slot, so long attribute and train
   jobs are never queued behind each other inside one worker while another worker is idle.
 - JSON only: ``accept_content=["json"]``. A pickled message is refused by the worker (kombu's
@@ -39,8 +52,9 @@ from workers.flower import publish_options
 
 QUEUES = ("generate", "attribute", "train")
 
-# Hard time limits per task family (seconds); the visibility timeout sits above the largest.
+# Hard time limits per queue (seconds); the visibility timeout sits above the largest.
 TIME_LIMITS = {"generate": 30 * 60, "attribute": 2 * 3600, "train": 6 * 3600}
+SOFT_MARGIN_S = 60  # the soft limit comes this much before the hard one
 VISIBILITY_TIMEOUT = max(TIME_LIMITS.values()) + 3600
 
 ROUTES = {
@@ -51,6 +65,13 @@ ROUTES = {
     "distillq.train": {"queue": "train"},
     "distillq.test": {"queue": "train"},
 }
+
+
+def task_time_limits(task_name: str) -> dict[str, int]:
+    """``time_limit`` and ``soft_time_limit`` of a task, from its queue's ``TIME_LIMITS``.
+    Enforced by the prefork pool only (see the module docstring)."""
+    hard = TIME_LIMITS[ROUTES[task_name]["queue"]]
+    return {"time_limit": hard, "soft_time_limit": hard - SOFT_MARGIN_S}
 
 
 @dataclass(frozen=True)

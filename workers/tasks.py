@@ -1,9 +1,16 @@
 """Celery task shells: decode ids, call a plain function, commit, tell the controller.
 
 Every task is idempotent: it writes one output named by its deterministic job id with an atomic
-commit, and returns early when that output is already committed. TransientError is retried
-with exponential backoff and jitter; PermanentError is recorded in storage (so the controller
-can decide without Redis) and fails the job.
+commit, and returns early when that output is already committed. TransientError (and a
+connection error or timeout, Redis's own included) is retried with exponential backoff and
+jitter, ``max_retries`` times; PermanentError — a missing or malformed run manifest included —
+and a transient error that has used up its retries are recorded in storage
+(``cycle=<c>/failed/<kind>-<job>.json``, as the controller reads them, so it can decide without
+Redis), the controller is notified, and the job fails.
+
+Each task has its queue's time limits (``workers.app.task_time_limits``); the prefork pool
+enforces them, the threads pool (generate) does not, so ``generate_job`` gets a deadline of its
+own.
 """
 
 from __future__ import annotations
@@ -13,13 +20,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis.exceptions
 from celery import Task
 
-from workers.app import app, redis_url
+from workers.app import SOFT_MARGIN_S, TIME_LIMITS, app, redis_url, task_time_limits
 from workers.context import (
     ATTRIBUTION_QUALITY_FILE,
     RunContext,
     notify,
+    open_store,
     redis_client,
     run_context,
     teacher_base_url,
@@ -29,8 +38,14 @@ from workers.errors import PermanentError, TransientError
 
 log = logging.getLogger("distillq.tasks")
 
+# redis-py's ConnectionError / TimeoutError do not derive from the builtins of the same name.
+RETRYABLE: tuple[type[BaseException], ...] = (
+    TransientError, ConnectionError, TimeoutError,
+    redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+)
+
 RETRY = {
-    "autoretry_for": (TransientError, ConnectionError, TimeoutError),
+    "autoretry_for": RETRYABLE,
     "retry_backoff": 2,
     "retry_backoff_max": 120,
     "retry_jitter": True,
@@ -38,25 +53,70 @@ RETRY = {
     "acks_late": True,
 }
 
+# The teacher requests of a generate job must be done by then: room is left to commit before
+# the soft time limit (which the threads pool does not enforce anyway).
+GENERATE_DEADLINE_S = TIME_LIMITS["generate"] - 2 * SOFT_MARGIN_S
 
-def _run_job(
-    kind: str, ctx: RunContext, cycle: int, job_id: str, body: Callable[[], dict[str, Any]]
-) -> dict[str, Any]:
-    """Time the job, log one line, record a permanent failure, notify the controller."""
+
+def _options(name: str) -> dict[str, Any]:
+    return {"name": name, "bind": True, **RETRY, **task_time_limits(name)}
+
+
+def _context(storage: str, run_id: str) -> RunContext:
+    """The run's context; a manifest that is there but unreadable is a PermanentError."""
+    try:
+        return run_context(storage, run_id)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PermanentError(f"run {run_id!r}: malformed manifest in {storage}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+
+def _retries_used_up(task: Task) -> bool:
+    """True when the autoretry of the error being handled would exceed ``max_retries``
+    (Celery then re-raises it and the job fails for good)."""
+    request = task.request
+    if request.called_directly or task.max_retries is None:
+        return False
+    return int(request.retries or 0) >= int(task.max_retries)
+
+
+def _record_failure(storage: str, run_id: str, kind: str, cycle: int, job_id: str,
+                    error: str) -> None:
+    """``cycle=<c>/failed/<kind>-<job>.json``, as the controller's ``_give_up`` writes it; a
+    storage error here is logged, never raised over the job's own error."""
+    try:
+        open_store(storage).write_json(run_id, f"cycle={cycle}/failed/{kind}-{job_id}.json",
+                                       {"kind": kind, "job_id": job_id, "error": error})
+    except Exception as exc:  # noqa: BLE001 - the job's own error is the one to raise
+        log.error("failure of %s(run=%s cycle=%d job=%s) not recorded: %s: %s",
+                  kind, run_id, cycle, job_id, type(exc).__name__, exc)
+
+
+def _run_job(task: Task, kind: str, storage: str, run_id: str, cycle: int, job_id: str,
+             body: Callable[[RunContext], dict[str, Any]]) -> dict[str, Any]:
+    """Load the run's context, time the job, log one line; record a permanent failure (or
+    retries used up) in storage, and notify the controller either way."""
     t0 = time.perf_counter()
     client = redis_client(redis_url())
-    where = f"run={ctx.run_id} cycle={cycle} job={job_id}"
+    where = f"run={run_id} cycle={cycle} job={job_id}"
     try:
-        result = body()
+        result = body(_context(storage, run_id))
     except PermanentError as exc:
-        ctx.store.write_json(
-            ctx.run_id, f"cycle={cycle}/failed/{kind}-{job_id}.json",
-            {"kind": kind, "job_id": job_id, "error": f"{type(exc).__name__}: {exc}"},
-        )
-        notify(client, ctx.run_id, {"kind": kind, "cycle": cycle, "job": job_id, "ok": False})
+        _record_failure(storage, run_id, kind, cycle, job_id, f"{type(exc).__name__}: {exc}")
+        notify(client, run_id, {"kind": kind, "cycle": cycle, "job": job_id, "ok": False})
         log.error("%6.2fs ✗ %s(%s) permanent: %s", time.perf_counter() - t0, kind, where, exc)
         raise
-    notify(client, ctx.run_id, {"kind": kind, "cycle": cycle, "job": job_id, "ok": True})
+    except RETRYABLE as exc:
+        if not _retries_used_up(task):
+            raise  # retried by Celery (autoretry_for)
+        retries = int(task.request.retries or 0)
+        _record_failure(storage, run_id, kind, cycle, job_id,
+                        f"{type(exc).__name__}: {exc} (gave up after {retries} retries)")
+        notify(client, run_id, {"kind": kind, "cycle": cycle, "job": job_id, "ok": False})
+        log.error("%6.2fs ✗ %s(%s) gave up after %d retries: %s", time.perf_counter() - t0,
+                  kind, where, retries, exc)
+        raise
+    notify(client, run_id, {"kind": kind, "cycle": cycle, "job": job_id, "ok": True})
     log.info("%6.2fs → %s(%s) %s", time.perf_counter() - t0, kind, where, _short(result))
     return result
 
@@ -65,7 +125,7 @@ def _short(result: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in result.items() if isinstance(v, int | float | str))
 
 
-@app.task(name="distillq.ping")
+@app.task(name="distillq.ping", **task_time_limits("distillq.ping"))
 def ping(payload: str = "ping", reply_to: str | None = None) -> str:
     """A no-op round trip, for health checks and broker benchmarks (``reply_to``: a Redis
     list the payload is pushed to, so the sender can time the round trip)."""
@@ -74,11 +134,9 @@ def ping(payload: str = "ping", reply_to: str | None = None) -> str:
     return payload
 
 
-@app.task(name="distillq.generate", bind=True, **RETRY)
+@app.task(**_options("distillq.generate"))
 def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> dict[str, Any]:
-    ctx = run_context(storage, run_id)
-
-    def body() -> dict[str, Any]:
+    def body(ctx: RunContext) -> dict[str, Any]:
         if ctx.store.has(run_id, cycle, "generated", job_id):
             return {"skipped": "already committed"}
         from orchestrator.controller import read_job
@@ -92,19 +150,18 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
             ctx.spec, job, run_id=run_id, cycle=cycle,
             taxonomy=list(ctx.taxonomy), redis=client,
             base_url=teacher_base_url(client, ctx.store, run_id),
+            deadline_s=GENERATE_DEADLINE_S,
         )
         ctx.store.write_json(run_id, f"cycle={cycle}/jobstats/{job_id}.json", result.stats)
         ctx.store.commit(run_id, cycle, "generated", job_id, result.table)
         return {"examples": result.table.num_rows}
 
-    return _run_job("generate", ctx, cycle, job_id, body)
+    return _run_job(self, "generate", storage, run_id, cycle, job_id, body)
 
 
-@app.task(name="distillq.prepare_teacher", bind=True, **RETRY)
+@app.task(**_options("distillq.prepare_teacher"))
 def prepare_teacher(self: Task, run_id: str, storage: str) -> dict[str, Any]:
-    ctx = run_context(storage, run_id)
-
-    def body() -> dict[str, Any]:
+    def body(ctx: RunContext) -> dict[str, Any]:
         from workers.attribution.job import prepare_teacher as prepare
         from workers.attribution.job import quality_report
 
@@ -114,14 +171,12 @@ def prepare_teacher(self: Task, run_id: str, storage: str) -> dict[str, Any]:
                                  quality_report(ctx.spec, ctx.store, run_id, workdir(run_id)))
         return {"teacher": str(teacher)}
 
-    return _run_job("prepare_teacher", ctx, 0, "teacher", body)
+    return _run_job(self, "prepare_teacher", storage, run_id, 0, "teacher", body)
 
 
-@app.task(name="distillq.attribute", bind=True, **RETRY)
+@app.task(**_options("distillq.attribute"))
 def attribute(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> dict[str, Any]:
-    ctx = run_context(storage, run_id)
-
-    def body() -> dict[str, Any]:
+    def body(ctx: RunContext) -> dict[str, Any]:
         if ctx.store.has(run_id, cycle, "attributed", job_id):
             return {"skipped": "already committed"}
         from workers.attribution.job import attribute_table
@@ -131,30 +186,26 @@ def attribute(self: Task, run_id: str, cycle: int, job_id: str, storage: str) ->
         ctx.store.commit(run_id, cycle, "attributed", job_id, table)
         return {"examples": table.num_rows}
 
-    return _run_job("attribute", ctx, cycle, job_id, body)
+    return _run_job(self, "attribute", storage, run_id, cycle, job_id, body)
 
 
-@app.task(name="distillq.train", bind=True, **RETRY)
+@app.task(**_options("distillq.train"))
 def train(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
-    ctx = run_context(storage, run_id)
-
-    def body() -> dict[str, Any]:
+    def body(ctx: RunContext) -> dict[str, Any]:
         from workers.training.cycle import train_cycle
 
         report = train_cycle(ctx.spec, ctx.store, run_id, cycle, workdir(run_id))
         return {"macro_f1": round(float(report.get("macro_f1", 0.0)), 4)}
 
-    return _run_job("train", ctx, cycle, "train", body)
+    return _run_job(self, "train", storage, run_id, cycle, "train", body)
 
 
-@app.task(name="distillq.test", bind=True, **RETRY)
+@app.task(**_options("distillq.test"))
 def test(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
-    ctx = run_context(storage, run_id)
-
-    def body() -> dict[str, Any]:
+    def body(ctx: RunContext) -> dict[str, Any]:
         from workers.training.cycle import evaluate_on_test
 
         report = evaluate_on_test(ctx.spec, ctx.store, run_id, cycle, workdir(run_id))
         return {"macro_f1": round(float(report.get("macro_f1", 0.0)), 4)}
 
-    return _run_job("test", ctx, cycle, "test", body)
+    return _run_job(self, "test", storage, run_id, cycle, "test", body)

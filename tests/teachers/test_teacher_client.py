@@ -130,3 +130,18 @@ def test_api_key_from_file_and_missing_key(tmp_path: Path) -> None:
         endpoint_for(make_spec().teacher)
     assert endpoint_for(teacher, "http://h/v1").url == "http://h/v1/chat/completions"
     assert endpoint_for(teacher, "http://h/").url == "http://h/v1/chat/completions"
+
+
+def test_refused_attempts_give_their_token_estimate_back(sim: SimFactory,
+                                                         redis_client: redis.Redis) -> None:
+    url = sim(faults=("5xx",), fault_rate=1.0)
+    spec = make_spec(teacher={"rpm": 10**6, "tpm": 60_000, "max_attempts": 2})  # 1000 tok/s
+    chat = client_for(spec.teacher, get_runtime(), redis_client, url)
+    assert chat.limiter is not None
+    with pytest.raises(TeacherTransientError):
+        get_runtime().run(chat.complete(MESSAGES, Tally()))       # each books ~2,070 tokens
+    assert sim_stats(url)["requests"] == 2
+    get_runtime().run(chat.limiter.flush())
+    # both 5xx answers gave their estimate back: the next request need not wait ~4 s
+    other = GlobalRateLimiter(redis_client, chat.limiter.namespace, rpm=10**6, tpm=60_000)
+    assert get_runtime().run(other.reserve(1)) == pytest.approx(0.0, abs=0.05)

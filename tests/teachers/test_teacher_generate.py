@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 import pytest
 import redis
 
 from storage.schemas import EXAMPLES
 from tests.teachers.conftest import LABELS, SimFactory, make_job, make_spec, sim_stats
-from workers.teachers.accounting import SPEND_KEY, read_spend
+from workers.teachers.accounting import SPEND_KEY, read_spend, record_spend
 from workers.teachers.errors import BudgetExceededError, TeacherTransientError
 from workers.teachers.generate import generate_job
 
@@ -97,3 +100,78 @@ def test_single_and_unguided_modes(sim: SimFactory, seen, redis_client) -> None:
     unguided = _run(url, redis_client, make_job(seen, targets=("card_lost",), n=4,
                                                 mode="unguided"))
     assert set(unguided.table.column("label").to_pylist()) == {"card_lost"}
+
+
+def test_each_answer_is_on_the_spend_counter_before_the_job_ends(sim: SimFactory, seen,
+                                                                 redis_client) -> None:
+    """Two requests, one after the other (concurrency 1): the first one's spend is in Redis,
+    for check_budget and other jobs, while the second is still in flight."""
+    import threading
+
+    url = sim(seed=4, latency_ms=500)
+    job = make_job(seen, n=10)
+    results: list[object] = []
+    runner = threading.Thread(target=lambda: results.append(_run(
+        url, redis_client, job, teacher={"concurrency": 1},
+        generation={"examples_per_request": 5})))
+    runner.start()
+    seen_while_running: list[float] = []
+    while runner.is_alive():
+        seen_while_running.append(read_spend(redis_client, "r1").get("requests", 0.0))
+        time.sleep(0.02)
+    runner.join()
+    assert len(results) == 1 and sim_stats(url)["ok"] == 2
+    assert 1.0 in seen_while_running                 # the first request, before the second
+    stats = results[0].stats  # type: ignore[attr-defined]
+    spend = read_spend(redis_client, "r1")
+    assert spend["requests"] == 2 and spend["tokens"] == stats["tokens_in"] + stats["tokens_out"]
+    assert spend["cost"] == pytest.approx(stats["cost"])
+
+
+def test_a_redis_blip_while_counting_spend_loses_nothing(sim: SimFactory, seen, redis_client,
+                                                          monkeypatch) -> None:
+    """What could not be added is added with a later answer or at the end of the job."""
+    import workers.teachers.generate as gen
+
+    calls = {"n": 0}
+
+    def flaky(*args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise redis.exceptions.ConnectionError("blip")
+        record_spend(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gen, "record_spend", flaky)
+    result = _run(sim(seed=6), redis_client, make_job(seen, n=15),
+                  generation={"examples_per_request": 5})
+    assert result.table.num_rows == 15 and calls["n"] >= 3
+    spend = read_spend(redis_client, "r1")
+    assert spend["requests"] == 3
+    assert spend["tokens"] == result.stats["tokens_in"] + result.stats["tokens_out"]
+    assert spend["cost"] == pytest.approx(result.stats["cost"])
+
+
+def test_redis_down_while_counting_spend_keeps_the_paid_answers(sim: SimFactory, seen,
+                                                                redis_client, monkeypatch,
+                                                                caplog) -> None:
+    import workers.teachers.generate as gen
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise redis.exceptions.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(gen, "record_spend", down)
+    with caplog.at_level(logging.WARNING, logger="workers.teachers.generate"):
+        result = _run(sim(seed=7), redis_client, make_job(seen, n=6))
+    assert result.table.num_rows == 6 and result.stats["requests"] == 1
+    assert "not added to the run's counter" in caplog.text and "Redis is down" in caplog.text
+
+
+def test_a_job_past_its_deadline_is_cancelled_and_transient(sim: SimFactory, seen,
+                                                            redis_client) -> None:
+    url = sim(faults=("timeout",), fault_rate=1.0, hang_s=1.5)
+    spec = make_spec(teacher={"price": PRICE, "timeout_s": 30})
+    t0 = time.monotonic()
+    with pytest.raises(TeacherTransientError, match="job_deadline"):
+        generate_job(spec, make_job(seen, n=3), run_id="r1", cycle=1, taxonomy=LABELS,
+                     redis=redis_client, base_url=url, deadline_s=0.4)
+    assert time.monotonic() - t0 < 1.2

@@ -99,3 +99,57 @@ def test_four_processes_share_the_limit_without_429s(sim: SimFactory, redis_clie
     assert 0.9 * rpm / 60 * duration <= len(times) <= rpm / 60 * duration + 2
     assert sim_stats(url).get("status_429", 0) == 0
     assert not any(r["retries"] for r in results)
+
+
+def _ahead(client: redis.Redis, key: str) -> float:
+    """How far a TAT key is ahead of the Redis server's clock (s)."""
+    secs, micros = client.time()  # type: ignore[misc]
+    return float(client.get(key) or 0) - (secs + micros / 1e6)
+
+
+@pytest.mark.parametrize(("rpm", "tpm", "tokens", "key"), [
+    (60, 10**9, 1, "dq:rl:t:req"),          # the request rate binds: one a second
+    (10**6, 6000, 100, "dq:rl:t:tok"),      # the token rate binds: 100 tokens a second
+])
+def test_queueing_again_after_a_cool_down_hands_the_first_slot_back(
+        redis_client: redis.Redis, rpm: float, tpm: float, tokens: int, key: str) -> None:
+    a, b = _limiter(redis_client, rpm, tpm), _limiter(redis_client, rpm, tpm)
+    assert _reserve(a, tokens) == pytest.approx(0.0, abs=0.01)       # slot at 0, next at 1
+    waiting = get_runtime().submit(b.acquire(tokens))               # books the slot at 1
+    time.sleep(0.5)
+    get_runtime().run(a.cool_down(0.8))                              # a 429: nothing before 1.3
+    waited = waiting.result(10)
+    # b found the cool-down at 1.0 and queued again after it, handing back the slot at 1: it
+    # goes at 1.3, not behind its own unused booking (2.0)
+    assert waited == pytest.approx(1.3, abs=0.15)
+    assert _ahead(redis_client, key) == pytest.approx(1.0, abs=0.15)  # one booking, not two
+
+
+def test_a_cancelled_wait_hands_its_slot_back(redis_client: redis.Redis) -> None:
+    a, b = _limiter(redis_client, rpm=60), _limiter(redis_client, rpm=60)
+    _reserve(a)                                                      # slot at 0, next at 1
+    waiting = get_runtime().submit(b.acquire(1))                     # books 1, next at 2
+    time.sleep(0.2)
+    waiting.cancel()
+    time.sleep(0.1)
+    get_runtime().run(b.flush())
+    assert _ahead(redis_client, "dq:rl:t:req") == pytest.approx(0.7, abs=0.1)
+
+
+@pytest.mark.parametrize("stale", [None, "1.5"])
+def test_giving_back_tokens_on_a_missing_or_stale_key(redis_client: redis.Redis,
+                                                      stale: str | None) -> None:
+    """A refund larger than what is booked must not push the TAT (and its expiry) into the
+    past: Redis refuses a negative PX."""
+    if stale is not None:
+        redis_client.set("dq:rl:t:tok", stale)                       # decades ago
+    lim = _limiter(redis_client, rpm=10**6, tpm=6000)
+    lim.adjust(-500)
+    get_runtime().run(lim.flush())                                   # raised ResponseError
+    assert 0 < redis_client.pttl("dq:rl:t:tok") <= 60_000
+    lim.release(10)                                                  # and a request slot
+    get_runtime().run(lim.flush())
+    assert 0 < redis_client.pttl("dq:rl:t:req") <= 60_000
+    assert _ahead(redis_client, "dq:rl:t:tok") == pytest.approx(0.0, abs=0.05)
+    assert _reserve(lim, 100) == pytest.approx(0.0, abs=0.01)        # no credit, no debt
+    assert _reserve(lim, 1) == pytest.approx(1.0, abs=0.05)

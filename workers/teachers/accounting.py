@@ -5,9 +5,12 @@ thrown away (malformed JSON, rejected examples), so job totals are what the endp
 A job's totals travel with its result (``GenerationResult.stats``); the controller sums them
 per cycle and run from storage. Independently, each request adds its tokens and cost to the
 Redis hash ``dq:{run_id}:spend`` (fields ``tokens``, ``tokens_in``, ``tokens_out``, ``cost``,
-``requests``) as soon as it returns, so concurrent jobs see one another's spend and
+``requests``) as soon as it returns (``generate._Spend``, per answer, while the job's other
+requests are still in flight), so concurrent jobs see one another's spend and
 ``check_budget`` can refuse to start a job once a ``BudgetSpec`` cap is reached. That counter
-counts money actually spent: a job that is delivered twice is paid for twice.
+counts money actually spent: a job that is delivered twice is paid for twice. A Redis error
+while adding never fails a job: the amount is sent again with the next answer and at the end
+of the job, and logged if it still cannot be (the job's stats in storage keep the truth).
 
 Per teacher endpoint, every job also adds its counters to the hash ``<namespace>:stats``
 (``namespace`` = ``ratelimit.endpoint_namespace``, ``dq:rl:<hash>``, the rate limiter's own

@@ -5,7 +5,15 @@ The job (``docs/architecture.md``, "Generation jobs") becomes one or more reques
 answer is parsed (a malformed one is asked again, twice at most), then validated in request
 order so ids and content do not depend on timing: ids are ``<job_id>-<i:04d>``. Tokens, latency
 and cost of each request are shared out over the examples it produced; the job's totals come
-back in ``stats`` (and are added to the run's spend counter in Redis).
+back in ``stats``. Each answer's tokens and cost are added to the run's spend counter in Redis
+as soon as it comes back (``_Spend``), so concurrent jobs and ``check_budget`` see spend that is
+still in flight. A Redis error there never fails the job nor loses its paid-for answers: what
+could not be sent is sent with the next answer or at the end of the job, else logged (the
+job's ``stats`` in storage still carry it).
+
+``deadline_s`` bounds the whole job (the teacher requests are cancelled and a
+TeacherTransientError is raised): the generate workers run Celery's ``threads`` pool, which does
+not enforce task time limits.
 
 A job fails as a whole (so the task is retried) when more than
 ``tolerated_failure_fraction`` of its requests fail, or at once on a permanent error.
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +44,7 @@ from workers.teachers.accounting import (
     record_spend,
     request_cost,
 )
-from workers.teachers.errors import MalformedOutputError
+from workers.teachers.errors import MalformedOutputError, TeacherTransientError
 from workers.teachers.openai import ChatClient, client_for
 from workers.teachers.parsing import Validator, extract_items, validate_items
 from workers.teachers.prompts import Prompt, build_prompt, split_counts
@@ -69,8 +78,52 @@ def job_prompts(spec: RunSpec, job: dict[str, Any], taxonomy: list[str]) -> list
             for i, n in enumerate(counts)]
 
 
+class _Spend:
+    """The run's spend counter (``accounting.SPEND_KEY``), added to as each answer returns.
+
+    ``add`` runs on the runtime loop and sends from a thread (the loop never blocks on Redis);
+    what a Redis error kept from being sent stays pending, for the next ``add`` or ``flush``.
+    """
+
+    def __init__(self, client: redis_lib.Redis, run_id: str) -> None:
+        self._client, self._run_id = client, run_id
+        self._lock = threading.Lock()
+        self._pending: tuple[int, int, float, int] = (0, 0, 0.0, 0)
+        self.error: redis_lib.RedisError | None = None
+
+    def _put(self, tin: int, tout: int, cost: float, requests: int) -> None:
+        with self._lock:
+            a, b, c, d = self._pending
+            self._pending = (a + tin, b + tout, c + cost, d + requests)
+
+    def _send(self) -> bool:
+        with self._lock:
+            pending, self._pending = self._pending, (0, 0, 0.0, 0)
+        if not any(pending):
+            return True
+        try:
+            record_spend(self._client, self._run_id, *pending)
+        except redis_lib.RedisError as exc:
+            self._put(*pending)
+            self.error = exc
+            return False
+        return True
+
+    async def add(self, tin: int, tout: int, cost: float, requests: int) -> None:
+        self._put(tin, tout, cost, requests)
+        await asyncio.get_running_loop().run_in_executor(None, self._send)
+
+    def flush(self) -> None:
+        """Send what is still pending (end of the job); a Redis error is logged, not raised."""
+        if not self._send():
+            tin, tout, cost, requests = self._pending
+            log.warning("run %s: spend of %d requests (%d tokens, cost %.4f) not added to the "
+                        "run's counter in Redis: %s", self._run_id, requests, tin + tout, cost,
+                        self.error)
+
+
 async def _ask(client: ChatClient, prompt: Prompt, record: RequestRecord, tally: Tally,
-               price: PriceSpec) -> _Answer:
+               price: PriceSpec, spend: _Spend) -> _Answer:
     """One request; a malformed answer is asked again (it is still paid for)."""
     for round_ in range(MALFORMED_RETRIES + 1):
         attempts: list[int] = []
@@ -80,9 +133,13 @@ async def _ask(client: ChatClient, prompt: Prompt, record: RequestRecord, tally:
                                          * OUTPUT_TOKENS_PER_EXAMPLE + 16)
         finally:
             record.attempts += len(attempts)
-        record.add(done.input_tokens, done.output_tokens, done.latency_s,
-                   request_cost(price, done.input_tokens, done.output_tokens))
+        cost = request_cost(price, done.input_tokens, done.output_tokens)
+        paid = bool(done.input_tokens or done.output_tokens)
+        first = paid and not (record.input_tokens or record.output_tokens)
+        record.add(done.input_tokens, done.output_tokens, done.latency_s, cost)
         record.api_id = done.api_id
+        if paid:  # on the run's counter now, not when the whole job is done
+            await spend.add(done.input_tokens, done.output_tokens, cost, int(first))
         try:
             return _Answer(record, extract_items(done.text), done.model)
         except MalformedOutputError:
@@ -94,10 +151,11 @@ async def _ask(client: ChatClient, prompt: Prompt, record: RequestRecord, tally:
 
 
 async def _ask_all(client: ChatClient, prompts: Sequence[Prompt], job_id: str, tally: Tally,
-                   price: PriceSpec) -> list[_Answer | BaseException]:
+                   price: PriceSpec, spend: _Spend) -> list[_Answer | BaseException]:
     records = [RequestRecord(f"{job_id}-r{i:02d}") for i in range(len(prompts))]
     tally.requests.extend(records)
-    coros = [_ask(client, p, r, tally, price) for p, r in zip(prompts, records, strict=True)]
+    coros = [_ask(client, p, r, tally, price, spend)
+             for p, r in zip(prompts, records, strict=True)]
     return list(await asyncio.gather(*coros, return_exceptions=True))
 
 
@@ -145,12 +203,15 @@ def _job_texts(job: dict[str, Any]) -> list[str]:
 
 def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
                  taxonomy: list[str], redis: redis_lib.Redis, pool: Runtime | None = None,
-                 base_url: str | None = None) -> GenerationResult:
+                 base_url: str | None = None,
+                 deadline_s: float | None = None) -> GenerationResult:
     """Ask the teacher for ``job``'s examples; raises BudgetExceededError before starting
     when the run's spend has reached a ``BudgetSpec`` cap.
 
     ``pool``: the teacher runtime (event loop + HTTP session) to use, default the process's.
     ``base_url``: overrides ``spec.teacher.base_url`` (the embedded simulated teacher).
+    ``deadline_s``: the most the requests may take together (None: no bound beyond the
+    client's own timeouts); past it they are cancelled and TeacherTransientError is raised.
     """
     t0 = time.perf_counter()
     job_id = str(job["job_id"])
@@ -159,10 +220,16 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
     client = client_for(spec.teacher, runtime, redis, base_url)
     prompts = job_prompts(spec, job, taxonomy)
     tally = Tally()
+    spend = _Spend(redis, run_id)
     try:
-        answers = runtime.run(_ask_all(client, prompts, job_id, tally, spec.teacher.price))
+        answers = runtime.run(_ask_all(client, prompts, job_id, tally, spec.teacher.price,
+                                       spend), deadline_s)
+    except TimeoutError:  # concurrent.futures.TimeoutError: the deadline passed
+        tally.fail("job_deadline")
+        raise TeacherTransientError(
+            "job_deadline", f"job {job_id} not done within {deadline_s}s") from None
     finally:
-        _record(redis, run_id, tally)
+        spend.flush()  # never raises: the answers paid for are not thrown away
         _record_endpoint(redis, client, tally)
     _check_failures(answers, spec.generation.tolerated_failure_fraction)
     validator = Validator(taxonomy, spec.generation, shown=_job_texts(job))
@@ -181,13 +248,6 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
 
 def _model(answers: list[_Answer | BaseException]) -> str:
     return next((a.model for a in answers if isinstance(a, _Answer)), "")
-
-
-def _record(client: redis_lib.Redis, run_id: str, tally: Tally) -> None:
-    reqs = [r for r in tally.requests if r.input_tokens or r.output_tokens]
-    if reqs:
-        record_spend(client, run_id, sum(r.input_tokens for r in reqs),
-                     sum(r.output_tokens for r in reqs), sum(r.cost for r in reqs), len(reqs))
 
 
 def _record_endpoint(client: redis_lib.Redis, chat: ChatClient, tally: Tally) -> None:

@@ -248,6 +248,8 @@ class ChatClient:
             status, headers, raw = await self._post(body)
             latency = time.monotonic() - t0
         if status != 200:
+            if self.limiter is not None:  # refused (429, 5xx, 4xx): no tokens were used
+                self.limiter.adjust(-estimate)
             await self._raise_for_status(status, headers, raw)
         completion = _completion(raw, latency, estimate_in, self.endpoint.model)
         if self.limiter is not None:

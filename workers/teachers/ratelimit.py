@@ -11,7 +11,11 @@ full limit. Time is the Redis server's clock, so the machines' clocks do not mat
 
 Tokens are estimated before a call and corrected with the response's ``usage``: the
 correction is carried by the process's next reservation (``adjust`` books it locally), so a
-request costs one Redis round trip, not two.
+request costs one Redis round trip, not two. An attempt the endpoint refused (429, 5xx: no
+completion, no tokens) gives its whole estimate back the same way. A slot that is booked but
+never used (a waiter that finds a cool-down and queues again, or is cancelled) is handed back
+(``release``: its request and its tokens) with the next reservation too, so queueing again
+after a cool-down does not book twice.
 A 429 sets a shared "cool-down until" key (``cool_down``): every later reservation, in any
 process, starts after it.
 
@@ -52,18 +56,25 @@ if mode == 'cool' then
   return tostring(cool - now)
 elseif mode == 'left' then
   return tostring(math.max(0, cool - now))
-elseif mode == 'adjust' then
-  local delta = tonumber(ARGV[2]) * tonumber(ARGV[3])
-  local tat = num(KEYS[2])
+end
+-- a TAT moved by delta seconds; never below now (an old or missing key reads 0, and a
+-- negative expiry would make SET fail)
+local function moved(key, delta)
+  local tat = num(key)
   if delta > 0 then tat = math.max(tat, now) end
-  put(KEYS[2], tat + delta)
+  return math.max(tat + delta, now)
+end
+if mode == 'adjust' then
+  -- ARGV: tokens, 60/tpm, requests, 60/rpm (the last two optional: requests given back)
+  local tdelta = tonumber(ARGV[2]) * tonumber(ARGV[3])
+  local rdelta = tonumber(ARGV[4] or '0') * tonumber(ARGV[5] or '0')
+  if tdelta ~= 0 then put(KEYS[2], moved(KEYS[2], tdelta)) end
+  if rdelta ~= 0 then put(KEYS[1], moved(KEYS[1], rdelta)) end
   return '0'
 end
 local ri, ti, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local ttat0 = num(KEYS[2])
-local delta = tonumber(ARGV[7] or '0') * ti
-if delta > 0 then ttat0 = math.max(ttat0, now) end
-local rtat, ttat = math.max(num(KEYS[1]), now), math.max(ttat0 + delta, now)
+local ttat = moved(KEYS[2], tonumber(ARGV[7] or '0') * ti)
+local rtat = moved(KEYS[1], tonumber(ARGV[8] or '0') * ri)
 local start = math.max(now, cool, rtat - tonumber(ARGV[5]), ttat - tonumber(ARGV[6]))
 put(KEYS[1], math.max(rtat, start) + ri)
 put(KEYS[2], math.max(ttat, start) + cost * ti)
@@ -134,6 +145,7 @@ class GlobalRateLimiter:
         self._async: redis.asyncio.Redis | None = None
         self._async_script: Any = None
         self._pending = 0  # token correction not yet sent
+        self._pending_requests = 0  # request slots handed back, not yet sent (<= 0)
 
     async def _call(self, *args: Any) -> float:
         if self._executor is None and self._async is None:
@@ -153,27 +165,42 @@ class GlobalRateLimiter:
     async def reserve(self, tokens: int) -> float:
         """Book the next slot for one request of ``tokens``; return the seconds until it."""
         pending, self._pending = self._pending, 0
+        requests, self._pending_requests = self._pending_requests, 0
         try:
             return await self._call("reserve", 60.0 / self.rpm, 60.0 / self.tpm,
-                                    max(0, tokens), self._burst_s, self._burst_s, pending)
+                                    max(0, tokens), self._burst_s, self._burst_s, pending,
+                                    requests)
         except BaseException:
             self._pending += pending
+            self._pending_requests += requests
             raise
 
     async def acquire(self, tokens: int) -> float:
-        """Wait for a slot (and for any shared cool-down); return the seconds waited."""
+        """Wait for a slot (and for any shared cool-down); return the seconds waited.
+
+        A slot booked here and then not used — a cool-down came in while we slept, so we
+        queue again after it; or we are cancelled — is handed back (``release``)."""
         t0 = time.monotonic()
-        while True:
-            delay = await self.reserve(tokens)
-            if delay <= 0:
-                break
-            await asyncio.sleep(delay)
-            if delay < RECHECK_AFTER_S:
-                break
-            left = await self.cooldown_left()
-            if left <= 0:
-                break
-            await asyncio.sleep(left)  # a 429 came in while we slept: queue again after it
+        booked = False
+        try:
+            while True:
+                delay = await self.reserve(tokens)
+                booked = True
+                if delay <= 0:
+                    break
+                await asyncio.sleep(delay)
+                if delay < RECHECK_AFTER_S:
+                    break
+                left = await self.cooldown_left()
+                if left <= 0:
+                    break
+                self.release(tokens)  # a 429 came in while we slept: queue again after it
+                booked = False
+                await asyncio.sleep(left)
+        except BaseException:
+            if booked:
+                self.release(tokens)
+            raise
         return time.monotonic() - t0
 
     def adjust(self, delta_tokens: int) -> None:
@@ -181,10 +208,22 @@ class GlobalRateLimiter:
         correction travels with this process's next reservation (``flush`` sends it now)."""
         self._pending += delta_tokens
 
+    def release(self, tokens: int) -> None:
+        """Hand back one reserved slot that was not used: its request and its ``tokens``
+        (carried by the next reservation, like ``adjust``)."""
+        self._pending -= max(0, tokens)
+        self._pending_requests -= 1
+
     async def flush(self) -> None:
         pending, self._pending = self._pending, 0
-        if pending:
-            await self._call("adjust", pending, 60.0 / self.tpm)
+        requests, self._pending_requests = self._pending_requests, 0
+        if pending or requests:
+            try:
+                await self._call("adjust", pending, 60.0 / self.tpm, requests, 60.0 / self.rpm)
+            except BaseException:
+                self._pending += pending
+                self._pending_requests += requests
+                raise
 
     async def cool_down(self, seconds: float) -> float:
         """Tell every process to send nothing for ``seconds``; return the cool-down left."""

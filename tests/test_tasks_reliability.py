@@ -1,0 +1,131 @@
+"""The task shells' failure paths, run eagerly (``Task.apply``: Celery's real retry and trace
+machinery, no worker) against the session's private Redis and a local store: a missing or
+malformed manifest and a transient error that used up its retries are recorded where the
+controller reads failures (``cycle=<c>/failed/<kind>-<job>.json``) and notified; a Redis blip
+is retried."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import redis
+
+from storage.schemas import EXAMPLES
+from storage.store import ShardStore
+from workers.app import configure
+from workers.context import EVENTS_KEY
+from workers.errors import PermanentError
+
+SPEC = {"dataset": {"train": "unused.csv"}, "teacher": {"kind": "sim"}}
+JOB = "c01-0000"
+
+
+@pytest.fixture
+def tasks(redis_url: str) -> Any:
+    configure(redis_url)
+    from workers import tasks as module
+
+    return module
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ShardStore:
+    return ShardStore(tmp_path / "store")
+
+
+def _events(client: redis.Redis, run_id: str) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in client.lrange(EVENTS_KEY.format(run_id=run_id), 0, -1)]
+
+
+def _failed(store: ShardStore, run_id: str, cycle: int) -> dict[str, Any]:
+    folder = f"cycle={cycle}/failed"
+    return {n: store.read_json(run_id, f"{folder}/{n}") for n in store.list_names(run_id, folder)}
+
+
+def _run_with_a_job(store: ShardStore, run_id: str) -> None:
+    store.write_json(run_id, "manifest.json", {"spec": SPEC, "taxonomy": ["a", "b"]})
+    store.write_json(run_id, "cycle=1/jobs/part-00000.json",
+                     {JOB: {"job_id": JOB, "n_examples": 1}})
+
+
+@pytest.mark.parametrize(("task", "cycle", "name"), [
+    ("generate", 1, f"generate-{JOB}.json"),
+    ("train", 2, "train-train.json"),
+])
+def test_a_run_without_a_manifest_is_recorded_and_notified(
+        tasks: Any, store: ShardStore, redis_client: redis.Redis, task: str, cycle: int,
+        name: str) -> None:
+    run_id = f"nomanifest-{task}"
+    args = [run_id, cycle, JOB, store.uri] if task == "generate" else [run_id, cycle, store.uri]
+    result = getattr(tasks, task).apply(args=args)
+    assert result.failed() and isinstance(result.result, PermanentError)
+    failed = _failed(store, run_id, cycle)
+    assert list(failed) == [name]
+    record = failed[name]
+    assert set(record) == {"kind", "job_id", "error"} and record["kind"] == task
+    assert "no manifest" in record["error"]
+    events = _events(redis_client, run_id)
+    assert [(e["kind"], e["cycle"], e["ok"]) for e in events] == [(task, cycle, False)]
+
+
+def test_a_malformed_manifest_is_a_recorded_permanent_failure(
+        tasks: Any, store: ShardStore, redis_client: redis.Redis) -> None:
+    run_id = "malformed"
+    store.write_json(run_id, "manifest.json", {"spec": SPEC})  # no taxonomy
+    result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri])
+    assert result.failed() and isinstance(result.result, PermanentError)
+    record = _failed(store, run_id, 1)[f"generate-{JOB}.json"]
+    assert record["job_id"] == JOB and "malformed manifest" in record["error"]
+    assert [e["ok"] for e in _events(redis_client, run_id)] == [False]
+
+
+def test_a_redis_blip_is_retried(tasks: Any, store: ShardStore, redis_client: redis.Redis,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.teachers.generate as gen
+
+    run_id = "blip"
+    _run_with_a_job(store, run_id)
+    calls: list[int] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> gen.GenerationResult:
+        calls.append(1)
+        if len(calls) <= 2:  # redis-py's ConnectionError is no builtin ConnectionError
+            raise redis.exceptions.ConnectionError("Error 111 connecting")
+        return gen.GenerationResult(pa.Table.from_pylist([], schema=EXAMPLES), {"examples": 0})
+
+    monkeypatch.setattr(gen, "generate_job", flaky)
+    result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri])
+    assert result.successful(), result.result
+    assert len(calls) == 3 and store.has(run_id, 1, "generated", JOB)
+    assert _failed(store, run_id, 1) == {}
+    assert [e["ok"] for e in _events(redis_client, run_id)] == [True]
+
+
+@pytest.mark.parametrize("error", [redis.exceptions.TimeoutError("Timeout reading"),
+                                   ConnectionError("refused")])
+def test_retries_used_up_are_recorded_and_notified(
+        tasks: Any, store: ShardStore, redis_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    import workers.teachers.generate as gen
+
+    run_id = f"exhausted-{type(error).__module__.split('.')[0]}"
+    _run_with_a_job(store, run_id)
+    calls: list[int] = []
+
+    def down(*args: Any, **kwargs: Any) -> gen.GenerationResult:
+        calls.append(1)
+        raise error
+
+    monkeypatch.setattr(gen, "generate_job", down)
+    result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri])
+    assert result.failed() and type(result.result) is type(error)
+    max_retries = tasks.generate.max_retries
+    assert len(calls) == max_retries + 1                 # every retry was made, then no more
+    record = _failed(store, run_id, 1)[f"generate-{JOB}.json"]
+    assert set(record) == {"kind", "job_id", "error"}
+    assert f"gave up after {max_retries} retries" in record["error"]
+    assert [e["ok"] for e in _events(redis_client, run_id)] == [False]

@@ -184,6 +184,13 @@ def attribute(self: Task, run_id: str, cycle: int, job_id: str, storage: str) ->
         examples = ctx.store.read_shard(run_id, cycle, "generated", job_id)
         table = attribute_table(ctx.spec, ctx.store, run_id, examples, workdir(run_id))
         ctx.store.commit(run_id, cycle, "attributed", job_id, table)
+        if cycle == 0 and ctx.store.read_json(run_id, ATTRIBUTION_QUALITY_FILE) is None:
+            # a teacher used as it is has no prepare_teacher job: the seed's attribute job
+            # measures rationale quality once for the report instead
+            from workers.attribution.job import quality_report
+
+            ctx.store.write_json(run_id, ATTRIBUTION_QUALITY_FILE,
+                                 quality_report(ctx.spec, ctx.store, run_id, workdir(run_id)))
         return {"examples": table.num_rows}
 
     return _run_job(self, "attribute", storage, run_id, cycle, job_id, body)

@@ -102,3 +102,25 @@ def test_a_fine_tuned_teacher_is_committed_and_its_local_copies_removed(
     assert store.has_dir(RUN, "teacher")
     assert not (work / "teacher-build").exists() and not (work / "teacher-epochs").exists()
     assert job.prepare_teacher(spec, store, RUN, work) == f"{RUN}/teacher"  # already there
+
+
+def test_the_seed_attribute_task_measures_quality_for_a_ready_made_teacher(
+    tiny, store, tmp_path, redis_url, monkeypatch
+) -> None:
+    """No prepare_teacher job runs for a teacher used as it is: the seed's attribute job
+    writes the run's rationale-quality report (once), which the run report shows."""
+    from workers import tasks
+    from workers.app import configure
+    from workers.context import ATTRIBUTION_QUALITY_FILE
+
+    configure(redis_url)
+    monkeypatch.setenv("DISTILLQ_WORKDIR", str(tmp_path / "work"))
+    spec = _spec(tiny, method="saliency")
+    store.write_json(RUN, "manifest.json", {"spec": spec.model_dump(mode="json"),
+                                            "taxonomy": list(tiny.teacher.labels)})
+    store.commit(RUN, 0, "generated", "seed", _examples(tiny.texts[:8], tiny.labels[:8], 0))
+    store.write_table(RUN, "val", _examples(tiny.texts, tiny.labels, cycle=0))
+    result = tasks.attribute.apply(args=[RUN, 0, "seed", store.uri])
+    assert result.successful(), result.result
+    report = store.read_json(RUN, ATTRIBUTION_QUALITY_FILE)
+    assert report["method"] == "saliency" and report["deletion"]["n"] > 0

@@ -40,6 +40,12 @@ def test_the_quality_study_runs_and_writes_its_table(
     text = out.read_text()
     assert all(f"| {k} |" in text for k in (0, 1, 2))
     assert "- (2) closes" in text, "rows 0, 1 and 2 are in: the first target is checked"
+    assert "--work" not in text and "--out" not in text, "the command says what, not where"
+    out.unlink()
+    assert main(["--rows", "3", "--table-only", *small]) == 0  # measures nothing
+    assert "row 3" not in capsys.readouterr().out
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert [line for line in out.read_text().splitlines() if line.startswith("| ")] == table
     results = json.loads(out.with_suffix(".json").read_text())
     assert set(results) == {"0", "1", "2"}
     guided = results["2"][0]

@@ -99,6 +99,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default=str(RESULTS),
                    help="one JSON file per measured cell, under a folder per protocol")
     p.add_argument("--redo", action="store_true", help="measure cells already measured again")
+    p.add_argument("--table-only", action="store_true",
+                   help="measure nothing: rewrite the table from the cells already measured")
     p.add_argument("--out", default=str(ROOT / "docs" / "quality.md"))
     args = p.parse_args(argv)
     for name in ("rows", "seeds"):
@@ -326,6 +328,8 @@ NOTES = [
     "- Each later cycle starts from the previous cycle's student (`student.warm_start`) and "
     "stops after 3 epochs without a lower validation loss: this keeps a 2-core CPU study "
     "within reach (a 6-layer epoch over 2,400 examples is ~1.5 min there).",
+    "- Wall times are those of a shared 2-core CPU machine (AMD EPYC, no GPU) that ran other "
+    "work during the study: the order of magnitude, not a benchmark.",
     "- For scale: a careful measurement outside the project with the same student (plain "
     "PyTorch, lr 1e-4, batch 32, early stopping on validation loss, training from scratch) "
     "gave macro-F1 0.808 seed-only, 0.864 with 800 random pool examples added, 0.893 with "
@@ -400,11 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     proto = protocol(args)
     proto_id = protocol_id(proto)
     folder = Path(args.results) / proto_id
-    command = "python -m bench.quality.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.quality.run " + " ".join(
+        study_args(argv if argv is not None else sys.argv[1:]))
     out = Path(args.out)
     rows = {r.key: r for r in ROWS}
     print(f"[quality] protocol {proto_id}: {json.dumps(proto)}", flush=True)
-    for seed in args.seeds_list:
+    for seed in [] if args.table_only else args.seeds_list:
         for row in (rows[k] for k in args.rows_list):
             if (folder / f"row{row.key}-seed{seed}.json").exists() and not args.redo:
                 print(f"[quality] row {row.key}, seed {seed}: already measured", flush=True)
@@ -420,6 +425,19 @@ def main(argv: list[str] | None = None) -> int:
     write_outputs(out, load_results(folder), args, command.strip(), proto_id)
     print(f"[quality] table: {out}")
     return 0
+
+
+def study_args(argv: list[str]) -> list[str]:
+    """The arguments that say what the study measures (not where it keeps its files)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--work", "--results", "--out"):
+            skip = True
+        elif not arg.startswith(("--work=", "--results=", "--out=", "--table-only", "--redo")):
+            out.append(arg)
+    return out
 
 
 def write_outputs(out: Path, results: dict[int, list[dict[str, Any]]],

@@ -132,3 +132,15 @@ def test_the_prompt_states_the_length_bound_and_the_sim_keeps_to_it(pool) -> Non
     assert clip("one two three four", 9) == "one two"
     assert clip("abcdefghijkl", 5) == "abcde"
     assert clip("short", 40) == "short"
+
+
+def test_an_example_the_prompt_shows_cut_short_is_never_returned() -> None:
+    from workers.teachers.simpool import PromptFacts, compose
+
+    long = "please tell me why my card payment was declined at the shop yesterday evening"
+    index = Pool([long, "card declined again", "why was my card declined"], ["a", "a", "a"])
+    facts = PromptFacts(targets=["a"], n=3, taxonomy=["a"])
+    facts.shown.add(normalise(long[:30]))
+    facts.shown_cut.add(normalise(long[:30]))
+    texts = [x["text"] for x in compose(index, facts, random.Random(0), 0.0)]
+    assert long not in texts and len(texts) == 2

@@ -76,16 +76,20 @@ class Pool:
         return out
 
     def pick(self, label: str, n: int, guides: Sequence[str], exclude: set[str],
-             rng: random.Random, batch: tuple[int, int] = (0, 1)) -> list[int]:
+             rng: random.Random, batch: tuple[int, int] = (0, 1),
+             exclude_prefixes: tuple[str, ...] = ()) -> list[int]:
         """``n`` distinct texts of ``label``, preferring those closest to ``guides``.
 
-        ``batch`` = (k, K): request k of a job cut into K draws from its own K-th of the
-        texts, so the requests of one job do not return the same ones.
+        ``exclude``: normalised texts never to return; ``exclude_prefixes``: nor texts that
+        start with one (a prompt shows long examples cut short). ``batch`` = (k, K): request k
+        of a job cut into K draws from its own K-th of the texts, so the requests of one job
+        do not return the same ones.
         """
         scores = self.scores(label, self.centroid(guides)) if guides else {}
         k, parts = batch
         cands = [i for j, i in enumerate(self.by_label.get(label, []))
-                 if self.keys[i] not in exclude and j % parts == k]
+                 if j % parts == k and self.keys[i] not in exclude
+                 and not (exclude_prefixes and self.keys[i].startswith(exclude_prefixes))]
         keyed = sorted(cands, key=lambda i: (-scores.get(i, 0.0), rng.random()))
         chosen = rng.sample(keyed[: max(n, WINDOW * n)], min(n, len(keyed)))
         return sorted(chosen, key=lambda i: -scores.get(i, 0.0))
@@ -100,6 +104,7 @@ class PromptFacts:
     fewshot: list[dict[str, Any]] = field(default_factory=list)
     mined: list[dict[str, Any]] = field(default_factory=list)   # misclassified + hard negatives
     shown: set[str] = field(default_factory=set)
+    shown_cut: set[str] = field(default_factory=set)  # examples the prompt showed cut short
     batch: tuple[int, int] = (0, 1)
     max_chars: int | None = None
 
@@ -135,7 +140,10 @@ def _read_line(facts: PromptFacts, section: str, line: str) -> None:
 def _read_example(facts: PromptFacts, section: str, item: Any) -> None:
     if not isinstance(item, dict) or not isinstance(item.get("text"), str):
         return
-    facts.shown.add(normalise(item["text"].rstrip("…")))
+    text = item["text"]
+    facts.shown.add(normalise(text.rstrip("…")))
+    if text.endswith("…") and normalise(text.rstrip("…")):
+        facts.shown_cut.add(normalise(text.rstrip("…")))
     if section == P.H_FEWSHOT:
         facts.fewshot.append(item)
     elif section in (P.H_MISCLASSIFIED, P.H_HARD):
@@ -182,7 +190,8 @@ def compose(pool: Pool, facts: PromptFacts, rng: random.Random,
     out: list[dict[str, str]] = []
     taxonomy = facts.taxonomy or sorted(pool.by_label)
     for label, k in sorted(label_counts(facts, pool.by_label, rng).items()):
-        for i in pool.pick(label, k, guides_for(facts, label), facts.shown, rng, facts.batch):
+        for i in pool.pick(label, k, guides_for(facts, label), facts.shown, rng, facts.batch,
+                           tuple(sorted(facts.shown_cut))):
             out.append({"text": clip(pool.texts[i], facts.max_chars),
                         "label": _noisy(label, taxonomy, label_noise, rng)})
     rng.shuffle(out)

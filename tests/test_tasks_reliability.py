@@ -129,3 +129,15 @@ def test_retries_used_up_are_recorded_and_notified(
     assert set(record) == {"kind", "job_id", "error"}
     assert f"gave up after {max_retries} retries" in record["error"]
     assert [e["ok"] for e in _events(redis_client, run_id)] == [False]
+
+
+def test_scratch_is_per_run_and_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ids are unique within a storage only: the same id in two storages (two studies, a
+    test beside a real run) must not share scratch, or one's cleanup deletes the other's
+    epoch checkpoints mid-training."""
+    from workers.context import workdir
+
+    monkeypatch.setenv("DISTILLQ_WORKDIR", str(tmp_path))
+    a, b = workdir("r1", "/data/a"), workdir("r1", "/data/b")
+    assert a != b and a.is_dir() and b.is_dir() and a.parent == b.parent == tmp_path
+    assert workdir("r1", "/data/a") == a and a.name.startswith("r1-")

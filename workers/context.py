@@ -6,6 +6,7 @@ and cached per process (a manifest's spec never changes once the run starts).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -78,10 +79,14 @@ def redis_client(url: str) -> redis.Redis:
         return _redis_clients[url]
 
 
-def workdir(run_id: str) -> Path:
-    """Scratch space for a worker (model caches, epoch checkpoints); never the source of truth."""
+def workdir(run_id: str, storage: str) -> Path:
+    """Scratch space for a worker (model caches, epoch checkpoints); never the source of truth.
+
+    One folder per run *and storage*: run ids are unique within a storage only, and two runs
+    of the same id in different storages must never share (or delete) each other's scratch.
+    """
     root = Path(os.environ.get("DISTILLQ_WORKDIR") or Path(tempfile.gettempdir()) / "distillq-work")
-    path = root / run_id
+    path = root / f"{run_id}-{hashlib.sha256(storage.encode()).hexdigest()[:10]}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -165,10 +165,10 @@ def prepare_teacher(self: Task, run_id: str, storage: str) -> dict[str, Any]:
         from workers.attribution.job import prepare_teacher as prepare
         from workers.attribution.job import quality_report
 
-        teacher = prepare(ctx.spec, ctx.store, run_id, workdir(run_id))
+        teacher = prepare(ctx.spec, ctx.store, run_id, workdir(run_id, ctx.store.uri))
         if ctx.store.read_json(run_id, ATTRIBUTION_QUALITY_FILE) is None:  # once, for the report
             ctx.store.write_json(run_id, ATTRIBUTION_QUALITY_FILE,
-                                 quality_report(ctx.spec, ctx.store, run_id, workdir(run_id)))
+                                 quality_report(ctx.spec, ctx.store, run_id, workdir(run_id, ctx.store.uri)))
         return {"teacher": str(teacher)}
 
     return _run_job(self, "prepare_teacher", storage, run_id, 0, "teacher", body)
@@ -182,7 +182,7 @@ def attribute(self: Task, run_id: str, cycle: int, job_id: str, storage: str) ->
         from workers.attribution.job import attribute_table
 
         examples = ctx.store.read_shard(run_id, cycle, "generated", job_id)
-        table = attribute_table(ctx.spec, ctx.store, run_id, examples, workdir(run_id))
+        table = attribute_table(ctx.spec, ctx.store, run_id, examples, workdir(run_id, ctx.store.uri))
         ctx.store.commit(run_id, cycle, "attributed", job_id, table)
         if cycle == 0 and ctx.store.read_json(run_id, ATTRIBUTION_QUALITY_FILE) is None:
             # a teacher used as it is has no prepare_teacher job: the seed's attribute job
@@ -190,7 +190,7 @@ def attribute(self: Task, run_id: str, cycle: int, job_id: str, storage: str) ->
             from workers.attribution.job import quality_report
 
             ctx.store.write_json(run_id, ATTRIBUTION_QUALITY_FILE,
-                                 quality_report(ctx.spec, ctx.store, run_id, workdir(run_id)))
+                                 quality_report(ctx.spec, ctx.store, run_id, workdir(run_id, ctx.store.uri)))
         return {"examples": table.num_rows}
 
     return _run_job(self, "attribute", storage, run_id, cycle, job_id, body)
@@ -201,7 +201,7 @@ def train(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
     def body(ctx: RunContext) -> dict[str, Any]:
         from workers.training.cycle import train_cycle
 
-        report = train_cycle(ctx.spec, ctx.store, run_id, cycle, workdir(run_id))
+        report = train_cycle(ctx.spec, ctx.store, run_id, cycle, workdir(run_id, ctx.store.uri))
         return {"macro_f1": round(float(report.get("macro_f1", 0.0)), 4)}
 
     return _run_job(self, "train", storage, run_id, cycle, "train", body)
@@ -212,7 +212,7 @@ def test(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
     def body(ctx: RunContext) -> dict[str, Any]:
         from workers.training.cycle import evaluate_on_test
 
-        report = evaluate_on_test(ctx.spec, ctx.store, run_id, cycle, workdir(run_id))
+        report = evaluate_on_test(ctx.spec, ctx.store, run_id, cycle, workdir(run_id, ctx.store.uri))
         return {"macro_f1": round(float(report.get("macro_f1", 0.0)), 4)}
 
     return _run_job(self, "test", storage, run_id, cycle, "test", body)

@@ -77,9 +77,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if manifest["status"] in ("failed", "cancelled"):
         cycle = len(manifest["decisions"])
         reopened = reopen_failed_jobs(store, run_id, cycle)
+        for earlier in range(cycle):  # the teacher (cycle 0) and the final test (best cycle)
+            reopened += reopen_failed_jobs(store, run_id, earlier, ("prepare_teacher", "test"))
         if reopened:
-            print(f"run {run_id}: {len(reopened)} failed job(s) of cycle {cycle} will be sent "
-                  "again")
+            print(f"run {run_id}: {len(reopened)} failed job(s) will be sent again: "
+                  f"{', '.join(sorted(reopened)[:5])}{' …' if len(reopened) > 5 else ''}")
         if client is not None:  # sends counted before the failure start again from zero
             client.delete(INFLIGHT.format(run_id=run_id))
         manifest["status"] = "running"

@@ -35,6 +35,9 @@ log = logging.getLogger("distillq.controller")
 Send = Callable[[str, list[Any], str], None]  # (task name, args, task id)
 
 INFLIGHT = "dq:{run_id}:inflight"
+# the job id under which the one-per-cycle (or per-run) jobs record a failure, as the workers
+# name it: cycle=<c>/failed/<kind>-<job>.json
+SINGLE_JOBS = {"train": "train", "test": "test", "prepare_teacher": "teacher"}
 LOCK = "dq:{run_id}:lock"
 PLAN_CHUNK = 1000
 
@@ -98,6 +101,8 @@ class Controller:
             return
         if self._data_ready(cycle, jobs):
             self.progress.phase = "train"
+            if self._gave_up(cycle, "train"):
+                return
             self._ensure("distillq.train", [self.run_id, cycle, self.store.uri],
                          f"c{cycle:02d}/train", self._spec.loop.train_deadline_s)
 
@@ -153,6 +158,8 @@ class Controller:
             return True
         if not self.store.has_dir(self.run_id, "teacher"):
             if self._spec.attribution.kind == "classifier" and self._spec.attribution.finetune:
+                if self._gave_up(0, "prepare_teacher"):
+                    return False
                 self._ensure("distillq.prepare_teacher", [self.run_id, self.store.uri],
                              "teacher", self._spec.loop.attribute_deadline_s)
                 return False
@@ -200,10 +207,21 @@ class Controller:
         if entry["sends"] > 1:
             log.warning("run=%s re-sent %s (send %d)", self.run_id, key, entry["sends"])
 
+    def _gave_up(self, cycle: int, kind: str) -> bool:
+        """A worker recorded this run-level job (train, test, prepare_teacher) as failed for
+        good (a permanent error, or its retries used up): fail the run now, not after the
+        job's deadline. ``orchestrator resume`` gives it another chance."""
+        record = self.store.read_json(self.run_id,
+                                      f"cycle={cycle}/failed/{kind}-{SINGLE_JOBS[kind]}.json")
+        if record is None:
+            return False
+        self._finish("failed", f"{kind} of cycle {cycle} failed: {record.get('error', '?')}")
+        return True
+
     def _give_up(self, task: str, args: list[Any], key: str, sends: int) -> None:
         kind = task.split(".")[-1]
         cycle = args[1] if len(args) > 2 else 0
-        job = args[2] if len(args) > 3 else kind
+        job = args[2] if len(args) > 3 else SINGLE_JOBS.get(kind, kind)
         self.store.write_json(self.run_id, f"cycle={cycle}/failed/{kind}-{job}.json",
                               {"kind": kind, "job_id": job,
                                "error": f"no result after {sends} sends"})
@@ -255,6 +273,8 @@ class Controller:
         result = self.store.read_json(self.run_id, "test.json") if has_test else {}
         if result is None or (has_test and int(result.get("cycle", -1)) != best):
             self.progress = CycleProgress(best, phase="test")
+            if self._gave_up(best, "test"):
+                return str(self.manifest["status"])
             self._ensure("distillq.test", [self.run_id, best, self.store.uri], "test",
                          self._spec.loop.train_deadline_s)
             return str(self.manifest["status"])

@@ -160,13 +160,16 @@ def cycle_stats(store: ShardStore, run_id: str, cycle: int) -> list[dict[str, An
 FAILED_BEFORE_RESUME = "failed-before-resume"
 
 
-def reopen_failed_jobs(store: ShardStore, run_id: str, cycle: int) -> list[str]:
-    """Give the permanently failed jobs of ``cycle`` another chance (``orchestrator resume``):
-    each ``cycle=<c>/failed/<name>.json`` is copied to ``cycle=<c>/failed-before-resume/``
-    (kept for the record) and then removed, so the controller sends the job again. Safe to
-    repeat after a crash between the copy and the removal. Returns the names reopened."""
+def reopen_failed_jobs(store: ShardStore, run_id: str, cycle: int,
+                       kinds: tuple[str, ...] | None = None) -> list[str]:
+    """Give the permanently failed jobs of ``cycle`` (of these ``kinds``, default all) another
+    chance (``orchestrator resume``): each ``cycle=<c>/failed/<name>.json`` is copied to
+    ``cycle=<c>/failed-before-resume/`` (kept for the record) and then removed, so the
+    controller sends the job again. Safe to repeat after a crash between the copy and the
+    removal. Returns the names reopened."""
     folder = f"cycle={cycle}/failed"
-    names = [n for n in store.list_names(run_id, folder) if n.endswith(".json")]
+    names = [n for n in store.list_names(run_id, folder) if n.endswith(".json")
+             and (kinds is None or n.startswith(tuple(f"{k}-" for k in kinds)))]
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     for name in names:
         record = store.read_json(run_id, f"{folder}/{name}")

@@ -338,3 +338,34 @@ def test_a_lock_keeper_holds_locks_through_a_long_tick(redis_client: redis.Redis
     time.sleep(0.5)  # no keeper: the lock runs out
     assert RunLock(redis_client, "long", ttl_ms=300).acquire()
     assert not mine.refresh(), "refresh never takes back a lock another holder has"
+
+
+@pytest.mark.parametrize("kind", ["train", "test"])
+def test_a_run_level_job_a_worker_gave_up_on_fails_the_run_at_once(
+    setup: Any, kind: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not after the job's deadline (6 h for training): the worker's failure record ends the
+    run on the next tick, and `resume` sends the job again."""
+    import argparse
+
+    from orchestrator.commands import cmd_resume
+
+    ctl, sent, clock = setup(loop={"max_cycles": 0})
+    ctl.tick()  # cycle 0's train sent
+    cycle = 0
+    if kind == "test":
+        _eval(ctl, 0, 0.5)
+        ctl.tick()  # decide: stop (max_cycles 0)
+        ctl.tick()  # test sent
+    assert sent[-1][0] == f"distillq.{kind}"
+    ctl.store.write_json("r1", f"cycle={cycle}/failed/{kind}-{kind}.json",
+                         {"kind": kind, "job_id": kind, "error": "RuntimeError: boom"})
+    assert ctl.tick() == "failed"
+    reason = load_manifest(ctl.store, "r1")["stop_reason"]
+    assert reason == f"{kind} of cycle 0 failed: RuntimeError: boom"
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert cmd_resume(argparse.Namespace(storage=ctl.store.uri, run_id="r1")) == 0
+    sent.clear()
+    again = Controller(ctl.store, ctl.redis, "r1", lambda *a: sent.append(a), clock=clock)
+    assert again.tick() == "running" and [s[0] for s in sent] == [f"distillq.{kind}"]

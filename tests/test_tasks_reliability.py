@@ -106,7 +106,9 @@ def test_a_redis_blip_is_retried(tasks: Any, store: ShardStore, redis_client: re
 
 
 @pytest.mark.parametrize("error", [redis.exceptions.TimeoutError("Timeout reading"),
-                                   ConnectionError("refused")])
+                                   ConnectionError("refused"),
+                                   # unexpected (a bug, a folder gone): retried the same way
+                                   RuntimeError("Parent directory /x/epochs does not exist")])
 def test_retries_used_up_are_recorded_and_notified(
         tasks: Any, store: ShardStore, redis_client: redis.Redis,
         monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:

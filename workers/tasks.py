@@ -45,7 +45,12 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 )
 
 RETRY = {
-    "autoretry_for": RETRYABLE,
+    # Any exception but a PermanentError is retried with backoff: besides the transient ones
+    # above, an unexpected error (a bug, a full disk, a folder gone) may heal, and when it
+    # does not, the job is recorded as failed after the last retry (``_run_job``) instead of
+    # leaving the controller to wait out the job's deadline (6 h for training).
+    "autoretry_for": (Exception,),
+    "dont_autoretry_for": (PermanentError,),
     "retry_backoff": 2,
     "retry_backoff_max": 120,
     "retry_jitter": True,
@@ -106,8 +111,11 @@ def _run_job(task: Task, kind: str, storage: str, run_id: str, cycle: int, job_i
         notify(client, run_id, {"kind": kind, "cycle": cycle, "job": job_id, "ok": False})
         log.error("%6.2fs ✗ %s(%s) permanent: %s", time.perf_counter() - t0, kind, where, exc)
         raise
-    except RETRYABLE as exc:
+    except Exception as exc:  # transient or unexpected: retried, recorded once given up
         if not _retries_used_up(task):
+            if not isinstance(exc, RETRYABLE):
+                log.warning("%s(%s) unexpected %s: %s; retrying", kind, where,
+                            type(exc).__name__, exc, exc_info=True)
             raise  # retried by Celery (autoretry_for)
         retries = int(task.request.retries or 0)
         _record_failure(storage, run_id, kind, cycle, job_id,
@@ -212,7 +220,8 @@ def test(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
     def body(ctx: RunContext) -> dict[str, Any]:
         from workers.training.cycle import evaluate_on_test
 
-        report = evaluate_on_test(ctx.spec, ctx.store, run_id, cycle, workdir(run_id, ctx.store.uri))
+        report = evaluate_on_test(ctx.spec, ctx.store, run_id, cycle,
+                                  workdir(run_id, ctx.store.uri))
         return {"macro_f1": round(float(report.get("macro_f1", 0.0)), 4)}
 
     return _run_job(self, "test", storage, run_id, cycle, "test", body)

@@ -73,6 +73,26 @@ def test_a_half_written_entry_is_not_taken(subset: Subset, tmp_path: Path) -> No
     (entry / STATE_FILE).unlink()  # what a writer killed mid-copy could leave, at worst
     assert not train(small_config(tmp_path / "b", epochs=1, cache_dir=cache),
                      _small(subset)).cached
+    assert (entry / STATE_FILE).is_file(), "the broken entry was replaced by a whole one"
+    assert train(small_config(tmp_path / "c", epochs=1, cache_dir=cache), _small(subset)).cached
+
+
+def test_a_cache_that_cannot_be_written_does_not_fail_the_training(
+    subset: Subset, tmp_path: Path
+) -> None:
+    (tmp_path / "not-a-folder").write_text("x")
+    cfg = small_config(tmp_path / "a", epochs=1, cache_dir=tmp_path / "not-a-folder" / "c")
+    ckpt = train(cfg, _small(subset))
+    assert not ckpt.cached and (tmp_path / "a" / STATE_FILE).is_file()
+
+
+def test_a_file_uri_names_a_local_cache_folder(tmp_path: Path) -> None:
+    from orchestrator.spec import StudentSpec
+    from workers.training.config import TrainConfig
+
+    spec = StudentSpec(cache_dir=f"file://{tmp_path}/students")
+    cfg = TrainConfig.from_spec(spec, output_dir=tmp_path / "out")
+    assert cfg.cache_dir == tmp_path / "students"
 
 
 def test_the_cache_folder_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

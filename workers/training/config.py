@@ -68,7 +68,8 @@ class TrainConfig:
             device=spec.device,
             init_from=init_from,
             checkpoint_dir=checkpoint_dir,
-            cache_dir=Path(spec.cache_dir) if spec.cache_dir else None,
+            cache_dir=Path(spec.cache_dir.removeprefix("file://")).expanduser()
+            if spec.cache_dir else None,
         )
 
     def fingerprint_fields(self) -> dict[str, Any]:

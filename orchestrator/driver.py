@@ -20,7 +20,7 @@ import redis
 from celery import Celery
 
 from orchestrator.controller import LOCK, Controller
-from orchestrator.errors import DistillqError, InvalidInputError, PermanentError
+from orchestrator.errors import DistillqError, InvalidInputError, SpecError
 from orchestrator.runs import TERMINAL, check_run_id, check_storage
 from storage.store import ShardStore
 from workers.app import ROUTES
@@ -100,7 +100,9 @@ class RunLock:
 class LockKeeper:
     """Refreshes the locks a process holds every third of their TTL from a background thread,
     so a long tick (planning 100k jobs takes over a minute) never outlives its lock and lets a
-    second controller in. Used as a context manager around a controller loop."""
+    second controller in. Used as a context manager around a controller loop. The price: a
+    tick that hangs for good keeps its run's lock until its process is stopped (a dead process
+    on the same host is taken over at once, one elsewhere after the TTL)."""
 
     def __init__(self, locks: dict[str, RunLock], ttl_ms: int = LOCK_TTL_MS):
         self.locks, self.every = locks, ttl_ms / 3000.0
@@ -271,7 +273,8 @@ def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
         status = ctl.tick()
     except redis.RedisError:
         raise
-    except PermanentError as exc:  # retrying will not mend it (a broken manifest or spec)
+    except SpecError as exc:  # the manifest's spec no longer validates: retrying will not
+        # mend it (a missing manifest or a storage error may be a mount that comes back)
         log.error("run=%s failed permanently: %s", run_id, exc)
         _mark_failed(ShardStore(uri), run_id, f"controller: {exc}")
         status = "failed"

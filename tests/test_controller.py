@@ -330,13 +330,13 @@ def test_a_lock_keeper_holds_locks_through_a_long_tick(redis_client: redis.Redis
 
     from orchestrator.driver import LockKeeper, RunLock
 
-    mine = RunLock(redis_client, "long", ttl_ms=300)
+    mine = RunLock(redis_client, "long", ttl_ms=1500)
     assert mine.acquire()
-    with LockKeeper({"long": mine}, ttl_ms=300):
-        time.sleep(1.0)  # a tick three TTLs long
-        assert not RunLock(redis_client, "long", ttl_ms=300).acquire(), "still held"
-    time.sleep(0.5)  # no keeper: the lock runs out
-    assert RunLock(redis_client, "long", ttl_ms=300).acquire()
+    with LockKeeper({"long": mine}, ttl_ms=1500):
+        time.sleep(4.0)  # a tick well over two TTLs long
+        assert not RunLock(redis_client, "long", ttl_ms=1500).acquire(), "still held"
+    time.sleep(1.7)  # no keeper: the lock runs out
+    assert RunLock(redis_client, "long", ttl_ms=1500).acquire()
     assert not mine.refresh(), "refresh never takes back a lock another holder has"
 
 

@@ -97,6 +97,16 @@ def _record_failure(storage: str, run_id: str, kind: str, cycle: int, job_id: st
                   kind, run_id, cycle, job_id, type(exc).__name__, exc)
 
 
+def _notify_failure(client: Any, run_id: str, kind: str, cycle: int, job_id: str) -> None:
+    """Wake the controller for a recorded failure; a Redis error here is logged, never raised
+    (raised, Celery would retry the whole job, paying the teacher again)."""
+    try:
+        notify(client, run_id, {"kind": kind, "cycle": cycle, "job": job_id, "ok": False})
+    except redis.exceptions.RedisError as exc:
+        log.warning("failure of %s(run=%s cycle=%d job=%s) recorded but not notified: %s",
+                    kind, run_id, cycle, job_id, exc)
+
+
 def _run_job(task: Task, kind: str, storage: str, run_id: str, cycle: int, job_id: str,
              body: Callable[[RunContext], dict[str, Any]]) -> dict[str, Any]:
     """Load the run's context, time the job, log one line; record a permanent failure (or
@@ -108,7 +118,7 @@ def _run_job(task: Task, kind: str, storage: str, run_id: str, cycle: int, job_i
         result = body(_context(storage, run_id))
     except PermanentError as exc:
         _record_failure(storage, run_id, kind, cycle, job_id, f"{type(exc).__name__}: {exc}")
-        notify(client, run_id, {"kind": kind, "cycle": cycle, "job": job_id, "ok": False})
+        _notify_failure(client, run_id, kind, cycle, job_id)
         log.error("%6.2fs ✗ %s(%s) permanent: %s", time.perf_counter() - t0, kind, where, exc)
         raise
     except Exception as exc:  # transient or unexpected: retried, recorded once given up
@@ -120,7 +130,7 @@ def _run_job(task: Task, kind: str, storage: str, run_id: str, cycle: int, job_i
         retries = int(task.request.retries or 0)
         _record_failure(storage, run_id, kind, cycle, job_id,
                         f"{type(exc).__name__}: {exc} (gave up after {retries} retries)")
-        notify(client, run_id, {"kind": kind, "cycle": cycle, "job": job_id, "ok": False})
+        _notify_failure(client, run_id, kind, cycle, job_id)
         log.error("%6.2fs ✗ %s(%s) gave up after %d retries: %s", time.perf_counter() - t0,
                   kind, where, retries, exc)
         raise
@@ -194,11 +204,16 @@ def attribute(self: Task, run_id: str, cycle: int, job_id: str, storage: str) ->
         ctx.store.commit(run_id, cycle, "attributed", job_id, table)
         if cycle == 0 and ctx.store.read_json(run_id, ATTRIBUTION_QUALITY_FILE) is None:
             # a teacher used as it is has no prepare_teacher job: the seed's attribute job
-            # measures rationale quality once for the report instead
+            # measures rationale quality once for the report instead (best effort: the
+            # shard is committed, so a failure here must not fail or redo the job)
             from workers.attribution.job import quality_report
 
-            ctx.store.write_json(run_id, ATTRIBUTION_QUALITY_FILE,
-                                 quality_report(ctx.spec, ctx.store, run_id, workdir(run_id, ctx.store.uri)))
+            try:
+                ctx.store.write_json(run_id, ATTRIBUTION_QUALITY_FILE, quality_report(
+                    ctx.spec, ctx.store, run_id, workdir(run_id, ctx.store.uri)))
+            except Exception as exc:  # noqa: BLE001 - reported as missing, job still done
+                log.warning("run=%s rationale quality not measured: %s: %s", run_id,
+                            type(exc).__name__, exc)
         return {"examples": table.num_rows}
 
     return _run_job(self, "attribute", storage, run_id, cycle, job_id, body)

@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -166,7 +167,7 @@ def base_spec(args: argparse.Namespace, train: str, test: str, seed: int,
                                "lr": args.lr, "batch_size": args.batch_size,
                                "epochs": args.epochs, "patience": args.patience,
                                "warm_start": args.warm_start, "seed": seed,
-                               "cache_dir": str(store.parent / "students")}
+                               "cache_dir": str(store.parent / "students")}  # shared
     if args.layers:
         student["num_layers"] = args.layers
     return {
@@ -414,7 +415,14 @@ def main(argv: list[str] | None = None) -> int:
             if (folder / f"row{row.key}-seed{seed}.json").exists() and not args.redo:
                 print(f"[quality] row {row.key}, seed {seed}: already measured", flush=True)
                 continue
-            spec = base_spec(args, train, test, seed, work / "store")
+            # one store per protocol: a run id names a row and seed, not the settings
+            store = work / f"store-{proto_id}"
+            if args.redo:
+                for stale in (store / f"row{row.key}-seed{seed}",
+                              store / ".local" / f"row{row.key}-seed{seed}",
+                              work / f"upper-{seed}", work / f"upper-{seed}.epochs"):
+                    shutil.rmtree(stale, ignore_errors=True)
+            spec = base_spec(args, train, test, seed, store)
             print(f"[quality] row {row.key} ({row.name}), seed {seed} ...", flush=True)
             got = (run_upper_bound(spec, work, seed) if row.key == 0
                    else run_system(row, spec, work, seed))

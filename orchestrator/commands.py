@@ -86,8 +86,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
             client.delete(INFLIGHT.format(run_id=run_id))
         manifest["status"] = "running"
         manifest.pop("stop_reason", None)
-    manifest["resumed_at"] = time.time()
-    store.write_json(run_id, "manifest.json", manifest)
+        # only a stopped run's manifest is written: a running one may be mid-tick in a
+        # controller that writes its own copy back (and a pending cancel must stay pending)
+        manifest["resumed_at"] = time.time()
+        store.write_json(run_id, "manifest.json", manifest)
     if client is not None:
         from orchestrator.driver import RUNS_KEY
 

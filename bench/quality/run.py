@@ -46,6 +46,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT.parent / "shared" / "data" / "banking77"
 RESULTS = ROOT / "bench" / "quality" / "results"
+FINDINGS = ROOT / "bench" / "quality" / "findings.md"
 # Which cells run first when the whole study is asked for: the rows the targets need, then
 # the ablations (the table is always printed in row order).
 PRIORITY = "1,2,4,0,7,3,5,6,8"
@@ -313,6 +314,8 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
     if missing:
         lines += ["", "Not measured yet: " + "; ".join(missing) + "."]
     lines += ["", *targets(results), "", *NOTES]
+    if FINDINGS.is_file():  # hand-written: what the measured cells show, and what is next
+        lines += ["", FINDINGS.read_text().strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -322,10 +325,10 @@ NOTES = [
     "- Rows 1-8 are real runs of the system (`orchestrator run`: embedded Redis, local "
     "generate / attribute / train workers, the controller); row 0 trains the same student "
     "directly on the whole training split, validated on the same 200 validation examples.",
-    "- Cycle 0 of every generating row is the seed-only student of row 1 (same settings, data "
-    "and seed). It is trained once per seed and copied by the other rows through "
-    "`student.cache_dir` (bit-identical to training it again on CPU; tested). Rationale-aware "
-    "training (row 7) differs from cycle 0 on, so it trains its own.",
+    "- Cycle 0 of every generating row is the same seed-only student as row 1 (same settings, "
+    "data and seed). With `student.cache_dir` the rows share it: trained once, copied by the "
+    "others (bit-identical to training it again on CPU; tested). Rationale-aware training "
+    "(row 7) differs from cycle 0 on, so it trains its own.",
     "- Each later cycle starts from the previous cycle's student (`student.warm_start`) and "
     "stops after 3 epochs without a lower validation loss: this keeps a 2-core CPU study "
     "within reach (a 6-layer epoch over 2,400 examples is ~1.5 min there).",

@@ -74,6 +74,19 @@ def _commit_jobs(ctl: Controller, cycle: int, job_ids: list[str]) -> None:
                          examples_table(data, "r1", cycle, "teacher", job, job))
 
 
+def _failed_in_cycle_one(setup: Any) -> tuple[Controller, list[Any], Clock, str]:
+    """A run failed by one permanently failed generate job of cycle 1 (no failure tolerated)."""
+    ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    job = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"][0]
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", {"error": "boom"})
+    assert ctl.tick() == "failed"
+    return ctl, sent, clock, job
+
+
 def test_cycle_zero_trains_on_the_seed_and_resends_after_deadline(setup: Any) -> None:
     ctl, sent, clock = setup()
     assert ctl.tick() == "running"
@@ -147,15 +160,7 @@ def test_max_cycles_and_cancel(setup: Any) -> None:
 
 
 def test_permanent_generation_failures_over_tolerance_fail_the_run(setup: Any) -> None:
-    ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
-    ctl.tick()
-    _eval(ctl, 0, 0.5)
-    ctl.tick()
-    ctl.tick()
-    plan = ctl.store.read_json("r1", "cycle=1/plan.json")
-    job = plan["jobs"][0]
-    ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", {"error": "boom"})
-    assert ctl.tick() == "failed"
+    ctl, sent, clock, job = _failed_in_cycle_one(setup)
     assert "failed permanently" in load_manifest(ctl.store, "r1")["stop_reason"]
 
 
@@ -239,14 +244,7 @@ def test_resume_sends_the_failed_jobs_of_a_failed_run_again(
     from orchestrator.commands import cmd_resume
     from orchestrator.errors import InvalidInputError
 
-    ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
-    ctl.tick()
-    _eval(ctl, 0, 0.5)
-    ctl.tick()
-    ctl.tick()
-    job = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"][0]
-    ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", {"error": "boom"})
-    assert ctl.tick() == "failed"
+    ctl, sent, clock, job = _failed_in_cycle_one(setup)
 
     monkeypatch.setenv("REDIS_URL", redis_url)
     args = argparse.Namespace(storage=ctl.store.uri, run_id="r1")
@@ -311,14 +309,7 @@ def test_serve_fails_and_unregisters_a_run_that_cannot_be_driven(
 def test_the_report_of_a_failed_run_counts_the_cycle_it_stopped_in(setup: Any) -> None:
     from orchestrator.report import write_report
 
-    ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
-    ctl.tick()
-    _eval(ctl, 0, 0.5)
-    ctl.tick()
-    ctl.tick()
-    job = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"][0]
-    ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", {"error": "boom"})
-    assert ctl.tick() == "failed"
+    ctl, sent, clock, job = _failed_in_cycle_one(setup)
     text = Path(write_report(ctl.store, "r1")).read_text()
     spend = text.split("## Teacher spend per cycle")[1]
     assert "| 1 | 0 | 0 | 0 | 0 | 0.0000 | 1 generate, 0 attribute |" in spend

@@ -28,16 +28,13 @@ from orchestrator.planning import Planner
 from orchestrator.runs import TERMINAL, cycle_stats, load_manifest, spend
 from orchestrator.spec import RunSpec, parse_spec
 from storage.store import ShardStore
-from workers.context import as_text
+from workers.context import SINGLE_JOBS, as_text, failed_record
 
 log = logging.getLogger("distillq.controller")
 
 Send = Callable[[str, list[Any], str], None]  # (task name, args, task id)
 
 INFLIGHT = "dq:{run_id}:inflight"
-# the job id under which the one-per-cycle (or per-run) jobs record a failure, as the workers
-# name it: cycle=<c>/failed/<kind>-<job>.json
-SINGLE_JOBS = {"train": "train", "test": "test", "prepare_teacher": "teacher"}
 LOCK = "dq:{run_id}:lock"
 PLAN_CHUNK = 1000
 
@@ -212,7 +209,7 @@ class Controller:
         good (a permanent error, or its retries used up): fail the run now, not after the
         job's deadline. ``orchestrator resume`` gives it another chance."""
         record = self.store.read_json(self.run_id,
-                                      f"cycle={cycle}/failed/{kind}-{SINGLE_JOBS[kind]}.json")
+                                      failed_record(cycle, kind, SINGLE_JOBS[kind]))
         if record is None:
             return False
         self._finish("failed", f"{kind} of cycle {cycle} failed: {record.get('error', '?')}")
@@ -222,7 +219,7 @@ class Controller:
         kind = task.split(".")[-1]
         cycle = args[1] if len(args) > 2 else 0
         job = args[2] if len(args) > 3 else SINGLE_JOBS.get(kind, kind)
-        self.store.write_json(self.run_id, f"cycle={cycle}/failed/{kind}-{job}.json",
+        self.store.write_json(self.run_id, failed_record(cycle, kind, job),
                               {"kind": kind, "job_id": job,
                                "error": f"no result after {sends} sends"})
         if kind in ("train", "test", "prepare_teacher"):

@@ -91,6 +91,15 @@ def workdir(run_id: str, storage: str) -> Path:
     return path
 
 
+# The job id under which a run's one-per-cycle (or per-run) jobs record a failure.
+SINGLE_JOBS = {"train": "train", "test": "test", "prepare_teacher": "teacher"}
+
+
+def failed_record(cycle: int, kind: str, job_id: str) -> str:
+    """Where a job's permanent failure is recorded in its run (workers and controller)."""
+    return f"cycle={cycle}/failed/{kind}-{job_id}.json"
+
+
 TEACHER_URL_FILE = "teacher_url.json"
 ATTRIBUTION_QUALITY_FILE = "attribution_quality.json"  # rationale quality, once per run
 

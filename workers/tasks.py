@@ -1,12 +1,13 @@
 """Celery task shells: decode ids, call a plain function, commit, tell the controller.
 
 Every task is idempotent: it writes one output named by its deterministic job id with an atomic
-commit, and returns early when that output is already committed. TransientError (and a
-connection error or timeout, Redis's own included) is retried with exponential backoff and
-jitter, ``max_retries`` times; PermanentError — a missing or malformed run manifest included —
-and a transient error that has used up its retries are recorded in storage
-(``cycle=<c>/failed/<kind>-<job>.json``, as the controller reads them, so it can decide without
-Redis), the controller is notified, and the job fails.
+commit, and returns early when that output is already committed. Any error but a
+PermanentError (transient ones, connection errors and timeouts — Redis's own included — and
+unexpected ones) is retried with exponential backoff and jitter, ``max_retries`` times. A
+PermanentError — a missing or malformed run manifest included — and an error that has used up
+its retries are recorded in storage (``failed_record``: ``cycle=<c>/failed/<kind>-<job>.json``,
+as the controller reads them, so it can decide without Redis), the controller is notified,
+and the job fails.
 
 Each task has its queue's time limits (``workers.app.task_time_limits``); the prefork pool
 enforces them, the threads pool (generate) does not, so ``generate_job`` gets a deadline of its
@@ -26,7 +27,9 @@ from celery import Task
 from workers.app import SOFT_MARGIN_S, TIME_LIMITS, app, redis_url, task_time_limits
 from workers.context import (
     ATTRIBUTION_QUALITY_FILE,
+    SINGLE_JOBS,
     RunContext,
+    failed_record,
     notify,
     open_store,
     redis_client,
@@ -90,7 +93,7 @@ def _record_failure(storage: str, run_id: str, kind: str, cycle: int, job_id: st
     """``cycle=<c>/failed/<kind>-<job>.json``, as the controller's ``_give_up`` writes it; a
     storage error here is logged, never raised over the job's own error."""
     try:
-        open_store(storage).write_json(run_id, f"cycle={cycle}/failed/{kind}-{job_id}.json",
+        open_store(storage).write_json(run_id, failed_record(cycle, kind, job_id),
                                        {"kind": kind, "job_id": job_id, "error": error})
     except Exception as exc:  # noqa: BLE001 - the job's own error is the one to raise
         log.error("failure of %s(run=%s cycle=%d job=%s) not recorded: %s: %s",
@@ -189,7 +192,8 @@ def prepare_teacher(self: Task, run_id: str, storage: str) -> dict[str, Any]:
                                  quality_report(ctx.spec, ctx.store, run_id, workdir(run_id, ctx.store.uri)))
         return {"teacher": str(teacher)}
 
-    return _run_job(self, "prepare_teacher", storage, run_id, 0, "teacher", body)
+    return _run_job(self, "prepare_teacher", storage, run_id, 0,
+                    SINGLE_JOBS["prepare_teacher"], body)
 
 
 @app.task(**_options("distillq.attribute"))
@@ -227,7 +231,7 @@ def train(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
         report = train_cycle(ctx.spec, ctx.store, run_id, cycle, workdir(run_id, ctx.store.uri))
         return {"macro_f1": round(float(report.get("macro_f1", 0.0)), 4)}
 
-    return _run_job(self, "train", storage, run_id, cycle, "train", body)
+    return _run_job(self, "train", storage, run_id, cycle, SINGLE_JOBS["train"], body)
 
 
 @app.task(**_options("distillq.test"))
@@ -239,4 +243,4 @@ def test(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
                                   workdir(run_id, ctx.store.uri))
         return {"macro_f1": round(float(report.get("macro_f1", 0.0)), 4)}
 
-    return _run_job(self, "test", storage, run_id, cycle, "test", body)
+    return _run_job(self, "test", storage, run_id, cycle, SINGLE_JOBS["test"], body)

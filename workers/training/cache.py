@@ -46,8 +46,11 @@ def _code_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_key(cfg: TrainConfig, data: TrainData, device: torch.device) -> str:
-    """Hash of every input of a cold-start training: settings, data, seed, software, device."""
+def cache_key(cfg: TrainConfig, data: TrainData, device: torch.device) -> str | None:
+    """Hash of every input of a cold-start training: settings, data, seed, software, device;
+    None when this training is not cached (no cache folder, or a warm start)."""
+    if cfg.cache_dir is None or cfg.init_from is not None:
+        return None
     blob = json.dumps({
         "settings": cfg.fingerprint_fields() | {"epochs": cfg.epochs, "patience": cfg.patience},
         "data": [data.label_names, data.texts, data.labels, data.val_texts, data.val_labels,
@@ -58,10 +61,10 @@ def cache_key(cfg: TrainConfig, data: TrainData, device: torch.device) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def lookup(cfg: TrainConfig, key: str) -> Checkpoint | None:
+def lookup(cfg: TrainConfig, key: str | None) -> Checkpoint | None:
     """Copy the cached student ``key`` to ``cfg.output_dir``; None when there is none (or the
     cache cannot be read: logged)."""
-    if cfg.cache_dir is None or cfg.init_from is not None:
+    if key is None or cfg.cache_dir is None:
         return None
     entry = Path(cfg.cache_dir) / key
     if not (entry / STATE_FILE).is_file():
@@ -85,10 +88,10 @@ def lookup(cfg: TrainConfig, key: str) -> Checkpoint | None:
     return ckpt
 
 
-def store(cfg: TrainConfig, key: str, ckpt: Checkpoint) -> None:
+def store(cfg: TrainConfig, key: str | None, ckpt: Checkpoint) -> None:
     """Put a freshly trained cold-start student into the cache (whole or not at all; an error
     is logged, never raised: the student itself is fine)."""
-    if cfg.cache_dir is None or cfg.init_from is not None:
+    if key is None or cfg.cache_dir is None:
         return
     root = Path(cfg.cache_dir)
     entry = root / key

@@ -52,3 +52,9 @@ def test_the_quality_study_runs_and_writes_its_table(
     assert 0.0 <= guided["macro_f1"] <= 1.0 and guided["tokens"] > 0 and guided["cost"] > 0
     assert 0 <= guided["added"] <= 16  # up to the best cycle
     assert results["0"][0]["added"] > 16, "the upper bound trains on the whole split"
+    # The validation score the controller decided on, per cycle, and the kept cycle's.
+    assert len(guided["val_by_cycle"]) == guided["cycles_run"] == 2
+    assert guided["val_macro_f1"] == guided["val_by_cycle"][guided["best_cycle"]]
+    assert 0.0 <= results["0"][0]["val_macro_f1"] <= 1.0
+    row2 = next(line for line in table if line.startswith("| 2 |")).split(" | ")
+    assert row2[6] == f"{guided['val_macro_f1']:.3f}", "the table shows it beside the test"

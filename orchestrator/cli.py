@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 the run failed or was cancelled, 2 invalid input (spec, dataset, run id,
 storage) — in which case nothing was written, 3 the shared Redis of ``REDIS_URL`` could not be
-reached — nothing was written either.
+reached — nothing was written either, 4 any other error the command could not get past (storage
+unreadable or unreachable, a file that cannot be written); the message names it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from orchestrator.errors import InvalidInputError
+from orchestrator.errors import DistillqError, InvalidInputError
 
-EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE = 1, 2, 3
+EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_ERROR = 1, 2, 3, 4
 DEFAULT_STORAGE = "runs"
 
 
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("dir")
     p.add_argument("--cycle", type=int, default=None, help="a cycle other than the best")
+    p.add_argument("--force", action="store_true",
+                   help="replace DIR when it is not empty (it is swapped whole: a program "
+                        "loading from DIR sees the old student or the new one, never a mix)")
     _storage_arg(p)
     return parser
 
@@ -114,6 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted; the run can be continued with `orchestrator resume`",
               file=sys.stderr)
         return 130
+    except (DistillqError, OSError) as exc:  # storage, a file we cannot write, ...
+        if args.verbose:
+            logging.getLogger(__name__).exception("%s failed", args.command)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def stop_flag() -> Callable[[], bool]:

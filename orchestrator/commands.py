@@ -256,6 +256,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         cycle = int(final["best_cycle"])
     if not store.has_dir(args.run_id, f"cycle={cycle}/student"):
         raise InvalidInputError(f"run {args.run_id} has no committed student for cycle {cycle}")
+    out = Path(args.dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"export: {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise InvalidInputError(f"export: {out} is not empty; pass --force to replace it "
+                                "(everything in it is removed)")
     from workers.training.cycle import export_student
 
     export_student(store, args.run_id, cycle, Path(args.dir))

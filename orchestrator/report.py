@@ -38,6 +38,13 @@ def _evals(store: ShardStore, run_id: str, manifest: dict[str, Any]) -> list[dic
     return out
 
 
+def best_eval(manifest: dict[str, Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
+    """The kept cycle's evaluation: the final one, or for a run stopped early (failed,
+    cancelled: no final) the best so far — not simply the last cycle evaluated."""
+    decided = manifest.get("final") or (manifest["decisions"] or [{}])[-1]
+    return next((e for e in evals if e["cycle"] == decided.get("best_cycle")), evals[-1])
+
+
 def _teacher_totals(store: ShardStore, run_id: str, n_cycles: int) -> list[dict[str, float]]:
     rows = []
     for cycle in range(1, n_cycles):
@@ -229,10 +236,9 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
         plots = []
         if evals:
             plots.append(_plot_metrics(evals, folder))
-            best = next((e for e in evals if e["cycle"] == (manifest.get("final") or {}).get(
-                "best_cycle")), evals[-1])
-            plots.append(_plot_per_class(evals[0], best, folder))
-        counts = _generated_counts(store, run_id, len(manifest["decisions"]))
+            plots.append(_plot_per_class(evals[0], best_eval(manifest, evals), folder))
+        # the same cycles as the spend table: a stopped run's unfinished cycle included
+        counts = _generated_counts(store, run_id, len(manifest["decisions"]) + int(unfinished))
         if counts:
             plots.append(_plot_generated(counts, folder))
         if rows:

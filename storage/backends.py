@@ -7,7 +7,7 @@ old object, the new one, or none — never a part), and ``put_dir`` writes every
 - ``LocalBackend`` writes a hidden temp file beside the final name, fsyncs it, ``os.replace``\\ s
   it over the final name (atomic on POSIX, NFS included) and fsyncs the folder. A folder is
   copied into a hidden temp folder, marker included, and renamed into place.
-- ``FsBackend`` (S3, GCS, HDFS, ...) writes each object with one upload to its final key: an
+- ``FsBackend`` (S3 and S3-compatible stores, GCS) writes each object with one upload to its final key: an
   object store shows an object only once its upload completes. A folder's files go first, the
   marker last; re-committing deletes the marker first, so a reader never takes a folder being
   rewritten for a committed one.
@@ -38,6 +38,11 @@ _SWAP_ATTEMPTS = 20
 _CHUNK = 1 << 20
 _PERMANENT_REMOTE = ("ACCESS_DENIED", "AccessDenied", "NO_SUCH_BUCKET", "NoSuchBucket",
                      "InvalidAccessKeyId", "SignatureDoesNotMatch")
+
+
+# Object stores show an object only once its upload is complete (see FsBackend).
+_OBJECT_STORES = tuple(getattr(pafs, name) for name in ("S3FileSystem", "GcsFileSystem")
+                       if hasattr(pafs, name))
 
 
 class FolderChanged(TransientError):
@@ -72,6 +77,11 @@ def open_backend(uri: str | os.PathLike[str]) -> Backend:
         raise InvalidInputError(f"storage {text!r} cannot be opened: {exc}") from None
     if isinstance(fs, pafs.LocalFileSystem):
         return LocalBackend(Path(root))
+    if not isinstance(fs, _OBJECT_STORES):
+        # a file system that shows a file while it is being written (HDFS) would let readers
+        # take a half-written shard for a committed one
+        raise InvalidInputError(f"storage {text!r}: {type(fs).__name__} is not supported; use a "
+                                "local or mounted folder, s3:// or gs://")
     return FsBackend(fs, root, text)
 
 
@@ -124,7 +134,7 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def _swap_in(tmp: str, dest: str) -> None:
+def swap_in(tmp: str, dest: str) -> None:
     """Rename folder ``tmp`` to ``dest``, moving whatever is at ``dest`` aside first."""
     aside: list[str] = []
     try:
@@ -208,7 +218,7 @@ class LocalBackend:
             try:
                 shutil.copytree(src, tmp, ignore=_top_marker(src), copy_function=_copy_synced)
                 _write_synced(os.path.join(tmp, MARKER), token)
-                _swap_in(tmp, dest)
+                swap_in(tmp, dest)
             finally:
                 _remove(tmp)
             _fsync_path(os.path.dirname(dest))
@@ -306,8 +316,12 @@ class FsBackend:
 
     def copy_dir_out(self, key: str, dest: Path) -> None:
         src = self.path(key)
+        try:
+            with _remote_errors(src):
+                infos = self.fs.get_file_info(pafs.FileSelector(src, recursive=True))
+        except FileNotFoundError:
+            raise FolderChanged(f"{src} vanished before it was copied") from None
         with _remote_errors(src):
-            infos = self.fs.get_file_info(pafs.FileSelector(src, recursive=True))
             files = [i.path for i in infos if i.type == pafs.FileType.File]
             for path in files:
                 rel = path[len(src) + 1:]

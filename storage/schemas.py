@@ -6,12 +6,13 @@ the schema's order (extra columns are dropped), casts compatible types and raise
 float, float to float, any string type to string (dictionary-encoded included), lists of
 compatible items, an all-null column to anything. Nothing else is cast — a bool cost, numeric
 text for a cycle, a number for a label are mistakes to report, not to paper over — and a value
-that does not fit (an integer beyond ``int32``) is refused too.
+that does not fit (an integer beyond ``int32``, a float beyond ``float32``) is refused too.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage.errors import StorageError
 
@@ -104,20 +105,37 @@ def _column(table: pa.Table, field: pa.Field, what: str) -> pa.ChunkedArray:
         if not compatible(col.type, field.type):
             raise StorageError(f"{what} column {field.name!r} is {col.type}, expected {field.type}")
         try:
-            col = col.cast(field.type)
+            cast = col.cast(field.type)
         except _CAST_ERRORS as exc:
             raise StorageError(
                 f"{what} column {field.name!r} is {col.type}, expected {field.type}: {exc}"
             ) from None
+        if _infinities(cast) > _infinities(col):  # float64 → float32 overflows silently
+            raise StorageError(f"{what} column {field.name!r} has a value beyond the range of "
+                               f"{field.type}")
+        col = cast
     if not field.nullable and col.null_count:
         raise StorageError(f"{what} column {field.name!r} has {col.null_count} null(s)")
     return col
+
+
+def _infinities(col: pa.ChunkedArray) -> int:
+    """How many float values of ``col`` (or of its lists) are infinite."""
+    while pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or \
+            pa.types.is_fixed_size_list(col.type):
+        col = pa.chunked_array([c.flatten() for c in col.chunks], col.type.value_type)
+    if not pa.types.is_floating(col.type):
+        return 0
+    return int(pc.sum(pc.is_inf(col)).as_py() or 0)
 
 
 def conform(table: pa.Table, schema: pa.Schema, what: str = "table") -> pa.Table:
     """The schema's columns of ``table``, cast; StorageError names a missing or mistyped one."""
     if not isinstance(table, pa.Table):
         raise StorageError(f"{what} must be a pyarrow.Table, not {type(table).__name__}")
+    twice = [n for n in schema.names if table.column_names.count(n) > 1]
+    if twice:
+        raise StorageError(f"{what} has more than one column named {twice[0]!r}")
     missing = [name for name in schema.names if name not in table.column_names]
     if missing:
         raise StorageError(f"{what} lacks column(s) {missing}; it has {table.column_names}")

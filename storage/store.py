@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage import layout
-from storage.backends import MARKER, FolderChanged, open_backend
+from storage.backends import MARKER, FolderChanged, open_backend, swap_in
 from storage.dedup import dedup_by_text
 from storage.errors import StorageError, TransientError
 from storage.schemas import ATTRIBUTIONS, EXAMPLES, conform, empty, schema_of, validate
@@ -60,13 +60,9 @@ def _concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
 
 
 def _move_into(src: Path, out: Path) -> None:
-    """Rename ``src`` to ``out`` when ``out`` is absent or empty, else merge it in."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    if out.exists():
-        shutil.copytree(src, out, dirs_exist_ok=True)
-    else:
-        src.rename(out)
+    """Rename ``src`` to ``out``, replacing whatever ``out`` held: a reader of ``out`` sees the
+    old folder or the new one, never a mix (what was there is moved aside, then deleted)."""
+    swap_in(str(src), str(out))
 
 
 def _map(fn: Callable[[str], T], items: list[str]) -> list[T]:
@@ -209,8 +205,8 @@ class ShardStore:
         return self._b.path(key)
 
     def get_dir(self, run_id: str, relpath: str, local_dir: str | Path) -> bool:
-        """Copy a committed folder into ``local_dir`` (created if needed; files already there
-        and not in the folder are left alone). False if the folder is not committed."""
+        """Copy a committed folder to ``local_dir``, replacing what was there (the copy is made
+        beside it and renamed into place). False if the folder is not committed."""
         key, out = layout.rel_key(run_id, relpath), Path(local_dir)
         for attempt in range(_GET_DIR_ATTEMPTS):
             token = self._b.read_bytes(f"{key}/{MARKER}")
@@ -232,7 +228,10 @@ class ShardStore:
             tmp.mkdir(exist_ok=True)  # an empty committed folder
             _move_into(tmp, out)
             return True
-        except FolderChanged:
-            return False
+        except FolderChanged as exc:
+            if self._b.read_bytes(f"{key}/{MARKER}") != token:
+                return False  # it was re-committed while we copied: copy the new one
+            # the folder is as it was: the copy failed for another reason (disk full, ...)
+            raise StorageError(f"copying {self._b.path(key)} to {out} failed: {exc}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

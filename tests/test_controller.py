@@ -316,6 +316,17 @@ def test_the_report_of_a_failed_run_counts_the_cycle_it_stopped_in(setup: Any) -
     assert "fails the run beyond it" in spend
 
 
+def test_the_report_plots_the_kept_cycle_not_the_last_one() -> None:
+    from orchestrator.report import best_eval
+
+    evals = [{"cycle": c} for c in range(3)]
+    decided = [{"cycle": 0, "best_cycle": 0}, {"cycle": 1, "best_cycle": 1},
+               {"cycle": 2, "best_cycle": 1}]
+    assert best_eval({"decisions": decided}, evals)["cycle"] == 1, "stopped early: best so far"
+    assert best_eval({"decisions": decided, "final": {"best_cycle": 0}}, evals)["cycle"] == 0
+    assert best_eval({"decisions": []}, evals)["cycle"] == 2
+
+
 def test_a_lock_keeper_holds_locks_through_a_long_tick(redis_client: redis.Redis) -> None:
     import time
 

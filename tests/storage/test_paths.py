@@ -81,3 +81,6 @@ def test_bad_uris_are_refused() -> None:
         ShardStore("")
     with pytest.raises(InvalidInputError, match="cannot be opened"):
         ShardStore("nosuchscheme://bucket/prefix")
+    # a file system that is not an object store (it may show files while they are written)
+    with pytest.raises(InvalidInputError, match="_MockFileSystem is not supported"):
+        ShardStore("mock://bucket/prefix")

@@ -61,6 +61,23 @@ def test_attributions_lists_are_checked() -> None:
         validate("attributed", pa.table({**row, "words": ["a b"]}))
 
 
+def test_a_float_beyond_float32_is_refused_not_stored_as_infinity() -> None:
+    row = {"example_id": ["e"], "run_id": ["r"], "cycle": [0], "label": ["a"],
+           "method": ["saliency"], "words": [["a", "b"]], "scores": [[0.5, 1e300]],
+           "rationale": [["a"]]}
+    with pytest.raises(StorageError, match="column 'scores' has a value beyond the range"):
+        validate("attributed", pa.table(row))
+    inf = validate("attributed", pa.table({**row, "scores": [[0.5, float("inf")]]}))
+    assert inf.column("scores").to_pylist() == [[0.5, float("inf")]], "already infinite: kept"
+
+
+def test_a_column_given_twice_is_named(make_examples: MakeExamples) -> None:
+    table = make_examples("j", 2)
+    twice = table.append_column("label", table.column("label"))
+    with pytest.raises(StorageError, match="more than one column named 'label'"):
+        validate("generated", twice)
+
+
 def test_unknown_kind_and_non_tables_are_refused(make_examples: MakeExamples) -> None:
     with pytest.raises(StorageError, match="unknown shard kind 'examples'"):
         validate("examples", make_examples("j", 1))

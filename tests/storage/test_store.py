@@ -206,3 +206,31 @@ def test_file_uri_and_relative_paths_open_the_same_folder(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     assert ShardStore("root").list_jobs("r", 0, "generated") == ["seed"]
     assert ShardStore("root").uri == str(tmp_path / "root")
+
+
+def test_get_dir_replaces_what_the_target_held(store: ShardStore, tmp_path: Path) -> None:
+    store.put_dir(_checkpoint(tmp_path / "v1", "v1"), "r", "cycle=1/student")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "stale.txt").write_text("from an older copy")
+    (out / "sub" / "weights.bin").write_text("old weights")
+    assert store.get_dir("r", "cycle=1/student", out)
+    assert _files(out) == ["config.json", "sub/weights.bin"], "no mix of old and new"
+    assert json.loads((out / "config.json").read_text()) == {"version": "v1"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "root", "v1"]
+
+
+def test_a_copy_that_fails_with_the_folder_unchanged_names_the_failure(
+        store: ShardStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not retried as "the folder kept changing": e.g. the target's disk is full."""
+    from storage.backends import FolderChanged
+
+    store.put_dir(_checkpoint(tmp_path / "v1", "v1"), "r", "cycle=1/student")
+
+    def fail(key: str, dest: Path) -> None:
+        raise FolderChanged("[Errno 28] No space left on device")
+
+    monkeypatch.setattr(store._b, "copy_dir_out", fail)
+    with pytest.raises(StorageError, match="No space left on device") as err:
+        store.get_dir("r", "cycle=1/student", tmp_path / "out")
+    assert "failed" in str(err.value) and not (tmp_path / "out").exists()

@@ -1,0 +1,66 @@
+"""The command line's answers outside a run's own outcome: `export` into a folder that holds
+something, and errors that are not bad input (exit 4, one line, no traceback)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import EXIT_ERROR, EXIT_INVALID, main
+from storage import ShardStore
+
+
+def _run_with_student(root: Path, version: str = "v1") -> ShardStore:
+    """A finished run whose cycle-0 student is committed (a stand-in checkpoint)."""
+    store = ShardStore(root)
+    store.write_json("r", "manifest.json", {
+        "run_id": "r", "status": "done", "decisions": [{"cycle": 0, "best_cycle": 0}],
+        "final": {"best_cycle": 0, "reason": "max_cycles=0 reached"}})
+    src = root.parent / f"student-{version}"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"version": version}))
+    store.put_dir(src, "r", "cycle=0/student")
+    return store
+
+
+def test_export_refuses_a_folder_that_is_not_empty_unless_forced(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _run_with_student(tmp_path / "store")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    args = ["export", "r", str(out), "--storage", str(tmp_path / "store")]
+    assert main(args) == EXIT_INVALID
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--force" in err
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"], "nothing touched"
+
+    assert main([*args, "--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"], "replaced whole"
+    assert json.loads((out / "config.json").read_text()) == {"version": "v1"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "store", "student-v1"], \
+        "no temp or old folder left beside it"
+
+    a_file = tmp_path / "model.bin"
+    a_file.write_text("x")
+    assert main(["export", "r", str(a_file), "--storage", str(tmp_path / "store")]) == \
+        EXIT_INVALID
+    assert "is a file" in capsys.readouterr().err and a_file.read_text() == "x"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["export", "r", str(empty), "--storage", str(tmp_path / "store")]) == 0
+    assert (empty / "config.json").is_file()
+
+
+def test_an_unreadable_run_is_exit_4_with_the_problem_named(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store"
+    (store / "r").mkdir(parents=True)
+    (store / "r" / "manifest.json").write_text("{not json")
+    assert main(["status", "r", "--storage", str(store)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: StorageError: manifest.json of run r is not valid JSON")
+    assert "Traceback" not in err

@@ -70,6 +70,28 @@ def test_connection_errors_are_retried_then_transient() -> None:
     with pytest.raises(TeacherTransientError) as err:
         get_runtime().run(chat.complete(MESSAGES, tally))
     assert err.value.reason == "connection" and tally.retries == {"connection": 1}
+    assert "127.0.0.1:9" in str(err.value), "the message names where it could not connect"
+
+
+def test_an_invalid_url_is_permanent_and_named() -> None:
+    chat = client_for(make_spec().teacher, get_runtime(), None, "http://[::1")
+    with pytest.raises(TeacherPermanentError, match="is not a valid URL") as err:
+        get_runtime().run(chat.complete(MESSAGES, Tally()))
+    assert err.value.reason == "bad_url"
+
+
+def test_a_rate_limiter_that_cannot_be_reached_fails_the_request_not_the_job(
+        sim: SimFactory) -> None:
+    """A Redis error while pacing is retried per request, like a failed request: it does not
+    escape as a foreign error that would make the whole job (and its paid answers) run again."""
+    url = sim()
+    dead = redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=0.2)
+    tally = Tally()
+    chat = client_for(make_spec(teacher={"max_attempts": 2}).teacher, get_runtime(), dead, url)
+    with pytest.raises(TeacherTransientError, match="rate limiter unavailable") as err:
+        get_runtime().run(chat.complete(MESSAGES, tally))
+    assert err.value.reason == "ratelimit" and tally.retries == {"ratelimit": 1}
+    assert sim_stats(url).get("requests", 0) == 0, "nothing sent unpaced"
 
 
 def test_other_4xx_is_permanent_and_not_retried(sim: SimFactory, monkeypatch) -> None:
@@ -116,6 +138,8 @@ def test_parse_retry_after() -> None:
     assert 9 <= parse_retry_after({"Retry-After": formatdate(now + 10, usegmt=True)}, now) <= 10
     assert parse_retry_after({"Retry-After": formatdate(now - 10, usegmt=True)}, now) == 0.0
     assert parse_retry_after({"Retry-After": "soon"}) is None and parse_retry_after({}) is None
+    assert parse_retry_after({"Retry-After": "inf"}) is None
+    assert parse_retry_after({"retry-after-ms": "nan", "Retry-After": "2"}) == 2.0
 
 
 def test_api_key_from_file_and_missing_key(tmp_path: Path) -> None:

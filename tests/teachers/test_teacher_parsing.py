@@ -59,6 +59,28 @@ def test_validation_rejects_by_reason() -> None:
         "too_short": 1, "too_long": 1, "injection": 1, "not_an_object": 1}
 
 
+def test_the_opening_of_a_text_the_prompt_showed_cut_short_is_a_copy() -> None:
+    """A prompt shows a long mined text cut to ``prompt_example_chars``; a teacher that copies
+    what it saw must not slip validation text into training as a "new" example."""
+    from workers.teachers.prompts import _clip
+
+    long_text = "My card was charged twice for the same coffee order " * 4  # ~210 characters
+    v = Validator(LABELS, make_spec(generation={"prompt_example_chars": 80}).generation,
+                  shown=[long_text])
+    shown_cut = _clip(long_text, 80)
+    assert shown_cut.endswith("…") and len(shown_cut) == 80
+    parsed = parse_answer_items([
+        {"text": shown_cut, "label": "card_arrival"},                  # as shown, with "…"
+        {"text": shown_cut.rstrip("…"), "label": "card_arrival"},      # without it
+        {"text": "My card was charged twice", "label": "card_arrival"},  # short: may be new
+        {"text": "My card was charged twice for the same coffee order, why?",
+         "label": "card_arrival"},                                     # not a prefix
+    ], v, limit=10)
+    assert parsed.rejects == {"copy_of_prompt": 2}
+    assert [t for t, _ in parsed.examples] == [
+        "My card was charged twice", "My card was charged twice for the same coffee order, why?"]
+
+
 def parse_answer_items(items: list[object], validator: Validator, limit: int) -> Parsed:
     return parse_answer(json.dumps({"examples": items}), validator, limit)
 

@@ -130,14 +130,16 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000.0)
+            if math.isfinite(float(ms)):
+                return max(0.0, float(ms) / 1000.0)
         except ValueError:
             pass
     value = (headers.get("Retry-After") or headers.get("retry-after") or "").strip()
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        number = float(value)
+        return max(0.0, number) if math.isfinite(number) else None  # "inf", "nan": no hint
     except ValueError:
         pass
     try:
@@ -241,7 +243,13 @@ class ChatClient:
                        attempts: list[int] | None) -> Completion:
         async with self._slots():
             if self.limiter is not None:
-                await self.limiter.acquire(estimate)
+                try:
+                    await self.limiter.acquire(estimate)
+                except redis.RedisError as exc:  # retried like any request that failed,
+                    # not by re-running the whole job (and paying its answers again)
+                    raise TeacherTransientError(
+                        "ratelimit", f"rate limiter unavailable: {type(exc).__name__}: {exc}"
+                    ) from None
             if attempts is not None:
                 attempts.append(1)
             t0 = time.monotonic()
@@ -267,16 +275,25 @@ class ChatClient:
         except asyncio.TimeoutError:
             raise TeacherTransientError(
                 "timeout", f"no answer within {self.teacher.timeout_s}s") from None
-        except aiohttp.ClientError as exc:
-            raise TeacherTransientError("connection", type(exc).__name__) from None
+        except aiohttp.InvalidURL as exc:
+            raise TeacherPermanentError("bad_url", f"{self.endpoint.url} is not a valid URL: "
+                                        f"{exc}") from None
+        except aiohttp.ClientError as exc:  # host:port and the cause, never credentials
+            raise TeacherTransientError("connection", f"{type(exc).__name__}: {exc}") from None
 
     async def _raise_for_status(self, status: int, headers: Mapping[str, str],
                                 raw: bytes) -> None:
         detail = raw[:300].decode("utf-8", "replace")
         if status == 429:
             wait = parse_retry_after(headers)
+            if wait is not None:  # a daily quota's "come back tomorrow", a skewed clock
+                wait = min(wait, self.teacher.max_elapsed_s)
             if self.limiter is not None:
-                await self.limiter.cool_down(DEFAULT_COOL_DOWN_S if wait is None else wait)
+                try:
+                    await self.limiter.cool_down(DEFAULT_COOL_DOWN_S if wait is None else wait)
+                except redis.RedisError as exc:
+                    log.warning("could not share a cool-down of %s: %s", self.endpoint.model,
+                                exc)
             raise TeacherTransientError("http_429", detail, retry_after=wait)
         if status >= 500 or status in RETRYABLE_STATUS:
             raise TeacherTransientError(f"http_{status}", detail, parse_retry_after(headers))
@@ -289,7 +306,8 @@ def _completion(raw: bytes, latency: float, estimate: int, model: str) -> Comple
         data = json.loads(raw)
         text = data["choices"][0]["message"]["content"] or ""
     except (ValueError, KeyError, IndexError, TypeError):
-        raise TeacherTransientError("bad_response", "not a chat completion") from None
+        head = raw[:200].decode("utf-8", "replace")
+        raise TeacherTransientError("bad_response", f"not a chat completion: {head!r}") from None
     usage = data.get("usage") or {}
     text = str(text)
     return Completion(

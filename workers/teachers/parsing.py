@@ -82,6 +82,10 @@ class Validator:
     def __post_init__(self) -> None:
         self._labels = {label.casefold().strip(): label for label in self.taxonomy}
         self._shown = {normalise(t) for t in self.shown}
+        # texts the prompt showed cut short: a teacher copying what it saw writes their opening
+        limit = self.gen.prompt_example_chars
+        self._cut = [normalise(t) for t in self.shown if len(" ".join(t.split())) > limit]
+        self._min_copy = max(1, limit // 2)
 
     def check(self, item: Any) -> tuple[str, str] | str:
         """``(text, label)`` for a good example, else the reason it is rejected."""
@@ -108,7 +112,8 @@ class Validator:
             return "label_not_in_taxonomy"
         if INJECTION.search(text):
             return "injection"
-        if key in self._shown:
+        if key in self._shown or (len(key) >= self._min_copy
+                                  and any(cut.startswith(key) for cut in self._cut)):
             return "copy_of_prompt"
         if key in self.seen:
             return "duplicate"

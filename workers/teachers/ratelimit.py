@@ -129,8 +129,9 @@ class GlobalRateLimiter:
     """Paces one endpoint's requests and tokens across all processes sharing ``client``.
 
     ``burst_s``: how many seconds of traffic may leave at once after an idle spell (0: none,
-    every request gets its own evenly spaced slot). The Redis calls run on a small thread pool
-    so the event loop never blocks on the network.
+    every request gets its own evenly spaced slot). The Redis calls go through an asyncio twin
+    of ``client`` where one can be made, else through a small thread pool, so the event loop
+    never blocks on the network.
     """
 
     def __init__(self, client: redis.Redis, namespace: str, rpm: float, tpm: float,

@@ -29,6 +29,8 @@ from orchestrator.runs import TERMINAL, cycle_stats, load_manifest, spend
 from orchestrator.spec import RunSpec, parse_spec
 from storage.store import ShardStore
 from workers.context import SINGLE_JOBS, as_text, failed_record
+from workers.errors import BudgetExceededError
+from workers.teachers.accounting import restore_spend
 
 log = logging.getLogger("distillq.controller")
 
@@ -65,6 +67,7 @@ class Controller:
     _inflight: dict[str, dict[str, float]] = field(default_factory=dict)
     _plans: dict[int, list[str]] = field(default_factory=dict)
     _updates: dict[str, str] = field(default_factory=dict)
+    _refusals: dict[tuple[int, str], str] = field(default_factory=dict)  # failed → error
 
     # ---- entry point -------------------------------------------------------------------
     def tick(self) -> str:
@@ -122,6 +125,7 @@ class Controller:
             plan = write_plan(self.store, self.run_id, cycle, planner.plan(cycle, previous))
             log.info("run=%s cycle=%d planned %d generation jobs", self.run_id, cycle,
                      len(plan["jobs"]))
+            self._restore_spend(cycle)
         self._plans[cycle] = list(plan["jobs"])
         return self._plans[cycle]
 
@@ -142,12 +146,51 @@ class Controller:
             if job not in committed and job not in failed and cycle > 0:
                 self._ensure("distillq.generate", [self.run_id, cycle, job, self.store.uri],
                              f"c{cycle:02d}/gen/{job}", self._spec.loop.generate_deadline_s)
-        if len(failed) > self._spec.generation.tolerated_failure_fraction * max(1, len(jobs)):
-            self._finish("failed", f"cycle {cycle}: {len(failed)} of {len(jobs)} generation "
+        # Jobs the run's budget refused are not failures: the loop stops after this cycle.
+        refused = self._budget_refused(cycle, failed)
+        broken = len(failed) - len(refused)
+        if broken > self._spec.generation.tolerated_failure_fraction * max(1, len(jobs)):
+            self._finish("failed", f"cycle {cycle}: {broken} of {len(jobs)} generation "
                          "jobs failed permanently, over generation.tolerated_failure_fraction")
             return False
+        settled = len(committed & set(jobs)) + len(failed) == len(jobs)
+        if refused and settled and not committed & set(jobs):
+            self._stop_at_best(cycle, f"budget spent before cycle {cycle} generated anything "
+                               f"({next(iter(refused.values()))})")
+            return False
         attributed = self._attribution_ready(cycle, committed & set(jobs))
-        return len(committed & set(jobs)) + len(failed) == len(jobs) and attributed
+        return settled and attributed
+
+    def _budget_refused(self, cycle: int, failed: set[str]) -> dict[str, str]:
+        """The failed generate jobs of ``cycle`` that the run's budget refused: job → error
+        (each failure record is read once per controller)."""
+        out = {}
+        for job in sorted(failed):
+            if (cycle, job) not in self._refusals:
+                record = self.store.read_json(self.run_id,
+                                              failed_record(cycle, "generate", job)) or {}
+                self._refusals[(cycle, job)] = str(record.get("error", ""))
+            if self._refusals[(cycle, job)].startswith(BudgetExceededError.__name__):
+                out[job] = self._refusals[(cycle, job)]
+        return out
+
+    def _stop_at_best(self, cycle: int, reason: str) -> None:
+        """End the loop in ``cycle`` without training it: the best cycle so far is final."""
+        best = int(self.manifest["decisions"][-1]["best_cycle"])
+        self.manifest["final"] = {"best_cycle": best, "reason": reason}
+        self.store.write_json(self.run_id, "manifest.json", self.manifest)
+        log.info("run=%s cycle=%d stopped: %s; best cycle %d", self.run_id, cycle, reason, best)
+
+    def _restore_spend(self, cycle: int) -> None:
+        """Before a cycle's jobs go out, make the Redis spend counter the workers check the
+        budget against at least what storage recorded (Redis may have lost it)."""
+        budget = self._spec.budget
+        if budget.max_tokens is None and budget.max_cost is None:
+            return
+        added = restore_spend(self.redis, self.run_id, spend(self.store, self.run_id, cycle - 1))
+        if added:
+            log.warning("run=%s the spend counter was behind storage; restored %s",
+                        self.run_id, added)
 
     def _attribution_ready(self, cycle: int, generated: set[str]) -> bool:
         assert self.progress is not None
@@ -255,6 +298,11 @@ class Controller:
             return f"max_cycles={loop.max_cycles} reached"
         if cycles_without_gain >= loop.patience:
             return f"no {loop.metric} gain for {loop.patience} cycles (patience)"
+        refused = self._budget_refused(cycle, self._failed(cycle, "generate"))
+        if refused:
+            return f"budget spent in cycle {cycle} ({next(iter(refused.values()))})"
+        if budget.max_tokens is None and budget.max_cost is None:
+            return ""
         spent = spend(self.store, self.run_id, cycle)
         tokens = spent["tokens_in"] + spent["tokens_out"]
         if budget.max_tokens is not None and tokens >= budget.max_tokens:

@@ -204,7 +204,7 @@ class LoopSpec(_Model):
     max_cycles: int = Field(default=10, ge=0, description="generation cycles after the seed")
     patience: int = Field(default=5, ge=1)
     metric: Literal["macro_f1", "accuracy", "weighted_f1"] = "macro_f1"
-    min_delta: float = Field(default=0.0, ge=0.0, description="smallest gain that counts")
+    min_delta: float = Field(default=0.0, ge=0.0, description="a cycle improves only if it gains more than this")
     generate_deadline_s: float = Field(default=600.0, gt=0, description="re-send after this")
     attribute_deadline_s: float = Field(default=3600.0, gt=0)
     train_deadline_s: float = Field(default=6 * 3600.0, gt=0)

@@ -164,6 +164,85 @@ def test_permanent_generation_failures_over_tolerance_fail_the_run(setup: Any) -
     assert "failed permanently" in load_manifest(ctl.store, "r1")["stop_reason"]
 
 
+BUDGET = {"error": "BudgetExceededError: run r1: cost budget spent (1.0000 of 1.0)"}
+
+
+def _into_cycle_one(setup: Any, **over: Any) -> tuple[Controller, list[Any], list[str]]:
+    ctl, sent, _ = setup(generation={"tolerated_failure_fraction": 0.0}, **over)
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    return ctl, sent, ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"]
+
+
+def test_a_budget_refusal_stops_the_loop_it_does_not_fail_the_run(setup: Any) -> None:
+    """Jobs the budget refused are not failures (none tolerated here): the cycle trains on
+    what was generated before the cap, then the loop stops for the budget."""
+    ctl, sent, jobs = _into_cycle_one(setup, budget={"max_cost": 1.0})
+    _commit_jobs(ctl, 1, jobs[:1])
+    for job in jobs[1:]:
+        ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", BUDGET)
+    sent.clear()
+    assert ctl.tick() == "running"
+    assert [s[0] for s in sent] == ["distillq.train"], "what was paid for is trained on"
+    _eval(ctl, 1, 0.6)
+    ctl.tick()
+    manifest = load_manifest(ctl.store, "r1")
+    assert manifest["decisions"][-1]["action"] == "stop"
+    assert manifest["final"] == {"best_cycle": 1, "reason": "budget spent in cycle 1 ("
+                                 + BUDGET["error"] + ")"}
+    ctl.tick()
+    ctl.store.write_json("r1", "test.json", {"cycle": 1, "macro_f1": 0.6})
+    assert ctl.tick() == "done"
+
+
+def test_a_cycle_the_budget_refused_entirely_ends_at_the_best_so_far(setup: Any) -> None:
+    ctl, sent, jobs = _into_cycle_one(setup)
+    for job in jobs:
+        ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", BUDGET)
+    sent.clear()
+    assert ctl.tick() == "running"
+    manifest = load_manifest(ctl.store, "r1")
+    assert manifest["final"]["best_cycle"] == 0 and "budget spent before cycle 1" in \
+        manifest["final"]["reason"]
+    assert sent == [], "no training of a cycle without data"
+    ctl.tick()
+    assert [s[0] for s in sent] == ["distillq.test"] and sent[0][1][1] == 0
+    ctl.store.write_json("r1", "test.json", {"cycle": 0, "macro_f1": 0.5})
+    assert ctl.tick() == "done"
+    assert "budget spent" in load_manifest(ctl.store, "r1")["stop_reason"]
+
+
+def test_other_failures_still_count_against_the_tolerance(setup: Any) -> None:
+    ctl, sent, jobs = _into_cycle_one(setup)
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[0]}.json", BUDGET)
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[1]}.json", {"error": "boom"})
+    assert ctl.tick() == "failed"
+    assert "1 of" in load_manifest(ctl.store, "r1")["stop_reason"]
+
+
+def test_a_lost_spend_counter_is_restored_from_storage_before_a_cycle(
+        setup: Any, redis_client: redis.Redis) -> None:
+    from workers.teachers.accounting import read_spend
+
+    ctl, sent, jobs = _into_cycle_one(setup, budget={"max_tokens": 10_000})
+    _commit_jobs(ctl, 1, jobs)
+    for job in jobs:
+        ctl.store.write_json("r1", f"cycle=1/jobstats/{job}.json", {
+            "tokens_in": 100, "tokens_out": 50, "cost": 0.25, "requests": 2})
+    ctl.tick()
+    _eval(ctl, 1, 0.6)
+    ctl.tick()  # decide cycle 1: continue
+    redis_client.flushall()  # the counter the workers check the budget against is gone
+    ctl.tick()  # plan cycle 2
+    assert ctl.store.read_json("r1", "cycle=2/plan.json") is not None
+    got = read_spend(redis_client, "r1")
+    n = len(jobs)
+    assert got == {"tokens_in": 100 * n, "tokens_out": 50 * n, "tokens": 150 * n,
+                   "cost": pytest.approx(0.25 * n), "requests": 2 * n}
+
+
 def test_a_job_that_never_answers_is_failed_after_max_sends(setup: Any) -> None:
     ctl, sent, clock = setup()
     ctl.tick()

@@ -105,6 +105,30 @@ def test_a_redis_blip_is_retried(tasks: Any, store: ShardStore, redis_client: re
     assert [e["ok"] for e in _events(redis_client, run_id)] == [True]
 
 
+@pytest.mark.parametrize(("status", "cancel", "why"), [
+    ("cancelled", False, "the run is cancelled"),
+    ("failed", False, "the run is failed"),
+    ("running", True, "the run is being cancelled"),
+])
+def test_a_job_of_a_run_that_ended_while_it_waited_is_not_paid_for(
+        tasks: Any, store: ShardStore, monkeypatch: pytest.MonkeyPatch, status: str,
+        cancel: bool, why: str) -> None:
+    import workers.teachers.generate as gen
+
+    run_id = f"ended-{status}"
+    _run_with_a_job(store, run_id)
+    manifest = store.read_json(run_id, "manifest.json")
+    store.write_json(run_id, "manifest.json", {**manifest, "status": status})
+    if cancel:
+        store.write_json(run_id, "cancel.json", {"at": 1.0})
+    called: list[int] = []
+    monkeypatch.setattr(gen, "generate_job", lambda *a, **k: called.append(1))
+    result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri])
+    assert result.successful() and result.result == {"skipped": why}
+    assert called == [] and not store.has(run_id, 1, "generated", JOB)
+    assert _failed(store, run_id, 1) == {}
+
+
 @pytest.mark.parametrize("error", [redis.exceptions.TimeoutError("Timeout reading"),
                                    ConnectionError("refused"),
                                    # unexpected (a bug, a folder gone): retried the same way

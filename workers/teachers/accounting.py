@@ -105,6 +105,30 @@ def read_spend(client: redis.Redis, run_id: str) -> dict[str, float]:
     return {k.decode(): float(v) for k, v in raw.items()}  # type: ignore[union-attr]
 
 
+def restore_spend(client: redis.Redis, run_id: str, stored: dict[str, float]) -> dict[str, float]:
+    """Raise the run's spend counter to at least ``stored`` — the spend its committed jobs
+    recorded in storage (``orchestrator.runs.spend``) — and return what was added.
+
+    Redis can lose the counter (a restart without persistence, FLUSHALL, the fresh embedded
+    Redis of an ``orchestrator resume``); a budget must not then start again from zero."""
+    key = SPEND_KEY.format(run_id=run_id)
+    now = read_spend(client, run_id)
+    wanted = {"tokens_in": stored.get("tokens_in", 0.0),
+              "tokens_out": stored.get("tokens_out", 0.0), "cost": stored.get("cost", 0.0),
+              "requests": stored.get("requests", 0.0)}
+    wanted["tokens"] = wanted["tokens_in"] + wanted["tokens_out"]
+    added = {f: v - now.get(f, 0.0) for f, v in wanted.items() if v - now.get(f, 0.0) > 1e-9}
+    if added:
+        pipe = client.pipeline(transaction=True)
+        for name, diff in added.items():
+            if name == "cost":
+                pipe.hincrbyfloat(key, name, diff)
+            else:
+                pipe.hincrby(key, name, int(round(diff)))
+        pipe.execute()
+    return added
+
+
 def record_spend(client: redis.Redis, run_id: str, input_tokens: int, output_tokens: int,
                  cost: float, requests: int = 1) -> None:
     """Add requests' spend to the run's counter (one atomic transaction)."""

@@ -65,6 +65,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from orchestrator.controller import INFLIGHT
     from orchestrator.runs import reopen_failed_jobs
     from orchestrator.spec import parse_spec
+    from workers.context import STARTED_KEY
 
     store = _store(args)
     run_id = check_run_id(args.run_id)
@@ -83,7 +84,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             print(f"run {run_id}: {len(reopened)} failed job(s) will be sent again: "
                   f"{', '.join(sorted(reopened)[:5])}{' …' if len(reopened) > 5 else ''}")
         if client is not None:  # sends counted before the failure start again from zero
-            client.delete(INFLIGHT.format(run_id=run_id))
+            client.delete(INFLIGHT.format(run_id=run_id), STARTED_KEY.format(run_id=run_id))
         manifest["status"] = "running"
         manifest.pop("stop_reason", None)
         # only a stopped run's manifest is written: a running one may be mid-tick in a

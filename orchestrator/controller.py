@@ -28,7 +28,7 @@ from orchestrator.planning import Planner
 from orchestrator.runs import TERMINAL, cycle_stats, load_manifest, spend
 from orchestrator.spec import RunSpec, parse_spec
 from storage.store import ShardStore
-from workers.context import SINGLE_JOBS, as_text, failed_record
+from workers.context import SINGLE_JOBS, STARTED_KEY, as_text, failed_record
 from workers.errors import BudgetExceededError
 from workers.teachers.accounting import restore_spend
 
@@ -68,6 +68,7 @@ class Controller:
     _plans: dict[int, list[str]] = field(default_factory=dict)
     _updates: dict[str, str] = field(default_factory=dict)
     _refusals: dict[tuple[int, str], str] = field(default_factory=dict)  # failed → error
+    _started: set[str] = field(default_factory=set)  # job keys a worker has begun
 
     # ---- entry point -------------------------------------------------------------------
     def tick(self) -> str:
@@ -224,6 +225,9 @@ class Controller:
         raw = self.redis.hgetall(INFLIGHT.format(run_id=self.run_id))
         self._inflight = {as_text(k): json.loads(v) for k, v in raw.items()}
         self._updates: dict[str, str] = {}
+        prefix = f"{self.run_id}:"
+        self._started = {as_text(k)[len(prefix):] for k in
+                         self.redis.hkeys(STARTED_KEY.format(run_id=self.run_id))}
 
     def _flush_inflight(self) -> None:
         if self._updates:
@@ -232,15 +236,23 @@ class Controller:
             self._updates = {}
 
     def _ensure(self, task: str, args: list[Any], key: str, deadline_s: float) -> None:
-        """Send the job unless a send of it is in flight and not yet past its deadline."""
+        """Send the job unless a send of it is in flight and not yet past its deadline.
+
+        The deadline runs from the send, but a job no worker has started yet is still in
+        the queue (a big cycle, a slow teacher): it is re-sent only after
+        ``loop.queue_deadline_s``, and such re-sends do not count towards ``max_sends``."""
         entry = self._inflight.get(key, {"sent_at": 0.0, "sends": 0})
         now = self.clock()
-        if entry["sends"] and now - entry["sent_at"] < deadline_s:
-            return
-        if entry["sends"] >= self._spec.loop.max_sends:
+        queued = bool(entry["sends"]) and key not in self._started
+        if entry["sends"]:
+            limit = max(deadline_s, self._spec.loop.queue_deadline_s) if queued else deadline_s
+            if now - entry["sent_at"] < limit:
+                return
+        requeued = int(entry.get("requeued", 0))
+        if not queued and entry["sends"] - requeued >= self._spec.loop.max_sends:
             self._give_up(task, args, key, int(entry["sends"]))
             return
-        entry = {"sent_at": now, "sends": entry["sends"] + 1}
+        entry = {"sent_at": now, "sends": entry["sends"] + 1, "requeued": requeued + queued}
         self._inflight[key] = entry
         self._updates[key] = json.dumps(entry)
         self.send(task, args, f"{self.run_id}:{key}:{entry['sends']}")

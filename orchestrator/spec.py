@@ -204,11 +204,18 @@ class LoopSpec(_Model):
     max_cycles: int = Field(default=10, ge=0, description="generation cycles after the seed")
     patience: int = Field(default=5, ge=1)
     metric: Literal["macro_f1", "accuracy", "weighted_f1"] = "macro_f1"
-    min_delta: float = Field(default=0.0, ge=0.0, description="a cycle improves only if it gains more than this")
-    generate_deadline_s: float = Field(default=600.0, gt=0, description="re-send after this")
+    min_delta: float = Field(default=0.0, ge=0.0,
+                             description="a cycle improves only if it gains more than this")
+    generate_deadline_s: float = Field(
+        default=600.0, gt=0, description="a started job without a result is re-sent after this")
     attribute_deadline_s: float = Field(default=3600.0, gt=0)
     train_deadline_s: float = Field(default=6 * 3600.0, gt=0)
-    max_sends: int = Field(default=5, ge=1, description="a job sent this often has failed")
+    queue_deadline_s: float = Field(
+        default=6 * 3600.0, gt=0,
+        description="a job no worker has started yet (still queued) is re-sent only after this; "
+                    "such re-sends do not count towards max_sends")
+    max_sends: int = Field(default=5, ge=1,
+                           description="a job started this often without a result has failed")
 
 
 class BudgetSpec(_Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +244,16 @@ def test_a_lost_spend_counter_is_restored_from_storage_before_a_cycle(
                    "cost": pytest.approx(0.25 * n), "requests": 2 * n}
 
 
-def test_a_job_that_never_answers_is_failed_after_max_sends(setup: Any) -> None:
+def _start(redis_client: redis.Redis, sent: list[Any]) -> None:
+    """What a worker does first with a job: mark its send started (workers.context)."""
+    from workers.context import mark_started
+
+    for _, args, task_id in sent:
+        mark_started(redis_client, args[0], task_id)
+
+
+def test_a_job_that_never_answers_is_failed_after_max_sends(
+        setup: Any, redis_client: redis.Redis) -> None:
     ctl, sent, clock = setup()
     ctl.tick()
     _eval(ctl, 0, 0.5)
@@ -251,10 +261,37 @@ def test_a_job_that_never_answers_is_failed_after_max_sends(setup: Any) -> None:
     ctl.tick()
     n_jobs = len(sent) - 1
     for _ in range(3):
+        _start(redis_client, sent)  # taken by a worker that then dies, say
         clock.now += 61
         ctl.tick()
     assert ctl.tick() == "failed"  # every generate job used its 3 sends
     assert len(sent) == 1 + 3 * n_jobs
+
+
+def test_a_job_still_in_the_queue_is_not_re_sent_at_its_deadline(
+        setup: Any, redis_client: redis.Redis) -> None:
+    """A big cycle or a slow teacher keeps jobs queued past their deadline: re-sending them
+    would only grow the queue, and counting those sends would fail the run. They are re-sent
+    after loop.queue_deadline_s, and that does not count towards max_sends."""
+    ctl, sent, clock = setup(loop={"queue_deadline_s": 1000})
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    sent.clear()
+    ctl.tick()
+    jobs = sorted(s[1][2] for s in sent)
+    _start(redis_client, sent[:1])  # one job is taken by a worker, the others wait
+    clock.now += 61
+    ctl.tick()
+    assert [s[1][2] for s in sent[len(jobs):]] == [sent[0][1][2]], "only the started one"
+    _commit_jobs(ctl, 1, [sent[0][1][2]])  # its second send delivers
+    for _ in range(5):  # far more than max_sends (3) queue deadlines: never failed for it
+        clock.now += 1001
+        assert ctl.tick() == "running"
+    waiting = jobs[1:]
+    assert sorted(s[1][2] for s in sent if s[1][2] in waiting) == sorted(waiting * 6)
+    entry = json.loads(redis_client.hget("dq:r1:inflight", f"c01/gen/{waiting[0]}"))
+    assert entry["sends"] == 6 and entry["requeued"] == 5
 
 
 def test_run_lock_is_exclusive_and_a_dead_local_holder_is_taken_over(redis_client: Any) -> None:

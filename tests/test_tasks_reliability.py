@@ -111,8 +111,8 @@ def test_a_redis_blip_is_retried(tasks: Any, store: ShardStore, redis_client: re
     ("running", True, "the run is being cancelled"),
 ])
 def test_a_job_of_a_run_that_ended_while_it_waited_is_not_paid_for(
-        tasks: Any, store: ShardStore, monkeypatch: pytest.MonkeyPatch, status: str,
-        cancel: bool, why: str) -> None:
+        tasks: Any, store: ShardStore, redis_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch, status: str, cancel: bool, why: str) -> None:
     import workers.teachers.generate as gen
 
     run_id = f"ended-{status}"
@@ -123,10 +123,14 @@ def test_a_job_of_a_run_that_ended_while_it_waited_is_not_paid_for(
         store.write_json(run_id, "cancel.json", {"at": 1.0})
     called: list[int] = []
     monkeypatch.setattr(gen, "generate_job", lambda *a, **k: called.append(1))
-    result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri])
+    result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri],
+                                  task_id=f"{run_id}:c01/gen/{JOB}:2")  # the controller's id
     assert result.successful() and result.result == {"skipped": why}
     assert called == [] and not store.has(run_id, 1, "generated", JOB)
     assert _failed(store, run_id, 1) == {}
+    # the job left the queue: the controller may now hold it to its deadline
+    started = redis_client.hkeys(f"dq:{run_id}:started")
+    assert started == [f"{run_id}:c01/gen/{JOB}".encode()]
 
 
 @pytest.mark.parametrize("error", [redis.exceptions.TimeoutError("Timeout reading"),

@@ -122,6 +122,27 @@ def teacher_base_url(client: redis.Redis, store: Any, run_id: str) -> str | None
     return str(saved["base_url"]) if saved and saved.get("base_url") else None
 
 
+STARTED_KEY = "dq:{run_id}:started"  # send key → 1 once a worker has begun one of its sends
+
+
+def send_key(task_id: str) -> str:
+    """The controller's task ids are ``<run>:<job key>:<send number>``: the part that names
+    the job, whichever send of it a worker got."""
+    head, _, last = task_id.rpartition(":")
+    return head if head and last.isdigit() else task_id
+
+
+def mark_started(client: redis.Redis, run_id: str, task_id: str | None) -> None:
+    """Tell the controller a job left the queue (a job still queued is not re-sent at its
+    deadline: see ``Controller._ensure``). Best effort: a Redis error is ignored."""
+    if not task_id:
+        return
+    try:
+        client.hset(STARTED_KEY.format(run_id=run_id), send_key(task_id), 1)
+    except redis.RedisError:
+        pass
+
+
 def notify(client: redis.Redis, run_id: str, event: dict[str, Any]) -> None:
     """Wake the run's controller at once (it also polls, so a lost event only costs a tick)."""
     event = {**event, "at": time.time()}

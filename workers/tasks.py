@@ -30,6 +30,7 @@ from workers.context import (
     SINGLE_JOBS,
     RunContext,
     failed_record,
+    mark_started,
     notify,
     open_store,
     redis_client,
@@ -129,6 +130,7 @@ def _run_job(task: Task, kind: str, storage: str, run_id: str, cycle: int, job_i
     t0 = time.perf_counter()
     client = redis_client(redis_url())
     where = f"run={run_id} cycle={cycle} job={job_id}"
+    mark_started(client, run_id, task.request.id)
     try:
         result = body(_context(storage, run_id))
     except PermanentError as exc:

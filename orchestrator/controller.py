@@ -28,6 +28,7 @@ from orchestrator.planning import Planner
 from orchestrator.runs import TERMINAL, cycle_stats, load_manifest, spend
 from orchestrator.spec import RunSpec, parse_spec
 from storage.store import ShardStore
+from workers.app import ROUTES
 from workers.context import SINGLE_JOBS, STARTED_KEY, as_text, failed_record
 from workers.errors import BudgetExceededError
 from workers.teachers.accounting import restore_spend
@@ -69,6 +70,7 @@ class Controller:
     _updates: dict[str, str] = field(default_factory=dict)
     _refusals: dict[tuple[int, str], str] = field(default_factory=dict)  # failed → error
     _started: set[str] = field(default_factory=set)  # job keys a worker has begun
+    _busy: dict[str, bool] = field(default_factory=dict)  # queue → holds messages (this tick)
 
     # ---- entry point -------------------------------------------------------------------
     def tick(self) -> str:
@@ -228,6 +230,15 @@ class Controller:
         prefix = f"{self.run_id}:"
         self._started = {as_text(k)[len(prefix):] for k in
                          self.redis.hkeys(STARTED_KEY.format(run_id=self.run_id))}
+        self._busy = {}
+
+    def _queue_busy(self, task: str) -> bool:
+        """Whether the broker queue of ``task`` holds messages (one LLEN per queue and tick;
+        the Redis transport keeps a queue as a list of its name)."""
+        queue = ROUTES.get(task, {}).get("queue", "generate")
+        if queue not in self._busy:
+            self._busy[queue] = bool(self.redis.llen(queue))
+        return self._busy[queue]
 
     def _flush_inflight(self) -> None:
         if self._updates:
@@ -238,12 +249,15 @@ class Controller:
     def _ensure(self, task: str, args: list[Any], key: str, deadline_s: float) -> None:
         """Send the job unless a send of it is in flight and not yet past its deadline.
 
-        The deadline runs from the send, but a job no worker has started yet is still in
-        the queue (a big cycle, a slow teacher): it is re-sent only after
-        ``loop.queue_deadline_s``, and such re-sends do not count towards ``max_sends``."""
+        The deadline runs from the send, but a job no worker has started while its queue
+        holds messages is most likely waiting there (a big cycle, a slow teacher): it is
+        re-sent only after ``loop.queue_deadline_s``, and such re-sends do not count towards
+        ``max_sends``. Not started with its queue empty, it was lost (say, reserved by a worker
+        killed before it began): the job's own deadline applies."""
         entry = self._inflight.get(key, {"sent_at": 0.0, "sends": 0})
         now = self.clock()
-        queued = bool(entry["sends"]) and key not in self._started
+        queued = (bool(entry["sends"]) and key not in self._started
+                  and now - entry["sent_at"] >= deadline_s and self._queue_busy(task))
         if entry["sends"]:
             limit = max(deadline_s, self._spec.loop.queue_deadline_s) if queued else deadline_s
             if now - entry["sent_at"] < limit:

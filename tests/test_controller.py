@@ -271,8 +271,9 @@ def test_a_job_that_never_answers_is_failed_after_max_sends(
 def test_a_job_still_in_the_queue_is_not_re_sent_at_its_deadline(
         setup: Any, redis_client: redis.Redis) -> None:
     """A big cycle or a slow teacher keeps jobs queued past their deadline: re-sending them
-    would only grow the queue, and counting those sends would fail the run. They are re-sent
-    after loop.queue_deadline_s, and that does not count towards max_sends."""
+    would only grow the queue, and counting those sends would fail the run. While no worker
+    has started them and their queue holds messages, they are re-sent after
+    loop.queue_deadline_s, and that does not count towards max_sends."""
     ctl, sent, clock = setup(loop={"queue_deadline_s": 1000})
     ctl.tick()
     _eval(ctl, 0, 0.5)
@@ -280,6 +281,7 @@ def test_a_job_still_in_the_queue_is_not_re_sent_at_its_deadline(
     sent.clear()
     ctl.tick()
     jobs = sorted(s[1][2] for s in sent)
+    redis_client.rpush("generate", "a message waiting")  # the broker's queue is not empty
     _start(redis_client, sent[:1])  # one job is taken by a worker, the others wait
     clock.now += 61
     ctl.tick()
@@ -292,6 +294,15 @@ def test_a_job_still_in_the_queue_is_not_re_sent_at_its_deadline(
     assert sorted(s[1][2] for s in sent if s[1][2] in waiting) == sorted(waiting * 6)
     entry = json.loads(redis_client.hget("dq:r1:inflight", f"c01/gen/{waiting[0]}"))
     assert entry["sends"] == 6 and entry["requeued"] == 5
+    # Not started and nothing left in the queue: lost (say, reserved by a worker killed
+    # before it began); its own deadline applies again, and counts.
+    redis_client.delete("generate")
+    before = len(sent)
+    clock.now += 61
+    ctl.tick()
+    assert sorted(s[1][2] for s in sent[before:]) == sorted(waiting)
+    entry = json.loads(redis_client.hget("dq:r1:inflight", f"c01/gen/{waiting[0]}"))
+    assert entry["sends"] == 7 and entry["requeued"] == 5
 
 
 def test_run_lock_is_exclusive_and_a_dead_local_holder_is_taken_over(redis_client: Any) -> None:

@@ -40,6 +40,7 @@ Send = Callable[[str, list[Any], str], None]  # (task name, args, task id)
 INFLIGHT = "dq:{run_id}:inflight"
 LOCK = "dq:{run_id}:lock"
 PLAN_CHUNK = 1000
+SEND_BATCH = 500  # sends recorded in the in-flight table, then made, this many at a time
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Controller:
     _refusals: dict[tuple[int, str], str] = field(default_factory=dict)  # failed → error
     _started: set[str] = field(default_factory=set)  # job keys a worker has begun
     _busy: dict[str, bool] = field(default_factory=dict)  # queue → holds messages (this tick)
+    _outbox: list[tuple[str, list[Any], str]] = field(default_factory=list)  # sends to make
 
     # ---- entry point -------------------------------------------------------------------
     def tick(self) -> str:
@@ -231,6 +233,7 @@ class Controller:
         self._started = {as_text(k)[len(prefix):] for k in
                          self.redis.hkeys(STARTED_KEY.format(run_id=self.run_id))}
         self._busy = {}
+        self._outbox = []
 
     def _queue_busy(self, task: str) -> bool:
         """Whether the broker queue of ``task`` holds messages (one LLEN per queue and tick;
@@ -241,10 +244,18 @@ class Controller:
         return self._busy[queue]
 
     def _flush_inflight(self) -> None:
+        """Record the sends of this tick in the in-flight table, then make them: a controller
+        killed while it dispatches a big cycle has recorded every send it made (a recorded
+        send it did not make waits for its deadline; an unrecorded one would go out twice)."""
         if self._updates:
             updates: dict[Any, Any] = self._updates
             self.redis.hset(INFLIGHT.format(run_id=self.run_id), mapping=updates)
             self._updates = {}
+        outbox, self._outbox = self._outbox, []
+        if self.manifest.get("status") in TERMINAL:
+            return  # the run ended in this tick (failed): its jobs are not wanted any more
+        for task, args, task_id in outbox:
+            self.send(task, args, task_id)
 
     def _ensure(self, task: str, args: list[Any], key: str, deadline_s: float) -> None:
         """Send the job unless a send of it is in flight and not yet past its deadline.
@@ -269,7 +280,9 @@ class Controller:
         entry = {"sent_at": now, "sends": entry["sends"] + 1, "requeued": requeued + queued}
         self._inflight[key] = entry
         self._updates[key] = json.dumps(entry)
-        self.send(task, args, f"{self.run_id}:{key}:{entry['sends']}")
+        self._outbox.append((task, args, f"{self.run_id}:{key}:{entry['sends']}"))
+        if len(self._outbox) >= SEND_BATCH:
+            self._flush_inflight()
         if entry["sends"] > 1:
             log.warning("run=%s re-sent %s (send %d)", self.run_id, key, entry["sends"])
 

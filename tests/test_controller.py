@@ -268,6 +268,44 @@ def test_a_job_that_never_answers_is_failed_after_max_sends(
     assert len(sent) == 1 + 3 * n_jobs
 
 
+def test_every_send_is_recorded_before_it_is_made(
+        tmp_path: Path, redis_client: redis.Redis) -> None:
+    """A controller killed mid-dispatch must not have made sends it did not record (a restart
+    would make them again: a second paid copy of each job)."""
+    spec = _spec(tmp_path, generation={"examples_per_cycle": 40, "examples_per_request": 1})
+    store = ShardStore(spec.storage)
+    create_run(spec, store)
+    unrecorded: list[str] = []
+
+    def send(task: str, args: list[Any], task_id: str) -> None:
+        key = task_id.split(":", 1)[1].rsplit(":", 1)[0]
+        if redis_client.hget("dq:r1:inflight", key) is None:
+            unrecorded.append(key)
+
+    ctl = Controller(store, redis_client, "r1", send, clock=Clock())
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    assert len(store.read_json("r1", "cycle=1/plan.json")["jobs"]) >= 10
+    assert unrecorded == []
+
+
+def test_a_tick_that_fails_the_run_sends_nothing(setup: Any, redis_client: redis.Redis) -> None:
+    ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    _start(redis_client, sent)
+    job = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"][0]
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", {"error": "boom"})
+    clock.now += 61  # the other jobs are past their deadline: they would be re-sent
+    sent.clear()
+    assert ctl.tick() == "failed"
+    assert sent == []
+
+
 def test_a_job_still_in_the_queue_is_not_re_sent_at_its_deadline(
         setup: Any, redis_client: redis.Redis) -> None:
     """A big cycle or a slow teacher keeps jobs queued past their deadline: re-sending them

@@ -175,3 +175,19 @@ def test_a_job_past_its_deadline_is_cancelled_and_transient(sim: SimFactory, see
         generate_job(spec, make_job(seen, n=3), run_id="r1", cycle=1, taxonomy=LABELS,
                      redis=redis_client, base_url=url, deadline_s=0.4)
     assert time.monotonic() - t0 < 1.2
+
+
+def test_the_limiter_gets_the_jobs_token_corrections_when_it_ends(
+        sim: SimFactory, seen, redis_client) -> None:
+    """Each answer's real token count corrects the limiter's estimate; a process that goes
+    idle after its job must not keep those corrections to itself."""
+    from workers.teachers.openai import client_for
+    from workers.teachers.runtime import get_runtime
+
+    url = sim(seed=4)
+    spec = make_spec(teacher={"price": PRICE})
+    generate_job(spec, make_job(seen, n=12), run_id="r1", cycle=1, taxonomy=LABELS,
+                 redis=redis_client, base_url=url)
+    limiter = client_for(spec.teacher, get_runtime(), redis_client, url).limiter
+    assert limiter is not None
+    assert (limiter._pending, limiter._pending_requests) == (0, 0)

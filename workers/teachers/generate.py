@@ -222,15 +222,18 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
     tally = Tally()
     spend = _Spend(redis, run_id)
     try:
-        answers = runtime.run(_ask_all(client, prompts, job_id, tally, spec.teacher.price,
-                                       spend), deadline_s)
-    except TimeoutError:  # concurrent.futures.TimeoutError: the deadline passed
+        # the deadline is applied on the loop: the requests are cancelled, and done being
+        # cancelled, before the tally and the spend are read below
+        answers = runtime.run(asyncio.wait_for(
+            _ask_all(client, prompts, job_id, tally, spec.teacher.price, spend), deadline_s))
+    except (TimeoutError, asyncio.TimeoutError):  # one class since Python 3.11: deadline
         tally.fail("job_deadline")
         raise TeacherTransientError(
             "job_deadline", f"job {job_id} not done within {deadline_s}s") from None
     finally:
         spend.flush()  # never raises: the answers paid for are not thrown away
         _record_endpoint(redis, client, tally)
+        _flush_limiter(runtime, client)
     _check_failures(answers, spec.generation.tolerated_failure_fraction)
     validator = Validator(taxonomy, spec.generation, shown=_job_texts(job))
     ids = {"run_id": run_id, "cycle": cycle, "job_id": job_id}
@@ -248,6 +251,17 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
 
 def _model(answers: list[_Answer | BaseException]) -> str:
     return next((a.model for a in answers if isinstance(a, _Answer)), "")
+
+
+def _flush_limiter(runtime: Runtime, chat: ChatClient) -> None:
+    """Send the rate limiter the token corrections of this job's answers now (they would
+    otherwise wait for this process's next request, which may never come); never fails."""
+    if chat.limiter is None:
+        return
+    try:
+        runtime.run(chat.limiter.flush(), 10.0)
+    except (redis_lib.RedisError, TimeoutError) as exc:
+        log.warning("rate limiter corrections not sent yet: %s", exc)
 
 
 def _record_endpoint(client: redis_lib.Redis, chat: ChatClient, tally: Tally) -> None:

@@ -29,8 +29,11 @@ def test_the_quality_study_runs_and_writes_its_table(
             line.startswith("| 2 |")]
     assert len(rows) == 2
     assert "Not measured yet: (1) seed only" in text
-    cells = sorted(p.name for p in (tmp_path / "results").glob("*/*.json"))
-    assert cells == ["protocol.json", "row0-seed0.json", "row2-seed0.json"]
+    folders = {p.name: sorted(c.name for c in p.iterdir())
+               for p in (tmp_path / "results").iterdir()}
+    assert sorted(folders.values()) == [["protocol.json", "row0-seed0.json"],
+                                        ["protocol.json", "row2-seed0.json"]], \
+        "row 0 generates nothing: kept under the protocol without generation settings"
 
     # A second sitting measures only what is missing and tabulates everything.
     capsys.readouterr()
@@ -41,6 +44,13 @@ def test_the_quality_study_runs_and_writes_its_table(
     assert all(f"| {k} |" in text for k in (0, 1, 2))
     assert "- (2) closes" in text, "rows 0, 1 and 2 are in: the first target is checked"
     assert "--work" not in text and "--out" not in text, "the command says what, not where"
+    # another generation setting: a new protocol for rows 2-8, rows 0 and 1 carried over
+    assert main(["--rows", "1", "--seeds", "0", "--no-warm-start", *small]) == 0
+    assert "row 1, seed 0: already measured" in capsys.readouterr().out
+    other = out.read_text()
+    assert "| 0 |" in other and "| 1 |" in other and "| 2 |" not in other
+    assert len(list((tmp_path / "results").iterdir())) == 2, "nothing new was measured"
+    out.write_text(text)
     out.unlink()
     assert main(["--rows", "3", "--table-only", *small]) == 0  # measures nothing
     assert "row 3" not in capsys.readouterr().out

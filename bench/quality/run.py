@@ -429,7 +429,17 @@ def save_cell(folder: Path, proto: dict[str, Any], row: Row, seed: int,
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
+    import logging
     import tempfile
+
+    # row 0 trains in this process: show its epochs (the other rows' logs are under
+    # <work>/store-<protocol>/.local/<run>/logs/)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    progress = logging.getLogger("workers.training.train")
+    if not progress.handlers:
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
 
     work = Path(args.work or tempfile.mkdtemp(prefix="distillq-quality-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -154,3 +154,23 @@ def test_a_missing_bucket_is_an_error(s3: tuple[str, Any]) -> None:
     assert store.read_json("r", "manifest.json") is None
     with pytest.raises(StorageError, match="no-such-bucket"):
         store.write_json("r", "manifest.json", {})
+
+
+def test_the_report_of_a_run_on_s3_says_where_it_is(s3_store: ShardStore, s3: tuple[str, Any],
+                                                      tmp_path: Path) -> None:
+    from orchestrator.report import write_report
+    from orchestrator.runs import create_run
+    from orchestrator.spec import parse_spec
+
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\n" + "".join(f"example {i} of {c},{c}\n" for c in "ab"
+                                              for i in range(10)))
+    spec = parse_spec({"run_id": "rep", "storage": s3_store.uri,
+                       "dataset": {"train": str(train), "seed_size": 10}})
+    create_run(spec, s3_store)
+    where = write_report(s3_store, "rep")
+    prefix = s3_store.uri.split("?")[0]
+    assert where == f"{prefix}/rep/report/report.md", "no endpoint query in the middle"
+    _, client = s3
+    assert "# " in client.get_object(Bucket=BUCKET, Key=where[len("s3://" + BUCKET) + 1:])[
+        "Body"].read().decode()

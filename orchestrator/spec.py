@@ -93,6 +93,11 @@ class TeacherSpec(_Model):
     json_mode: bool = Field(
         default=False, description='send response_format {"type": "json_object"} (OpenAI, '
         "vLLM, llama.cpp and Ollama support it)")
+    send_seed: bool = Field(
+        default=True, description="send each request a seed of its own (OpenAI's `seed`, "
+        "also read by vLLM, llama.cpp and Ollama), the same on its retries: answers as "
+        "reproducible as the endpoint allows, and no two requests alike (false: for an "
+        "endpoint that refuses the field)")
     price: PriceSpec = Field(default_factory=PriceSpec)
     sim: SimSpec = Field(default_factory=SimSpec)
 

@@ -130,9 +130,14 @@ NON_GENERATING = (0, 1)
 def protocol(args: argparse.Namespace, generating: bool = True) -> dict[str, Any]:
     """Every setting that changes a cell's result (for a row that generates, or not); its
     hash names the results folder."""
+    from workers.teachers.sim import SIM_VERSION
+
     keys = ("classes", "seed_size", "test_limit", "layers", "max_length", "epochs", "lr",
             "batch_size", "patience", *(GENERATION_KEYS if generating else ()))
-    return {"data": Path(args.data).name, **{k: getattr(args, k) for k in keys}}
+    proto = {"data": Path(args.data).name, **{k: getattr(args, k) for k in keys}}
+    if generating and SIM_VERSION > 1:  # how the simulated teacher answers (1: no key)
+        proto["sim"] = SIM_VERSION
+    return proto
 
 
 def protocol_id(proto: dict[str, Any]) -> str:

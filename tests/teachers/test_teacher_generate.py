@@ -191,3 +191,24 @@ def test_the_limiter_gets_the_jobs_token_corrections_when_it_ends(
     limiter = client_for(spec.teacher, get_runtime(), redis_client, url).limiter
     assert limiter is not None
     assert (limiter._pending, limiter._pending_requests) == (0, 0)
+
+
+def test_the_same_prompt_in_another_request_gets_other_examples(
+        sim: SimFactory, seen, redis_client) -> None:
+    """An unguided cycle sends the same prompts as the cycle before; an LLM sampling at a
+    temperature answers differently, and so does the simulated teacher: each request sends
+    its own seed (from its id, which names the cycle), the same on its retries."""
+    from workers.teachers.openai import request_seed
+
+    url = sim(seed=6)
+    first = _run(url, redis_client, make_job(seen, job_id="c01-0000", n=10))
+    again = _run(url, redis_client, make_job(seen, job_id="c01-0000", n=10))
+    later = _run(url, redis_client, make_job(seen, job_id="c02-0000", n=10))
+    texts = [set(r.table.column("text").to_pylist()) for r in (first, again, later)]
+    assert texts[0] == texts[1], "the same request (a redelivery): the same answer"
+    # another request: another draw from the texts nearest the prompt's mined examples
+    assert texts[0] != texts[2] and len(texts[0] & texts[2]) < len(texts[0])
+    assert request_seed("c01-0000-r00") != request_seed("c02-0000-r00")
+    unseeded = _run(url, redis_client, make_job(seen, job_id="c02-0000", n=10),
+                    teacher={"send_seed": False})
+    assert set(unseeded.table.column("text").to_pylist()) != texts[2]

@@ -45,7 +45,7 @@ from workers.teachers.accounting import (
     request_cost,
 )
 from workers.teachers.errors import MalformedOutputError, TeacherTransientError
-from workers.teachers.openai import ChatClient, client_for
+from workers.teachers.openai import ChatClient, client_for, request_seed
 from workers.teachers.parsing import Validator, extract_items, validate_items
 from workers.teachers.prompts import Prompt, build_prompt, split_counts
 from workers.teachers.runtime import Runtime, get_runtime
@@ -130,7 +130,8 @@ async def _ask(client: ChatClient, prompt: Prompt, record: RequestRecord, tally:
         try:
             done = await client.complete(prompt.messages, tally, attempts=attempts,
                                          expected_output_tokens=prompt.n
-                                         * OUTPUT_TOKENS_PER_EXAMPLE + 16)
+                                         * OUTPUT_TOKENS_PER_EXAMPLE + 16,
+                                         seed=request_seed(record.request_id))
         finally:
             record.attempts += len(attempts)
         cost = request_cost(price, done.input_tokens, done.output_tokens)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import json
 import logging
 import math
@@ -149,6 +150,13 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def request_seed(request_id: str) -> int:
+    """A request's seed, from its id (``<job>-r<k>``, the job id naming its cycle): the same
+    on every retry and redelivery of the request, different for every other request — so two
+    cycles sending the same prompt do not get the same answer back."""
+    return int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
 def estimate_tokens(messages: list[dict[str, str]]) -> int:
     """A provider-neutral estimate: about four characters per token."""
     return math.ceil(sum(len(m.get("content", "")) for m in messages) / 4) + 4 * len(messages)
@@ -191,22 +199,26 @@ class ChatClient:
             self._semaphore = asyncio.Semaphore(self.teacher.concurrency)
         return self._semaphore
 
-    def payload(self, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
+    def payload(self, messages: list[dict[str, str]], max_tokens: int,
+                seed: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.endpoint.model, "messages": messages,
                                 "temperature": self.teacher.temperature, "max_tokens": max_tokens}
         if self.teacher.json_mode:
             body["response_format"] = {"type": "json_object"}
+        if seed is not None and self.teacher.send_seed:
+            body["seed"] = seed
         return body
 
     async def complete(self, messages: list[dict[str, str]], tally: Tally, *,
                        max_tokens: int | None = None, expected_output_tokens: int = 0,
-                       attempts: list[int] | None = None) -> Completion:
+                       attempts: list[int] | None = None, seed: int | None = None) -> Completion:
         """Send one chat request, retrying transient failures; count them in ``tally``.
 
-        ``attempts`` (optional) receives one entry per HTTP attempt made.
+        ``attempts`` (optional) receives one entry per HTTP attempt made. ``seed``: the
+        request's own (``request_seed``), sent on every attempt when ``teacher.send_seed``.
         """
         max_tokens = max_tokens or self.teacher.max_output_tokens
-        body = self.payload(messages, max_tokens)
+        body = self.payload(messages, max_tokens, seed)
         estimate_in = estimate_tokens(messages)
         estimate = estimate_in + min(max_tokens, expected_output_tokens or max_tokens)
         started = time.monotonic()

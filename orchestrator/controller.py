@@ -25,7 +25,7 @@ from typing import Any
 import redis
 
 from orchestrator.planning import Planner
-from orchestrator.runs import TERMINAL, cycle_stats, load_manifest, spend
+from orchestrator.runs import TERMINAL, cancel_pending, cycle_stats, load_manifest, spend
 from orchestrator.spec import RunSpec, parse_spec
 from storage.store import ShardStore
 from workers.app import ROUTES
@@ -81,8 +81,7 @@ class Controller:
         if self.manifest["status"] in TERMINAL:
             return str(self.manifest["status"])
         self.spec = parse_spec(self.manifest["spec"], f"manifest of {self.run_id}")
-        cancel = self.store.read_json(self.run_id, "cancel.json")
-        if cancel is not None and cancel["at"] > self.manifest.get("resumed_at", 0):
+        if cancel_pending(self.store, self.run_id, self.manifest):
             return self._finish("cancelled", "cancelled by the user")
         self._load_inflight()
         try:

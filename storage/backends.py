@@ -7,8 +7,8 @@ old object, the new one, or none — never a part), and ``put_dir`` writes every
 - ``LocalBackend`` writes a hidden temp file beside the final name, fsyncs it, ``os.replace``\\ s
   it over the final name (atomic on POSIX, NFS included) and fsyncs the folder. A folder is
   copied into a hidden temp folder, marker included, and renamed into place.
-- ``FsBackend`` (S3 and S3-compatible stores, GCS) writes each object with one upload to its final key: an
-  object store shows an object only once its upload completes. A folder's files go first, the
+- ``FsBackend`` (S3 and S3-compatible stores, GCS) writes each object with one upload to its
+  final key: an object store shows an object only once its upload completes. A folder's files go first, the
   marker last; re-committing deletes the marker first, so a reader never takes a folder being
   rewritten for a committed one.
 

@@ -80,18 +80,6 @@ def _context(storage: str, run_id: str) -> RunContext:
                              f"{type(exc).__name__}: {exc}") from exc
 
 
-def run_ended(store: Any, run_id: str) -> str:
-    """Why the run no longer wants its jobs (it is done, failed or cancelled), else ""."""
-    manifest = store.read_json(run_id, "manifest.json") or {}
-    status = manifest.get("status")
-    if status in ("done", "failed", "cancelled"):
-        return f"the run is {status}"
-    cancel = store.read_json(run_id, "cancel.json")
-    if cancel is not None and cancel.get("at", 0) > manifest.get("resumed_at", 0):
-        return "the run is being cancelled"
-    return ""
-
-
 def _retries_used_up(task: Task) -> bool:
     """True when the autoretry of the error being handled would exceed ``max_retries``
     (Celery then re-raises it and the job fails for good)."""
@@ -174,6 +162,8 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
     def body(ctx: RunContext) -> dict[str, Any]:
         if ctx.store.has(run_id, cycle, "generated", job_id):
             return {"skipped": "already committed"}
+        from orchestrator.runs import run_ended
+
         ended = run_ended(ctx.store, run_id)
         if ended:  # cancelled or failed while this job waited in the queue: do not pay for it
             log.info("generate(run=%s cycle=%d job=%s) skipped: %s", run_id, cycle, job_id,

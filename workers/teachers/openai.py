@@ -131,8 +131,9 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            if math.isfinite(float(ms)):
-                return max(0.0, float(ms) / 1000.0)
+            millis = float(ms)
+            if math.isfinite(millis):
+                return max(0.0, millis / 1000.0)
         except ValueError:
             pass
     value = (headers.get("Retry-After") or headers.get("retry-after") or "").strip()

@@ -398,14 +398,13 @@ def load_results(folder: Path, base: Path | None = None) -> dict[int, list[dict[
     ``None``: from ``folder`` too)."""
     results: dict[int, list[dict[str, Any]]] = {}
     base = folder if base is None else base
-    paths = [p for p in sorted(folder.glob("row*-seed*.json"))
-             if base == folder or int(p.name[3:].split("-")[0]) not in NON_GENERATING]
-    if base != folder:
-        paths += [p for p in sorted(base.glob("row*-seed*.json"))
-                  if int(p.name[3:].split("-")[0]) in NON_GENERATING]
-    for path in paths:
-        cell = json.loads(path.read_text())
-        results.setdefault(int(cell["row"]), []).append({**cell["result"], "seed": cell["seed"]})
+    for where in dict.fromkeys([folder, base]):  # one folder, or the two
+        for path in sorted(where.glob("row*-seed*.json")):
+            cell = json.loads(path.read_text())
+            if base != folder and (int(cell["row"]) in NON_GENERATING) != (where == base):
+                continue  # a row kept in the other folder
+            results.setdefault(int(cell["row"]), []).append(
+                {**cell["result"], "seed": cell["seed"]})
     for got in results.values():
         got.sort(key=lambda r: r["seed"])
     return results

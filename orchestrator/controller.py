@@ -70,7 +70,7 @@ class Controller:
     _plans: dict[int, list[str]] = field(default_factory=dict)
     _updates: dict[str, str] = field(default_factory=dict)
     _refusals: dict[tuple[int, str], str] = field(default_factory=dict)  # failed → error
-    _started: set[str] = field(default_factory=set)  # job keys a worker has begun
+    _started: set[str] | None = None  # job keys a worker has begun (read when first needed)
     _busy: dict[str, bool] = field(default_factory=dict)  # queue → holds messages (this tick)
     _outbox: list[tuple[str, list[Any], str]] = field(default_factory=list)  # sends to make
 
@@ -228,11 +228,18 @@ class Controller:
         raw = self.redis.hgetall(INFLIGHT.format(run_id=self.run_id))
         self._inflight = {as_text(k): json.loads(v) for k, v in raw.items()}
         self._updates: dict[str, str] = {}
-        prefix = f"{self.run_id}:"
-        self._started = {as_text(k)[len(prefix):] for k in
-                         self.redis.hkeys(STARTED_KEY.format(run_id=self.run_id))}
+        self._started = None
         self._busy = {}
         self._outbox = []
+
+    def _has_started(self, key: str) -> bool:
+        """Whether a worker has begun a send of job ``key`` (one HKEYS per tick, and only in
+        a tick where some job is past its deadline)."""
+        if self._started is None:
+            prefix = f"{self.run_id}:"
+            self._started = {as_text(k)[len(prefix):] for k in
+                             self.redis.hkeys(STARTED_KEY.format(run_id=self.run_id))}
+        return key in self._started
 
     def _queue_busy(self, task: str) -> bool:
         """Whether the broker queue of ``task`` holds messages (one LLEN per queue and tick;
@@ -266,8 +273,8 @@ class Controller:
         killed before it began): the job's own deadline applies."""
         entry = self._inflight.get(key, {"sent_at": 0.0, "sends": 0})
         now = self.clock()
-        queued = (bool(entry["sends"]) and key not in self._started
-                  and now - entry["sent_at"] >= deadline_s and self._queue_busy(task))
+        queued = (bool(entry["sends"]) and now - entry["sent_at"] >= deadline_s
+                  and not self._has_started(key) and self._queue_busy(task))
         if entry["sends"]:
             limit = max(deadline_s, self._spec.loop.queue_deadline_s) if queued else deadline_s
             if now - entry["sent_at"] < limit:

@@ -81,10 +81,11 @@ class Validator:
 
     def __post_init__(self) -> None:
         self._labels = {label.casefold().strip(): label for label in self.taxonomy}
-        self._shown = {normalise(t) for t in self.shown}
+        shown = [(t, normalise(t)) for t in self.shown]  # read once: it may be an iterator
+        self._shown = {key for _, key in shown}
         # texts the prompt showed cut short: a teacher copying what it saw writes their opening
         limit = self.gen.prompt_example_chars
-        self._cut = [normalise(t) for t in self.shown if len(" ".join(t.split())) > limit]
+        self._cut = [key for t, key in shown if len(" ".join(t.split())) > limit]
         self._min_copy = max(1, limit // 2)
 
     def check(self, item: Any) -> tuple[str, str] | str:

@@ -69,7 +69,8 @@ class Controller:
     _inflight: dict[str, dict[str, float]] = field(default_factory=dict)
     _plans: dict[int, list[str]] = field(default_factory=dict)
     _updates: dict[str, str] = field(default_factory=dict)
-    _refusals: dict[tuple[int, str], str] = field(default_factory=dict)  # failed → error
+    # failed generate job → its error if the budget refused it, else None
+    _refusals: dict[tuple[int, str], str | None] = field(default_factory=dict)
     _started: set[str] | None = None  # job keys a worker has begun (read when first needed)
     _busy: dict[str, bool] = field(default_factory=dict)  # queue → holds messages (this tick)
     _outbox: list[tuple[str, list[Any], str]] = field(default_factory=list)  # sends to make
@@ -166,16 +167,18 @@ class Controller:
         return settled and attributed
 
     def _budget_refused(self, cycle: int, failed: set[str]) -> dict[str, str]:
-        """The failed generate jobs of ``cycle`` that the run's budget refused: job → error
-        (each failure record is read once per controller)."""
+        """The failed generate jobs of ``cycle`` that the run's budget refused: job → error.
+        The failure record's ``error_type`` says so; each record is read once per controller."""
         out = {}
         for job in sorted(failed):
             if (cycle, job) not in self._refusals:
                 record = self.store.read_json(self.run_id,
                                               failed_record(cycle, "generate", job)) or {}
-                self._refusals[(cycle, job)] = str(record.get("error", ""))
-            if self._refusals[(cycle, job)].startswith(BudgetExceededError.__name__):
-                out[job] = self._refusals[(cycle, job)]
+                budget = record.get("error_type") == BudgetExceededError.__name__
+                self._refusals[(cycle, job)] = str(record.get("error", "")) if budget else None
+            refusal = self._refusals[(cycle, job)]
+            if refusal is not None:
+                out[job] = refusal
         return out
 
     def _stop_at_best(self, cycle: int, reason: str) -> None:
@@ -308,7 +311,7 @@ class Controller:
         cycle = args[1] if len(args) > 2 else 0
         job = args[2] if len(args) > 3 else SINGLE_JOBS.get(kind, kind)
         self.store.write_json(self.run_id, failed_record(cycle, kind, job),
-                              {"kind": kind, "job_id": job,
+                              {"kind": kind, "job_id": job, "error_type": "NoResult",
                                "error": f"no result after {sends} sends"})
         if kind in ("train", "test", "prepare_teacher"):
             self._finish("failed", f"{kind} of cycle {cycle} got no result after {sends} sends")

@@ -165,7 +165,8 @@ def test_permanent_generation_failures_over_tolerance_fail_the_run(setup: Any) -
     assert "failed permanently" in load_manifest(ctl.store, "r1")["stop_reason"]
 
 
-BUDGET = {"error": "BudgetExceededError: run r1: cost budget spent (1.0000 of 1.0)"}
+BUDGET = {"error_type": "BudgetExceededError",
+          "error": "BudgetExceededError: run r1: cost budget spent (1.0000 of 1.0)"}
 
 
 def _into_cycle_one(setup: Any, **over: Any) -> tuple[Controller, list[Any], list[str]]:
@@ -218,7 +219,9 @@ def test_a_cycle_the_budget_refused_entirely_ends_at_the_best_so_far(setup: Any)
 def test_other_failures_still_count_against_the_tolerance(setup: Any) -> None:
     ctl, sent, jobs = _into_cycle_one(setup)
     ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[0]}.json", BUDGET)
-    ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[1]}.json", {"error": "boom"})
+    # The record's error_type decides, not its text: this one is a failure.
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[1]}.json",
+                         {"error_type": "TeacherPermanentError", "error": BUDGET["error"]})
     assert ctl.tick() == "failed"
     assert "1 of" in load_manifest(ctl.store, "r1")["stop_reason"]
 

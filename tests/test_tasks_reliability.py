@@ -66,8 +66,8 @@ def test_a_run_without_a_manifest_is_recorded_and_notified(
     failed = _failed(store, run_id, cycle)
     assert list(failed) == [name]
     record = failed[name]
-    assert set(record) == {"kind", "job_id", "error"} and record["kind"] == task
-    assert "no manifest" in record["error"]
+    assert set(record) == {"kind", "job_id", "error_type", "error"} and record["kind"] == task
+    assert record["error_type"] == "PermanentError" and "no manifest" in record["error"]
     events = _events(redis_client, run_id)
     assert [(e["kind"], e["cycle"], e["ok"]) for e in events] == [(task, cycle, False)]
 
@@ -156,7 +156,8 @@ def test_retries_used_up_are_recorded_and_notified(
     max_retries = tasks.generate.max_retries
     assert len(calls) == max_retries + 1                 # every retry was made, then no more
     record = _failed(store, run_id, 1)[f"generate-{JOB}.json"]
-    assert set(record) == {"kind", "job_id", "error"}
+    assert set(record) == {"kind", "job_id", "error_type", "error"}
+    assert record["error_type"] == type(error).__name__
     assert f"gave up after {max_retries} retries" in record["error"]
     assert [e["ok"] for e in _events(redis_client, run_id)] == [False]
 
@@ -171,3 +172,25 @@ def test_scratch_is_per_run_and_storage(tmp_path: Path, monkeypatch: pytest.Monk
     a, b = workdir("r1", "/data/a"), workdir("r1", "/data/b")
     assert a != b and a.is_dir() and b.is_dir() and a.parent == b.parent == tmp_path
     assert workdir("r1", "/data/a") == a and a.name.startswith("r1-")
+
+
+def test_a_budget_refusal_is_recorded_with_its_error_type(
+        tasks: Any, store: ShardStore, redis_client: redis.Redis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller tells budget refusals from failures by the record's ``error_type``."""
+    import workers.teachers.generate as gen
+    from workers.errors import BudgetExceededError
+
+    run_id = "budget-refused"
+    _run_with_a_job(store, run_id)
+
+    def refuse(*args: Any, **kwargs: Any) -> gen.GenerationResult:
+        raise BudgetExceededError(f"run {run_id}: cost budget spent (1.0000 of 1.0)")
+
+    monkeypatch.setattr(gen, "generate_job", refuse)
+    result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri])
+    assert result.failed() and isinstance(result.result, BudgetExceededError)
+    record = _failed(store, run_id, 1)[f"generate-{JOB}.json"]
+    assert record["error_type"] == "BudgetExceededError"
+    assert record["error"].startswith("BudgetExceededError: run budget-refused: cost budget")
+    assert [e["ok"] for e in _events(redis_client, run_id)] == [False]

@@ -90,12 +90,14 @@ def _retries_used_up(task: Task) -> bool:
 
 
 def _record_failure(storage: str, run_id: str, kind: str, cycle: int, job_id: str,
-                    error: str) -> None:
-    """``cycle=<c>/failed/<kind>-<job>.json``, as the controller's ``_give_up`` writes it; a
+                    exc: BaseException, error: str) -> None:
+    """``cycle=<c>/failed/<kind>-<job>.json``, as the controller's ``_give_up`` writes it, with
+    the error's class in ``error_type`` (the controller tells budget refusals apart by it); a
     storage error here is logged, never raised over the job's own error."""
     try:
         open_store(storage).write_json(run_id, failed_record(cycle, kind, job_id),
-                                       {"kind": kind, "job_id": job_id, "error": error})
+                                       {"kind": kind, "job_id": job_id,
+                                        "error_type": type(exc).__name__, "error": error})
     except Exception as exc:  # noqa: BLE001 - the job's own error is the one to raise
         log.error("failure of %s(run=%s cycle=%d job=%s) not recorded: %s: %s",
                   kind, run_id, cycle, job_id, type(exc).__name__, exc)
@@ -122,7 +124,8 @@ def _run_job(task: Task, kind: str, storage: str, run_id: str, cycle: int, job_i
     try:
         result = body(_context(storage, run_id))
     except PermanentError as exc:
-        _record_failure(storage, run_id, kind, cycle, job_id, f"{type(exc).__name__}: {exc}")
+        _record_failure(storage, run_id, kind, cycle, job_id, exc,
+                        f"{type(exc).__name__}: {exc}")
         _notify_failure(client, run_id, kind, cycle, job_id)
         log.error("%6.2fs ✗ %s(%s) permanent: %s", time.perf_counter() - t0, kind, where, exc)
         raise
@@ -133,7 +136,7 @@ def _run_job(task: Task, kind: str, storage: str, run_id: str, cycle: int, job_i
                             type(exc).__name__, exc, exc_info=True)
             raise  # retried by Celery (autoretry_for)
         retries = int(task.request.retries or 0)
-        _record_failure(storage, run_id, kind, cycle, job_id,
+        _record_failure(storage, run_id, kind, cycle, job_id, exc,
                         f"{type(exc).__name__}: {exc} (gave up after {retries} retries)")
         _notify_failure(client, run_id, kind, cycle, job_id)
         log.error("%6.2fs ✗ %s(%s) gave up after %d retries: %s", time.perf_counter() - t0,

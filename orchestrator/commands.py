@@ -62,7 +62,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     sent again (their records kept under ``failed-before-resume/``) and, under ``serve``, a
     fresh in-flight table; a done run is refused. Nothing is written before the manifest's
     spec parses and (with ``REDIS_URL``) Redis answers."""
-    from orchestrator.controller import INFLIGHT
+    from orchestrator.controller import INFLIGHT, RESENDS
     from orchestrator.runs import reopen_failed_jobs
     from orchestrator.spec import parse_spec
     from workers.context import STARTED_KEY
@@ -84,7 +84,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
             print(f"run {run_id}: {len(reopened)} failed job(s) will be sent again: "
                   f"{', '.join(sorted(reopened)[:5])}{' …' if len(reopened) > 5 else ''}")
         if client is not None:  # sends counted before the failure start again from zero
-            client.delete(INFLIGHT.format(run_id=run_id), STARTED_KEY.format(run_id=run_id))
+            client.delete(INFLIGHT.format(run_id=run_id), STARTED_KEY.format(run_id=run_id),
+                          RESENDS.format(run_id=run_id))
         manifest["status"] = "running"
         manifest.pop("stop_reason", None)
         # only a stopped run's manifest is written: a running one may be mid-tick in a

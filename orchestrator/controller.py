@@ -38,6 +38,8 @@ log = logging.getLogger("distillq.controller")
 Send = Callable[[str, list[Any], str], None]  # (task name, args, task id)
 
 INFLIGHT = "dq:{run_id}:inflight"
+# re-sends of the jobs of decided cycles, whose in-flight entries the controller has dropped
+RESENDS = "dq:{run_id}:resends"
 LOCK = "dq:{run_id}:lock"
 PLAN_CHUNK = 1000
 SEND_BATCH = 500  # sends recorded in the in-flight table, then made, this many at a time
@@ -96,6 +98,7 @@ class Controller:
     # ---- a cycle -----------------------------------------------------------------------
     def _drive_cycle(self, cycle: int) -> None:
         self.progress = CycleProgress(cycle)
+        self._forget_before(cycle)
         report = self.store.read_json(self.run_id, f"cycle={cycle}/eval.json")
         if report is not None:
             self.progress.trained, self.progress.phase = True, "decide"
@@ -234,6 +237,30 @@ class Controller:
         self._started = None
         self._busy = {}
         self._outbox = []
+
+    def _forget_before(self, cycle: int) -> None:
+        """Drop the in-flight and started entries of cycles before ``cycle``: they are decided
+        and their jobs are never sent again, so the tables read each tick hold one cycle's
+        jobs, not the whole run's. Their re-sends are added to ``RESENDS`` in the same
+        transaction (the ``distillq_job_resends`` metric counts the whole run)."""
+        old = [key for key in self._inflight
+               if (c := key_cycle(key)) is not None and c < cycle]
+        if not old:
+            return
+        resends = sum(max(0, int(self._inflight[key]["sends"]) - 1) for key in old)
+        pipe = self.redis.pipeline(transaction=True)
+        if resends:
+            pipe.incrby(RESENDS.format(run_id=self.run_id), resends)
+        for start in range(0, len(old), SEND_BATCH):
+            batch = old[start : start + SEND_BATCH]
+            pipe.hdel(INFLIGHT.format(run_id=self.run_id), *batch)
+            pipe.hdel(STARTED_KEY.format(run_id=self.run_id),
+                      *(f"{self.run_id}:{key}" for key in batch))
+        pipe.execute()
+        for key in old:
+            del self._inflight[key]
+        log.info("run=%s dropped %d in-flight entries of cycles before %d",
+                 self.run_id, len(old), cycle)
 
     def _has_started(self, key: str) -> bool:
         """Whether a worker has begun a send of job ``key`` (one HKEYS per tick, and only in
@@ -380,6 +407,15 @@ class Controller:
         self.store.write_json(self.run_id, "manifest.json", self.manifest)
         log.info("run=%s %s: %s", self.run_id, status, reason)
         return status
+
+
+def key_cycle(key: str) -> int | None:
+    """The cycle of a job key (``c<cycle>/gen/<job>``, ``c<cycle>/train``…); None for the
+    run-level ones (``teacher``, ``test``)."""
+    head, sep, _ = key.partition("/")
+    if sep and head[:1] == "c" and head[1:].isdigit():
+        return int(head[1:])
+    return None
 
 
 def write_plan(store: ShardStore, run_id: str, cycle: int,

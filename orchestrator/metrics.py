@@ -41,7 +41,7 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.controller import INFLIGHT
+from orchestrator.controller import INFLIGHT, RESENDS
 from orchestrator.driver import RUNS_KEY
 from orchestrator.runs import load_manifest, spend
 from storage.store import ShardStore
@@ -128,6 +128,7 @@ class DistillqCollector(Collector):
             g["jobs"].add_metric([run_id, state], float(value))
         inflight = self.client.hvals(INFLIGHT.format(run_id=run_id))
         resends = sum(max(0, int(_float(_sends(v))) - 1) for v in inflight)
+        resends += int(_float(self.client.get(RESENDS.format(run_id=run_id)) or 0))
         g["resends"].add_metric([run_id], float(resends))
         live = {_s(k): _float(v) for k, v in
                 self.client.hgetall(SPEND_KEY.format(run_id=run_id)).items()}

@@ -413,10 +413,13 @@ def test_resume_sends_the_failed_jobs_of_a_failed_run_again(
     from orchestrator.errors import InvalidInputError
 
     ctl, sent, clock, job = _failed_in_cycle_one(setup)
+    ctl.redis.set("dq:r1:resends", 2)
 
     monkeypatch.setenv("REDIS_URL", redis_url)
     args = argparse.Namespace(storage=ctl.store.uri, run_id="r1")
     assert cmd_resume(args) == 0
+    # sends counted before the failure start again from zero
+    assert not ctl.redis.exists("dq:r1:inflight", "dq:r1:started", "dq:r1:resends")
     assert ctl.store.list_names("r1", "cycle=1/failed") == []
     (kept,) = ctl.store.list_names("r1", "cycle=1/failed-before-resume")
     assert kept.startswith(f"generate-{job}.")
@@ -539,3 +542,50 @@ def test_a_run_level_job_a_worker_gave_up_on_fails_the_run_at_once(
     sent.clear()
     again = Controller(ctl.store, ctl.redis, "r1", lambda *a: sent.append(a), clock=clock)
     assert again.tick() == "running" and [s[0] for s in sent] == [f"distillq.{kind}"]
+
+
+def test_a_decided_cycle_leaves_the_in_flight_and_started_tables(
+        setup: Any, redis_client: redis.Redis) -> None:
+    """The tables read each tick hold the current cycle's jobs; the re-sends of decided
+    cycles are kept as a count (the ``distillq_job_resends`` metric counts the whole run)."""
+    from orchestrator.controller import INFLIGHT, RESENDS, key_cycle
+    from workers.context import STARTED_KEY
+
+    ctl, sent, clock = setup(loop={"max_cycles": 3, "patience": 3})
+    ctl.tick()
+    _start(redis_client, sent)
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    sent.clear()
+    ctl.tick()
+    jobs = sorted(s[1][2] for s in sent)
+    _start(redis_client, sent)
+    clock.now += 61  # every generate job past its deadline, started, nothing committed
+    ctl.tick()
+    _commit_jobs(ctl, 1, jobs)
+    ctl.tick()  # cycle 1's training goes out
+    inflight = {k.decode() for k in redis_client.hkeys(INFLIGHT.format(run_id="r1"))}
+    assert {key_cycle(k) for k in inflight} == {1} and "c01/train" in inflight  # c00 gone
+    assert redis_client.hlen(STARTED_KEY.format(run_id="r1")) == len(jobs)
+    _eval(ctl, 1, 0.6)
+    ctl.tick()  # decides cycle 1
+    sent.clear()
+    ctl.tick()  # into cycle 2: plans it and sends its jobs
+    assert sent and {s[1][1] for s in sent} == {2}
+    inflight = {k.decode() for k in redis_client.hkeys(INFLIGHT.format(run_id="r1"))}
+    assert inflight and {key_cycle(k) for k in inflight} == {2}
+    assert redis_client.hlen(STARTED_KEY.format(run_id="r1")) == 0
+    assert int(redis_client.get(RESENDS.format(run_id="r1"))) == len(jobs)
+    # a restarted controller finds nothing more to drop, and the count is not added twice
+    again = Controller(ctl.store, redis_client, "r1", lambda *a: None, clock=clock)
+    again.tick()
+    assert int(redis_client.get(RESENDS.format(run_id="r1"))) == len(jobs)
+
+
+def test_key_cycle() -> None:
+    from orchestrator.controller import key_cycle
+
+    assert key_cycle("c01/gen/c01-0003") == 1 and key_cycle("c12/train") == 12
+    assert key_cycle("c100/attr/c100-0000") == 100
+    assert key_cycle("test") is None and key_cycle("teacher") is None
+    assert key_cycle("cx/train") is None and key_cycle("c/train") is None

@@ -16,7 +16,7 @@ import redis
 from composekit import free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.controller import INFLIGHT, write_plan
+from orchestrator.controller import INFLIGHT, RESENDS, write_plan
 from orchestrator.driver import RUNS_KEY
 from orchestrator.metrics import DistillqCollector
 from orchestrator.runs import create_run
@@ -69,6 +69,7 @@ def _scenario(tmp_path: Path, client: redis.Redis) -> tuple[ShardStore, str]:
         "c01/gen/c01-0003": json.dumps({"sent_at": 1.0, "sends": 2}),
         "c01/gen/c01-0000": json.dumps({"sent_at": 1.0, "sends": 1}),
         "c00/train": json.dumps({"sent_at": 1.0, "sends": 1})})
+    client.set(RESENDS.format(run_id=RUN), 3)  # re-sends of decided cycles, entries dropped
     client.rpush("generate", "m1", "m2")
     client.rpush("train", "m3")
     client.hset(RUNS_KEY, RUN, store.uri)
@@ -117,7 +118,7 @@ def test_collector_reports_queues_jobs_spend_budget_and_429s(
     states = {s: v("distillq_jobs", run=RUN, state=s)
               for s in ("planned", "committed", "failed", "in_flight", "waiting")}
     assert states == {"planned": 5, "committed": 2, "failed": 1, "in_flight": 1, "waiting": 1}
-    assert v("distillq_job_resends", run=RUN) == 1
+    assert v("distillq_job_resends", run=RUN) == 1 + 3
     assert v("distillq_run_status", run=RUN, status="running") == 1
     assert v("distillq_teacher_tokens", run=RUN, direction="in") == 1200
     assert v("distillq_teacher_tokens", run=RUN, direction="out") == 800

@@ -212,3 +212,43 @@ def test_the_same_prompt_in_another_request_gets_other_examples(
     unseeded = _run(url, redis_client, make_job(seen, job_id="c02-0000", n=10),
                     teacher={"send_seed": False})
     assert set(unseeded.table.column("text").to_pylist()) != texts[2]
+
+
+def test_output_tokens_per_example_starts_at_the_prior_and_learns_from_answers() -> None:
+    from workers.teachers.accounting import output_tokens_per_example
+
+    assert output_tokens_per_example({}) == 80.0
+    assert output_tokens_per_example({"asked_examples": 40, "asked_tokens_out": 40 * 240}) \
+        == pytest.approx(160.0)  # equal weight: 40 examples seen, the prior's 40
+    learnt = output_tokens_per_example({"asked_examples": 4000, "asked_tokens_out": 4000 * 240})
+    assert 238 < learnt < 240
+    # a counter restored from storage without these fields (Redis lost them): the prior
+    assert output_tokens_per_example({"tokens_out": 99_999.0, "requests": 10}) == 80.0
+
+
+def test_the_limiter_books_output_at_the_runs_learnt_size_per_example(
+        sim: SimFactory, seen, redis_client, monkeypatch) -> None:
+    """Each answer adds the examples asked and their output tokens to the run's counter; the
+    next job's requests book their expected output from it, not from a fixed guess."""
+    from workers.teachers.openai import ChatClient
+
+    booked: list[int] = []
+    real = ChatClient.complete
+
+    async def spy(self, messages, tally, **kwargs):  # type: ignore[no-untyped-def]
+        booked.append(kwargs["expected_output_tokens"])
+        return await real(self, messages, tally, **kwargs)
+
+    monkeypatch.setattr(ChatClient, "complete", spy)
+    url = sim(seed=8)
+    first = _run(url, redis_client, make_job(seen, n=20), generation={"examples_per_request": 10})
+    assert booked == [10 * 80 + 16] * 2  # nothing learnt yet: the prior
+    spend = read_spend(redis_client, "r1")
+    assert spend["asked_examples"] == 20
+    assert spend["asked_tokens_out"] == first.stats["tokens_out"] == spend["tokens_out"]
+    per_example = (first.stats["tokens_out"] + 80 * 40) / (20 + 40)
+    booked.clear()
+    _run(url, redis_client, make_job(seen, n=10, job_id="c01-0001"),
+         generation={"examples_per_request": 10})
+    assert booked == [round(10 * per_example) + 16]
+    assert booked[0] != 10 * 80 + 16  # the simulated teacher's examples are not 80 tokens

@@ -5,7 +5,9 @@ thrown away (malformed JSON, rejected examples), so job totals are what the endp
 A job's totals travel with its result (``GenerationResult.stats``); the controller sums them
 per cycle and run from storage. Independently, each request adds its tokens and cost to the
 Redis hash ``dq:{run_id}:spend`` (fields ``tokens``, ``tokens_in``, ``tokens_out``, ``cost``,
-``requests``) as soon as it returns (``generate._Spend``, per answer, while the job's other
+``requests``; and ``asked_examples`` / ``asked_tokens_out``, the examples those answers were
+asked for and their output tokens, from which ``output_tokens_per_example`` learns the
+rate limiter's estimate) as soon as it returns (``generate._Spend``, per answer, while the job's other
 requests are still in flight), so concurrent jobs see one another's spend and
 ``check_budget`` can refuse to start a job once a ``BudgetSpec`` cap is reached. That counter
 counts money actually spent: a job that is delivered twice is paid for twice. A Redis error
@@ -130,8 +132,10 @@ def restore_spend(client: redis.Redis, run_id: str, stored: dict[str, float]) ->
 
 
 def record_spend(client: redis.Redis, run_id: str, input_tokens: int, output_tokens: int,
-                 cost: float, requests: int = 1) -> None:
-    """Add requests' spend to the run's counter (one atomic transaction)."""
+                 cost: float, requests: int = 1, asked: int = 0) -> None:
+    """Add requests' spend to the run's counter (one atomic transaction). ``asked``: the
+    examples these answers were asked for (0: not known; then the output tokens do not
+    count towards ``output_tokens_per_example`` either)."""
     key = SPEND_KEY.format(run_id=run_id)
     pipe = client.pipeline(transaction=True)
     pipe.hincrby(key, "tokens", input_tokens + output_tokens)
@@ -139,7 +143,27 @@ def record_spend(client: redis.Redis, run_id: str, input_tokens: int, output_tok
     pipe.hincrby(key, "tokens_out", output_tokens)
     pipe.hincrbyfloat(key, "cost", cost)
     pipe.hincrby(key, "requests", requests)
+    if asked:
+        pipe.hincrby(key, "asked_examples", asked)
+        pipe.hincrby(key, "asked_tokens_out", output_tokens)
     pipe.execute()
+
+
+OUTPUT_TOKENS_PER_EXAMPLE = 80  # the prior: what an example is taken to cost before answers say
+PRIOR_EXAMPLES = 40  # the prior's weight, in examples (a few requests' worth)
+
+
+def output_tokens_per_example(spent: dict[str, float]) -> float:
+    """The output tokens one asked-for example costs, for the rate limiter's estimate before a
+    request: the run's answers so far (``read_spend``), shrunk towards the prior
+    ``OUTPUT_TOKENS_PER_EXAMPLE`` while they are few. Long examples (a task of paragraphs,
+    not one-line intents) are then booked at their real size, not a fixed guess: booked too
+    low, a job's first wave overshoots the endpoint's TPM and draws 429s; too high, it waits
+    for tokens it will not use."""
+    asked = max(0.0, spent.get("asked_examples", 0.0))
+    tokens = max(0.0, spent.get("asked_tokens_out", 0.0))
+    return ((tokens + OUTPUT_TOKENS_PER_EXAMPLE * PRIOR_EXAMPLES)
+            / (asked + PRIOR_EXAMPLES))
 
 
 def check_budget(client: redis.Redis, run_id: str, budget: BudgetSpec) -> dict[str, float]:

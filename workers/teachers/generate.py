@@ -40,6 +40,7 @@ from workers.teachers.accounting import (
     RequestRecord,
     Tally,
     check_budget,
+    output_tokens_per_example,
     record_endpoint,
     record_spend,
     request_cost,
@@ -53,7 +54,6 @@ from workers.teachers.runtime import Runtime, get_runtime
 log = logging.getLogger(__name__)
 
 MALFORMED_RETRIES = 2
-OUTPUT_TOKENS_PER_EXAMPLE = 80  # for the rate limiter's estimate before a call
 
 
 @dataclass(frozen=True)
@@ -88,17 +88,17 @@ class _Spend:
     def __init__(self, client: redis_lib.Redis, run_id: str) -> None:
         self._client, self._run_id = client, run_id
         self._lock = threading.Lock()
-        self._pending: tuple[int, int, float, int] = (0, 0, 0.0, 0)
+        self._pending: tuple[int, int, float, int, int] = (0, 0, 0.0, 0, 0)
         self.error: redis_lib.RedisError | None = None
 
-    def _put(self, tin: int, tout: int, cost: float, requests: int) -> None:
+    def _put(self, tin: int, tout: int, cost: float, requests: int, asked: int) -> None:
         with self._lock:
-            a, b, c, d = self._pending
-            self._pending = (a + tin, b + tout, c + cost, d + requests)
+            a, b, c, d, e = self._pending
+            self._pending = (a + tin, b + tout, c + cost, d + requests, e + asked)
 
     def _send(self) -> bool:
         with self._lock:
-            pending, self._pending = self._pending, (0, 0, 0.0, 0)
+            pending, self._pending = self._pending, (0, 0, 0.0, 0, 0)
         if not any(pending):
             return True
         try:
@@ -109,28 +109,30 @@ class _Spend:
             return False
         return True
 
-    async def add(self, tin: int, tout: int, cost: float, requests: int) -> None:
-        self._put(tin, tout, cost, requests)
+    async def add(self, tin: int, tout: int, cost: float, requests: int, asked: int) -> None:
+        self._put(tin, tout, cost, requests, asked)
         await asyncio.get_running_loop().run_in_executor(None, self._send)
 
     def flush(self) -> None:
         """Send what is still pending (end of the job); a Redis error is logged, not raised."""
         if not self._send():
-            tin, tout, cost, requests = self._pending
+            tin, tout, cost, requests, _ = self._pending
             log.warning("run %s: spend of %d requests (%d tokens, cost %.4f) not added to the "
                         "run's counter in Redis: %s", self._run_id, requests, tin + tout, cost,
                         self.error)
 
 
 async def _ask(client: ChatClient, prompt: Prompt, record: RequestRecord, tally: Tally,
-               price: PriceSpec, spend: _Spend) -> _Answer:
-    """One request; a malformed answer is asked again (it is still paid for)."""
+               price: PriceSpec, spend: _Spend, per_example: float) -> _Answer:
+    """One request; a malformed answer is asked again (it is still paid for).
+    ``per_example``: the output tokens an example is expected to cost (the limiter's
+    estimate)."""
     for round_ in range(MALFORMED_RETRIES + 1):
         attempts: list[int] = []
         try:
             done = await client.complete(prompt.messages, tally, attempts=attempts,
-                                         expected_output_tokens=prompt.n
-                                         * OUTPUT_TOKENS_PER_EXAMPLE + 16,
+                                         expected_output_tokens=round(prompt.n
+                                                                      * per_example) + 16,
                                          seed=request_seed(record.request_id))
         finally:
             record.attempts += len(attempts)
@@ -140,7 +142,7 @@ async def _ask(client: ChatClient, prompt: Prompt, record: RequestRecord, tally:
         record.add(done.input_tokens, done.output_tokens, done.latency_s, cost)
         record.api_id = done.api_id
         if paid:  # on the run's counter now, not when the whole job is done
-            await spend.add(done.input_tokens, done.output_tokens, cost, int(first))
+            await spend.add(done.input_tokens, done.output_tokens, cost, int(first), prompt.n)
         try:
             return _Answer(record, extract_items(done.text), done.model)
         except MalformedOutputError:
@@ -152,10 +154,11 @@ async def _ask(client: ChatClient, prompt: Prompt, record: RequestRecord, tally:
 
 
 async def _ask_all(client: ChatClient, prompts: Sequence[Prompt], job_id: str, tally: Tally,
-                   price: PriceSpec, spend: _Spend) -> list[_Answer | BaseException]:
+                   price: PriceSpec, spend: _Spend,
+                   per_example: float) -> list[_Answer | BaseException]:
     records = [RequestRecord(f"{job_id}-r{i:02d}") for i in range(len(prompts))]
     tally.requests.extend(records)
-    coros = [_ask(client, p, r, tally, price, spend)
+    coros = [_ask(client, p, r, tally, price, spend, per_example)
              for p, r in zip(prompts, records, strict=True)]
     return list(await asyncio.gather(*coros, return_exceptions=True))
 
@@ -216,7 +219,7 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
     """
     t0 = time.perf_counter()
     job_id = str(job["job_id"])
-    check_budget(redis, run_id, spec.budget)
+    per_example = output_tokens_per_example(check_budget(redis, run_id, spec.budget))
     runtime = pool or get_runtime()
     client = client_for(spec.teacher, runtime, redis, base_url)
     prompts = job_prompts(spec, job, taxonomy)
@@ -226,7 +229,8 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
         # the deadline is applied on the loop: the requests are cancelled, and done being
         # cancelled, before the tally and the spend are read below
         answers = runtime.run(asyncio.wait_for(
-            _ask_all(client, prompts, job_id, tally, spec.teacher.price, spend), deadline_s))
+            _ask_all(client, prompts, job_id, tally, spec.teacher.price, spend, per_example),
+            deadline_s))
     except (TimeoutError, asyncio.TimeoutError):  # one class since Python 3.11: deadline
         tally.fail("job_deadline")
         raise TeacherTransientError(

@@ -40,6 +40,26 @@ Send = Callable[[str, list[Any], str], None]  # (task name, args, task id)
 INFLIGHT = "dq:{run_id}:inflight"
 # re-sends of the jobs of decided cycles, whose in-flight entries the controller has dropped
 RESENDS = "dq:{run_id}:resends"
+# KEYS: in-flight table, started table, re-send count; ARGV: started-field prefix, job keys.
+# Removes the jobs' entries and adds the re-sends of those it removed (idempotent).
+FORGET_LUA = """
+local total = 0
+for i = 2, #ARGV do
+  local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  if raw then
+    local ok, entry = pcall(cjson.decode, raw)
+    if ok and type(entry) == 'table' and tonumber(entry['sends']) then
+      total = total + math.max(0, tonumber(entry['sends']) - 1)
+    end
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+  redis.call('HDEL', KEYS[2], ARGV[1] .. ARGV[i])
+end
+if total > 0 then
+  redis.call('INCRBY', KEYS[3], total)
+end
+return total
+"""
 LOCK = "dq:{run_id}:lock"
 PLAN_CHUNK = 1000
 SEND_BATCH = 500  # sends recorded in the in-flight table, then made, this many at a time
@@ -74,6 +94,8 @@ class Controller:
     # failed generate job → its error if the budget refused it, else None
     _refusals: dict[tuple[int, str], str | None] = field(default_factory=dict)
     _started: set[str] | None = None  # job keys a worker has begun (read when first needed)
+    _cycle: int = 0  # the cycle this tick drives (the final phase: one past the last)
+    _forget: Any = None  # FORGET_LUA, registered when first needed
     _busy: dict[str, bool] = field(default_factory=dict)  # queue → holds messages (this tick)
     _outbox: list[tuple[str, list[Any], str]] = field(default_factory=list)  # sends to make
 
@@ -177,7 +199,10 @@ class Controller:
             if (cycle, job) not in self._refusals:
                 record = self.store.read_json(self.run_id,
                                               failed_record(cycle, "generate", job)) or {}
-                budget = record.get("error_type") == BudgetExceededError.__name__
+                # records written before error_type existed: the error text's class name
+                error_type = (record.get("error_type")
+                              or str(record.get("error", "")).partition(":")[0])
+                budget = error_type == BudgetExceededError.__name__
                 self._refusals[(cycle, job)] = str(record.get("error", "")) if budget else None
             refusal = self._refusals[(cycle, job)]
             if refusal is not None:
@@ -240,23 +265,21 @@ class Controller:
 
     def _forget_before(self, cycle: int) -> None:
         """Drop the in-flight and started entries of cycles before ``cycle``: they are decided
-        and their jobs are never sent again, so the tables read each tick hold one cycle's
-        jobs, not the whole run's. Their re-sends are added to ``RESENDS`` in the same
-        transaction (the ``distillq_job_resends`` metric counts the whole run)."""
+        and their jobs are never sent again, so the tables read each tick do not grow with
+        the run. Their re-sends are added to ``RESENDS`` by the same script, which counts only
+        the entries it removes: run twice (a retried EXEC, two controllers), it adds nothing
+        the second time (the ``distillq_job_resends`` metric counts the whole run)."""
+        self._cycle = cycle
         old = [key for key in self._inflight
                if (c := key_cycle(key)) is not None and c < cycle]
         if not old:
             return
-        resends = sum(max(0, int(self._inflight[key]["sends"]) - 1) for key in old)
-        pipe = self.redis.pipeline(transaction=True)
-        if resends:
-            pipe.incrby(RESENDS.format(run_id=self.run_id), resends)
+        if self._forget is None:
+            self._forget = self.redis.register_script(FORGET_LUA)
+        keys = [INFLIGHT.format(run_id=self.run_id), STARTED_KEY.format(run_id=self.run_id),
+                RESENDS.format(run_id=self.run_id)]
         for start in range(0, len(old), SEND_BATCH):
-            batch = old[start : start + SEND_BATCH]
-            pipe.hdel(INFLIGHT.format(run_id=self.run_id), *batch)
-            pipe.hdel(STARTED_KEY.format(run_id=self.run_id),
-                      *(f"{self.run_id}:{key}" for key in batch))
-        pipe.execute()
+            self._forget(keys=keys, args=[f"{self.run_id}:", *old[start : start + SEND_BATCH]])
         for key in old:
             del self._inflight[key]
         log.info("run=%s dropped %d in-flight entries of cycles before %d",
@@ -269,6 +292,13 @@ class Controller:
             prefix = f"{self.run_id}:"
             self._started = {as_text(k)[len(prefix):] for k in
                              self.redis.hkeys(STARTED_KEY.format(run_id=self.run_id))}
+            # a late duplicate of a decided cycle's job, marked after its entries were dropped
+            stray = [k for k in self._started if (c := key_cycle(k)) is not None
+                     and c < self._cycle]
+            if stray:
+                self.redis.hdel(STARTED_KEY.format(run_id=self.run_id),
+                                *(prefix + k for k in stray))
+                self._started.difference_update(stray)
         return key in self._started
 
     def _queue_busy(self, task: str) -> bool:
@@ -388,6 +418,8 @@ class Controller:
 
     # ---- the end -------------------------------------------------------------------------
     def _final_phase(self) -> str:
+        # every cycle is over (one the budget stopped before training included)
+        self._forget_before(len(self.manifest["decisions"]) + 1)
         best = int(self.manifest["final"]["best_cycle"])
         has_test = bool(self.manifest["counts"].get("test"))
         result = self.store.read_json(self.run_id, "test.json") if has_test else {}

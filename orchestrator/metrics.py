@@ -97,7 +97,8 @@ class DistillqCollector(Collector):
             "jobs": GaugeMetricFamily("distillq_jobs", "generation jobs of the current cycle "
                                       "by state", labels=["run", "state"]),
             "resends": GaugeMetricFamily("distillq_job_resends", "jobs sent again after their "
-                                         "deadline (all cycles)", labels=["run"]),
+                                         "deadline (all cycles since the run began or was "
+                                         "last resumed)", labels=["run"]),
             "tokens": GaugeMetricFamily("distillq_teacher_tokens", "teacher tokens spent",
                                         labels=["run", "direction"]),
             "cost": GaugeMetricFamily("distillq_teacher_cost", "teacher cost spent (the "
@@ -126,9 +127,13 @@ class DistillqCollector(Collector):
         g["cycle"].add_metric([run_id], float(cycle))
         for state, value in self._jobs(store, run_id, cycle).items():
             g["jobs"].add_metric([run_id, state], float(value))
-        inflight = self.client.hvals(INFLIGHT.format(run_id=run_id))
+        # one snapshot of both: the controller moves a decided cycle's re-sends between them
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hvals(INFLIGHT.format(run_id=run_id))
+        pipe.get(RESENDS.format(run_id=run_id))
+        inflight, forgotten = pipe.execute()
         resends = sum(max(0, int(_float(_sends(v))) - 1) for v in inflight)
-        resends += int(_float(self.client.get(RESENDS.format(run_id=run_id)) or 0))
+        resends += int(_float(forgotten or 0))
         g["resends"].add_metric([run_id], float(resends))
         live = {_s(k): _float(v) for k, v in
                 self.client.hgetall(SPEND_KEY.format(run_id=run_id)).items()}

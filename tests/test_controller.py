@@ -183,8 +183,12 @@ def test_a_budget_refusal_stops_the_loop_it_does_not_fail_the_run(setup: Any) ->
     what was generated before the cap, then the loop stops for the budget."""
     ctl, sent, jobs = _into_cycle_one(setup, budget={"max_cost": 1.0})
     _commit_jobs(ctl, 1, jobs[:1])
-    for job in jobs[1:]:
+    assert len(jobs) >= 3
+    for job in jobs[1:-1]:
         ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", BUDGET)
+    # a record written before failure records had error_type: its text names the class
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[-1]}.json",
+                         {"error": BUDGET["error"]})
     sent.clear()
     assert ctl.tick() == "running"
     assert [s[0] for s in sent] == ["distillq.train"], "what was paid for is trained on"
@@ -211,6 +215,8 @@ def test_a_cycle_the_budget_refused_entirely_ends_at_the_best_so_far(setup: Any)
     assert sent == [], "no training of a cycle without data"
     ctl.tick()
     assert [s[0] for s in sent] == ["distillq.test"] and sent[0][1][1] == 0
+    # every cycle is over, the refused one too: only the test is in flight
+    assert ctl.redis.hkeys("dq:r1:inflight") == [b"test"]
     ctl.store.write_json("r1", "test.json", {"cycle": 0, "macro_f1": 0.5})
     assert ctl.tick() == "done"
     assert "budget spent" in load_manifest(ctl.store, "r1")["stop_reason"]
@@ -576,10 +582,47 @@ def test_a_decided_cycle_leaves_the_in_flight_and_started_tables(
     assert inflight and {key_cycle(k) for k in inflight} == {2}
     assert redis_client.hlen(STARTED_KEY.format(run_id="r1")) == 0
     assert int(redis_client.get(RESENDS.format(run_id="r1"))) == len(jobs)
-    # a restarted controller finds nothing more to drop, and the count is not added twice
-    again = Controller(ctl.store, redis_client, "r1", lambda *a: None, clock=clock)
-    again.tick()
-    assert int(redis_client.get(RESENDS.format(run_id="r1"))) == len(jobs)
+
+
+
+def test_dropping_a_decided_cycle_twice_counts_its_resends_once(
+        setup: Any, redis_client: redis.Redis) -> None:
+    """Two controllers (or a retried EXEC) dropping the same snapshot: the re-sends are
+    counted by the entries actually removed, once."""
+    from orchestrator.controller import INFLIGHT, RESENDS
+
+    ctl, _, _ = setup()
+    table = INFLIGHT.format(run_id="r1")
+    redis_client.hset(table, mapping={
+        "c00/train": json.dumps({"sent_at": 1.0, "sends": 3}),
+        "c01/gen/c01-0000": json.dumps({"sent_at": 1.0, "sends": 2}),
+        "c02/gen/c02-0000": json.dumps({"sent_at": 1.0, "sends": 4}),
+        "teacher": json.dumps({"sent_at": 1.0, "sends": 2})})
+    redis_client.hset("dq:r1:started", mapping={"r1:c01/gen/c01-0000": 1, "r1:c02/train": 1})
+    first = Controller(ctl.store, redis_client, "r1", lambda *a: None)
+    second = Controller(ctl.store, redis_client, "r1", lambda *a: None)
+    first._load_inflight()
+    second._load_inflight()  # the same snapshot
+    first._forget_before(2)
+    second._forget_before(2)
+    assert int(redis_client.get(RESENDS.format(run_id="r1"))) == 2 + 1
+    assert {k.decode() for k in redis_client.hkeys(table)} == {"c02/gen/c02-0000", "teacher"}
+    assert redis_client.hkeys("dq:r1:started") == [b"r1:c02/train"]
+    assert set(second._inflight) == {"c02/gen/c02-0000", "teacher"}
+
+
+def test_a_late_duplicate_marked_started_after_its_cycle_was_dropped_goes_too(
+        setup: Any, redis_client: redis.Redis) -> None:
+    ctl, sent, clock = setup()
+    ctl.tick()
+    _eval(ctl, 0, 0.5)
+    ctl.tick()
+    sent.clear()
+    ctl.tick()  # cycle 1's jobs go out; cycle 0's entries are dropped
+    _start(redis_client, [("distillq.train", ["r1", 0, ""], "r1:c00/train:2")])
+    clock.now += 61  # past the deadlines: the started table is read
+    ctl.tick()
+    assert redis_client.hkeys("dq:r1:started") == []
 
 
 def test_key_cycle() -> None:

@@ -90,14 +90,15 @@ def _retries_used_up(task: Task) -> bool:
 
 
 def _record_failure(storage: str, run_id: str, kind: str, cycle: int, job_id: str,
-                    exc: BaseException, error: str) -> None:
+                    failure: BaseException, error: str) -> None:
     """``cycle=<c>/failed/<kind>-<job>.json``, as the controller's ``_give_up`` writes it, with
     the error's class in ``error_type`` (the controller tells budget refusals apart by it); a
     storage error here is logged, never raised over the job's own error."""
     try:
         open_store(storage).write_json(run_id, failed_record(cycle, kind, job_id),
                                        {"kind": kind, "job_id": job_id,
-                                        "error_type": type(exc).__name__, "error": error})
+                                        "error_type": type(failure).__name__,
+                                        "error": error})
     except Exception as exc:  # noqa: BLE001 - the job's own error is the one to raise
         log.error("failure of %s(run=%s cycle=%d job=%s) not recorded: %s: %s",
                   kind, run_id, cycle, job_id, type(exc).__name__, exc)

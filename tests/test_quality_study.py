@@ -29,6 +29,7 @@ def test_the_quality_study_runs_and_writes_its_table(
             line.startswith("| 2 |")]
     assert len(rows) == 2
     assert "Not measured yet: (1) seed only" in text
+    assert "Findings so far" not in text, "the study's findings are not a quick look's"
     folders = {p.name: sorted(c.name for c in p.iterdir())
                for p in (tmp_path / "results").iterdir()}
     assert sorted(folders.values()) == [["protocol.json", "row0-seed0.json"],
@@ -66,5 +67,71 @@ def test_the_quality_study_runs_and_writes_its_table(
     assert len(guided["val_by_cycle"]) == guided["cycles_run"] == 2
     assert guided["val_macro_f1"] == guided["val_by_cycle"][guided["best_cycle"]]
     assert 0.0 <= results["0"][0]["val_macro_f1"] <= 1.0
+    # Training time per cycle, and whether cycle 0 was trained here or copied: row 2 ran
+    # first and trained it, row 1 (the same student) copied it from student.cache_dir.
+    assert len(guided["train_s_by_cycle"]) == 2 and guided["train_s_by_cycle"][0] > 0
+    assert guided["cycle0_cached"] is False and results["1"][0]["cycle0_cached"] is True
+    assert guided["resumed"] is False
     row2 = next(line for line in table if line.startswith("| 2 |")).split(" | ")
     assert row2[6] == f"{guided['val_macro_f1']:.3f}", "the table shows it beside the test"
+    assert not row2[-1].endswith("† |"), "row 2 trained its own cycle 0"
+    row1 = next(line for line in table if line.startswith("| 1 |"))
+    assert row1.endswith(" † |"), "row 1's cycle 0 was copied: its time is another row's"
+
+
+def _cells(**rows: list[tuple[int, float, int]]) -> dict[int, list[dict[str, object]]]:
+    """Synthetic results: row → [(seed, macro-F1, examples added)]."""
+    return {int(k[1:]): [{"seed": seed, "macro_f1": f1, "added": added}
+                         for seed, f1, added in cells] for k, cells in rows.items()}
+
+
+def test_targets_are_always_listed_and_checked_on_shared_seeds() -> None:
+    from bench.quality.run import targets
+
+    text = "\n".join(targets({}))
+    assert text.count("**not checked**") == 3, "every target is listed, even with no rows"
+
+    got = targets(_cells(r0=[(0, 0.92, 9803)], r1=[(0, 0.80, 0), (1, 0.82, 0)],
+                         r2=[(0, 0.90, 1200), (1, 0.95, 1200)]))
+    first = next(line for line in got if line.startswith("- (2) closes"))
+    # seed 0 only (row 0 has no seed 1): (0.90 - 0.80) / (0.92 - 0.80) = 83%
+    assert "(2) closes 83%" in first and "on seed 0 — one seed: indicative" in first
+    assert first.endswith("**met**.")
+
+    over = targets(_cells(r0=[(0, 0.92, 9803)], r1=[(0, 0.80, 0)], r2=[(0, 0.91, 2000)]))
+    assert "2,000 added, over 1,600" in over[4] and over[4].endswith("**missed**.")
+
+    # (0) below (1) and (2) below (1): two negatives must not make a "met"
+    upside = targets(_cells(r0=[(0, 0.80, 9803)], r1=[(0, 0.81, 0)], r2=[(0, 0.79, 800)]))
+    assert "**not checkable**" in upside[4] and "met" not in upside[4]
+
+
+def test_the_guided_against_unguided_target_needs_two_seeds_and_beats_twice_the_std() -> None:
+    from bench.quality.run import targets
+
+    one = targets(_cells(r2=[(0, 0.86, 1600)], r4=[(0, 0.84, 1600), (1, 0.85, 1600)]))
+    line = next(x for x in one if x.startswith("- (2) beats (4)"))
+    assert "**not checked**" in line and "(2) − (4) = +0.020 on seed 0" in line
+    # stds: (2) 0.01 and (4) 0.005 (sample, n - 1); the bar is 0.020
+    won = targets(_cells(r2=[(0, 0.86, 1), (1, 0.87, 1), (2, 0.88, 1)],
+                         r4=[(0, 0.845, 1), (1, 0.85, 1), (2, 0.855, 1)]))
+    line = next(x for x in won if x.startswith("- (2) beats (4)"))
+    assert "(2) − (4) = +0.020 against 0.020" in line and line.endswith("**missed**.")
+    won = targets(_cells(r2=[(0, 0.87, 1), (1, 0.88, 1), (2, 0.89, 1)],
+                         r4=[(0, 0.845, 1), (1, 0.85, 1), (2, 0.855, 1)]))
+    line = next(x for x in won if x.startswith("- (2) beats (4)"))
+    assert "on seeds 0, 1, 2:" in line and line.endswith("**met**.")
+    rationale = targets(_cells(r2=[(0, 0.86, 1)], r7=[(0, 0.855, 1)]))
+    line = next(x for x in rationale if x.startswith("- (7)"))
+    assert "(7) − (2) = -0.005" in line and line.endswith("**missed**.")
+
+
+def test_the_notes_follow_the_settings() -> None:
+    from bench.quality.run import _parser, notes
+
+    args = _parser().parse_args(["--no-warm-start", "--patience", "5", "--seed-size", "80"])
+    text = "\n".join(notes(args, {1: [{"seed": 0, "machine": {"cpus": 16, "cuda": "H200",
+                                                                "torch": "2.13.0"}}]}))
+    assert "Every cycle trains its student from MiniLM" in text and "after 5 epochs" in text
+    assert "same 16 validation examples" in text and "H200, 16 CPUs, torch 2.13.0" in text
+    assert "warm starts keep" not in text

@@ -25,8 +25,8 @@ def test_the_quality_study_runs_and_writes_its_table(
     assert main(["--rows", "2,0", "--seeds", "0", *small]) == 0
     text = out.read_text()
     assert "The teacher is simulated" in text
-    rows = [line for line in text.splitlines() if line.startswith("| 0 |") or
-            line.startswith("| 2 |")]
+    rows = [line for line in text.splitlines() if line.startswith(("| 0 | whole",
+                                                                     "| 2 | PGKD"))]
     assert len(rows) == 2
     assert "Not measured yet: (1) seed only" in text
     assert "Findings so far" not in text, "the study's findings are not a quick look's"
@@ -72,10 +72,26 @@ def test_the_quality_study_runs_and_writes_its_table(
     assert len(guided["train_s_by_cycle"]) == 2 and guided["train_s_by_cycle"][0] > 0
     assert guided["cycle0_cached"] is False and results["1"][0]["cycle0_cached"] is True
     assert guided["resumed"] is False
-    row2 = next(line for line in table if line.startswith("| 2 |")).split(" | ")
+    # Every cycle's student on the test set (for the findings; the controller never sees it)
+    assert len(guided["test_by_cycle"]) == 2
+    assert guided["test_by_cycle"][guided["best_cycle"]] == round(guided["macro_f1"], 4)
+    assert "| 2 | 1 | " in out.read_text(), "the by-cycle table lists row 2"
+
+    # --fill gives a cell an earlier harness wrote the fields it lacks, from its run
+    cell_path = next((tmp_path / "results").glob("*/row2-seed0.json"))
+    cell = json.loads(cell_path.read_text())
+    old = {k: v for k, v in cell["result"].items()
+           if k not in ("test_by_cycle", "train_s_by_cycle", "cycle0_cached", "resumed")}
+    cell_path.write_text(json.dumps({**cell, "result": {**old, "wall_s": 123.0}}))
+    assert main(["--rows", "2", "--seeds", "0", "--fill", *small]) == 0
+    assert "row 2, seed 0: filled from its run" in capsys.readouterr().out
+    filled = json.loads(cell_path.read_text())
+    assert filled["result"]["test_by_cycle"] == guided["test_by_cycle"]
+    assert filled["result"]["wall_s"] == 123.0 and filled["finished"] == cell["finished"]
+    row2 = next(line for line in table if line.startswith("| 2 | PGKD")).split(" | ")
     assert row2[6] == f"{guided['val_macro_f1']:.3f}", "the table shows it beside the test"
     assert not row2[-1].endswith("† |"), "row 2 trained its own cycle 0"
-    row1 = next(line for line in table if line.startswith("| 1 |"))
+    row1 = next(line for line in table if line.startswith("| 1 | seed only"))
     assert row1.endswith(" † |"), "row 1's cycle 0 was copied: its time is another row's"
 
 

@@ -122,6 +122,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redo", action="store_true", help="measure cells already measured again")
     p.add_argument("--table-only", action="store_true",
                    help="measure nothing: rewrite the table from the cells already measured")
+    p.add_argument("--fill", action="store_true",
+                   help="measure nothing new: give the cells of --rows / --seeds that an "
+                        "earlier version of this harness wrote the fields it did not record "
+                        "(test score per cycle, training time per cycle), from their runs "
+                        "in --work")
     p.add_argument("--out", default=str(ROOT / "docs" / "quality.md"))
     return p
 
@@ -226,12 +231,38 @@ def run_system(row: Row, spec: dict[str, Any], work: Path, seed: int) -> dict[st
         if done.returncode != 0:
             raise RuntimeError(f"row {row.key} seed {seed} failed:\n{done.stdout[-2000:]}"
                                f"\n{done.stderr[-3000:]}")
-    return measure(store, run_id, time.monotonic() - t0, resumed=status is not None)
+    return measure(store, run_id, time.monotonic() - t0, resumed=status is not None,
+                   scratch=work / "scratch")
 
 
-def measure(store: Any, run_id: str, wall: float, resumed: bool) -> dict[str, Any]:
+def test_by_cycle(store: Any, run_id: str, manifest: dict[str, Any],
+                  scratch: Path) -> list[float]:
+    """Test macro-F1 of every cycle's student, for the findings only: the controller never
+    sees it (it keeps the cycle with the best validation score)."""
+    from workers.training import Classifier, report
+
+    test = store.read_table(run_id, "test")
+    limit = manifest["spec"]["dataset"].get("test_limit")
+    if limit is not None:
+        test = test.slice(0, int(limit))
+    texts, labels = test.column("text").to_pylist(), test.column("label").to_pylist()
+    out = []
+    for decision in manifest["decisions"]:
+        folder = scratch / run_id / f"cycle={decision['cycle']}"
+        shutil.rmtree(folder, ignore_errors=True)
+        if not store.get_dir(run_id, f"cycle={decision['cycle']}/student", folder):
+            raise RuntimeError(f"run {run_id} has no student for cycle {decision['cycle']}")
+        clf = Classifier.load(folder, "cpu")
+        out.append(round(float(report(clf.labels, clf.label_ids(labels),
+                                      clf.predict(texts))["macro_f1"]), 4))
+        shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def measure(store: Any, run_id: str, wall: float, resumed: bool,
+            scratch: Path) -> dict[str, Any]:
     """A finished run's cell, from its storage: test metrics, examples added, spend, the
-    validation score per cycle, training time per cycle."""
+    validation and test scores per cycle, training time per cycle."""
     from orchestrator.runs import spend
 
     manifest = _json(store, run_id, "manifest.json")
@@ -256,7 +287,8 @@ def measure(store: Any, run_id: str, wall: float, resumed: bool) -> dict[str, An
             "wall_s": wall, "resumed": resumed,
             # training time without pauses; cycle 0 copied from student.cache_dir costs ~0
             "train_s_by_cycle": [round(float(e.get("train_seconds", 0.0)), 1) for e in evals],
-            "cycle0_cached": bool(evals[0].get("cached", False))}
+            "cycle0_cached": bool(evals[0].get("cached", False)),
+            "test_by_cycle": test_by_cycle(store, run_id, manifest, scratch)}
 
 
 def _json(store: Any, run_id: str, name: str) -> dict[str, Any]:
@@ -357,6 +389,7 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
             f"{' †' if any(r.get('resumed') or r.get('cycle0_cached') for r in got) else ''} |")
     if missing:
         lines += ["", "Not measured yet: " + "; ".join(missing) + "."]
+    lines += by_cycle(results)
     lines += ["", *targets(results), "", *notes(args, results)]
     # hand-written: what the study's cells show, and what is next; not for other studies (a
     # quick look on a label subset, say), whose rows 0 and 1 are not the study's
@@ -364,6 +397,31 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
     if FINDINGS.is_file() and protocol_id(protocol(args, generating=False)) == study_base:
         lines += ["", FINDINGS.read_text().strip()]
     return "\n".join(lines) + "\n"
+
+
+def by_cycle(results: dict[int, list[dict[str, Any]]]) -> list[str]:
+    """Validation and test macro-F1 of every cycle's student (mean over the seeds that have
+    both): which cycle the validation set kept, and what the test set says of the others."""
+    lines = []
+    for row in ROWS:
+        got = [r for r in results.get(row.key, [])
+               if len(r.get("test_by_cycle", [])) > 1 and r.get("val_by_cycle")]
+        if not got:
+            continue
+        n = min(len(r["test_by_cycle"]) for r in got)
+
+        def means(field: str, got: list[dict[str, Any]] = got, n: int = n) -> str:
+            return ", ".join(f"{statistics.mean(r[field][c] for r in got):.3f}"
+                             for c in range(n))
+        kept = ", ".join(str(r["best_cycle"]) for r in got)
+        lines.append(f"| {row.key} | {len(got)} | {means('val_by_cycle')} | "
+                     f"{means('test_by_cycle')} | {kept} |")
+    if not lines:
+        return []
+    return ["", "Macro-F1 of every cycle's student, cycle 0 first (mean over the seeds; the "
+            "controller sees only the validation score, and keeps the cycle where it is best):",
+            "", "| row | seeds | validation | test | kept cycle (per seed) |",
+            "|---|---|---|---|---|", *lines]
 
 
 def notes(args: argparse.Namespace, results: dict[int, list[dict[str, Any]]]) -> list[str]:
@@ -512,6 +570,46 @@ def save_cell(folder: Path, proto: dict[str, Any], row: Row, seed: int,
     return path
 
 
+def fill(args: argparse.Namespace, folder: Path, base_folder: Path, work: Path) -> None:
+    """``--fill``: the cells of --rows / --seeds (row 0 is not a run of the system)."""
+    for seed in args.seeds_list:
+        for key in (k for k in args.rows_list if k != 0):
+            cells = base_folder if key in NON_GENERATING else folder
+            path = cells / f"row{key}-seed{seed}.json"
+            if path.exists() and fill_cell(path, work / f"store-{cells.name}", work):
+                print(f"[quality] row {key}, seed {seed}: filled from its run", flush=True)
+
+
+def fill_cell(path: Path, store_root: Path, work: Path) -> bool:
+    """Add the fields a cell lacks from its finished run in ``store_root``; the measured
+    wall time, machine and finishing time stay. False when there is nothing to add (or no
+    finished run to add it from)."""
+    from storage.store import ShardStore
+
+    cell = json.loads(path.read_text())
+    if "test_by_cycle" in cell["result"]:
+        return False
+    store = ShardStore(str(store_root))
+    run_id = f"row{cell['row']}-seed{cell['seed']}"
+    manifest = store.read_json(run_id, "manifest.json")
+    if not manifest or manifest.get("status") != "done":
+        print(f"[quality] {path.name}: no finished run {run_id} in {store_root}", flush=True)
+        return False
+    wall = float(cell["result"]["wall_s"])
+    got = measure(store, run_id, wall, resumed=False, scratch=work / "scratch")
+    for key in METRICS:  # the same run: the same numbers, or this is not its run
+        if abs(float(got[key]) - float(cell["result"][key])) > 1e-9:
+            raise RuntimeError(f"{path}: run {run_id} in {store_root} gives {key} "
+                               f"{got[key]}, the cell {cell['result'][key]}")
+    got["resumed"] = "resumed_at" in manifest  # the harness did not record it then
+    cell["result"] = {**got, "wall_s": wall}
+    cell["filled"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cell, indent=1) + "\n")
+    os.replace(tmp, path)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     import logging
@@ -538,7 +636,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = {r.key: r for r in ROWS}
     print(f"[quality] protocol {proto_id}: {json.dumps(proto)} (rows 0 and 1: {base_id})",
           flush=True)
-    for seed in [] if args.table_only else args.seeds_list:
+    if args.fill:
+        fill(args, folder, base_folder, work)
+    for seed in [] if args.table_only or args.fill else args.seeds_list:
         for row in (rows[k] for k in args.rows_list):
             cells, cell_proto = ((base_folder, base) if row.key in NON_GENERATING
                                  else (folder, proto))
@@ -577,7 +677,8 @@ def study_args(argv: list[str]) -> list[str]:
             skip = False
         elif arg in ("--work", "--results", "--out"):
             skip = True
-        elif not arg.startswith(("--work=", "--results=", "--out=", "--table-only", "--redo")):
+        elif not arg.startswith(("--work=", "--results=", "--out=", "--table-only", "--redo",
+                                 "--fill")):
             out.append(arg)
     return out
 

@@ -131,7 +131,7 @@ class Planner:
         job: Item = {
             "mode": self.gen.mode, "target_labels": list(labels), "n_examples": n,
             "part": part, "n_parts": n_parts, "cycle": cycle,
-            "fewshot": self._fewshot(labels, part, cycle),
+            "fewshot": self._fewshot(labels, part, n_parts, cycle),
             "report": {}, "confusions": [], "correct": [], "misclassified": [],
             "hard_negatives": [],
         }
@@ -142,14 +142,20 @@ class Planner:
             self._add_mined(job, labels, report, part)
         return job
 
-    def _fewshot(self, labels: tuple[str, ...], part: int, cycle: int) -> list[Item]:
+    def _fewshot(self, labels: tuple[str, ...], part: int, n_parts: int,
+                 cycle: int) -> list[Item]:
+        """The examples shown for ``labels``: each part of a quota, and each cycle, gets the
+        next window of the class's seed examples (the same few every cycle would steer every
+        cycle's answers to the same texts)."""
         n = self.gen.n_fewshot
         if labels:
             pool = [x for c in labels for x in self.fewshot_by_class.get(c, [])]
+            window = part + max(0, cycle - 1) * n_parts
         else:
             pool = [x for c in self.taxonomy for x in self.fewshot_by_class.get(c, [])]
             pool = random.Random(f"{self.seed}-{cycle}-{part}").sample(pool, min(len(pool), 4 * n))
-        return [{"text": x["text"], "label": x["label"]} for x in _slice(pool, n, part)]
+            window = part
+        return [{"text": x["text"], "label": x["label"]} for x in _slice(pool, n, window)]
 
     def _report_for(self, labels: tuple[str, ...], report: dict[str, Any]) -> dict[str, Any]:
         per_class = report.get("per_class", {})

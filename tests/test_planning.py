@@ -85,3 +85,17 @@ def test_ablations_drop_report_or_hard_negatives() -> None:
     no_rep = Planner(GenerationSpec(use_report=False), TAX, _seed()).plan(1, _report())
     assert all(j["report"] == {} for j in no_rep)
     assert any(j["hard_negatives"] for j in no_rep)
+
+
+def test_each_cycle_shows_the_next_few_shot_examples_of_a_class() -> None:
+    """The same few examples every cycle would steer every cycle's answers to the same texts:
+    each cycle (and each part of a quota) gets the next window of the class's seed examples."""
+    gen = GenerationSpec(mode="unguided", examples_per_cycle=8, examples_per_request=10,
+                         n_fewshot=2)
+    planner = Planner(gen, TAX, _seed())  # 6 seed examples a class
+    shown = [[x["text"] for x in next(j for j in planner.plan(cycle, {})
+                                      if j["target_labels"] == ["a"])["fewshot"]]
+             for cycle in (1, 2, 3, 4)]
+    assert shown == [["seed a 0", "seed a 1"], ["seed a 2", "seed a 3"],
+                     ["seed a 4", "seed a 5"], ["seed a 0", "seed a 1"]]
+    assert planner.plan(2, {}) == Planner(gen, TAX, _seed()).plan(2, {}), "deterministic"

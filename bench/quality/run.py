@@ -145,7 +145,9 @@ def protocol(args: argparse.Namespace, generating: bool = True) -> dict[str, Any
     keys = ("classes", "seed_size", "test_limit", "layers", "max_length", "epochs", "lr",
             "batch_size", "patience", *(GENERATION_KEYS if generating else ()))
     proto = {"data": Path(args.data).name, **{k: getattr(args, k) for k in keys}}
-    if generating and SIM_VERSION > 1:  # how the simulated teacher answers (1: no key)
+    # how the simulated teacher answers (1: no key; 3 came with the planner showing each
+    # cycle the next few-shot examples of a class)
+    if generating and SIM_VERSION > 1:
         proto["sim"] = SIM_VERSION
     return proto
 

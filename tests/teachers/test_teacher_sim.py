@@ -65,6 +65,24 @@ def test_answers_prefer_pool_examples_close_to_hard_negatives(sim: SimFactory) -
     assert sum("omega" in tokens(x["text"]) for x in items) == 10
 
 
+def test_the_same_prompt_sent_again_gets_mostly_new_texts() -> None:
+    """Another cycle, another seed, the same prompt (unguided, the same few-shot examples):
+    an LLM writes new texts; the sim draws from the closest quarter of the label's texts, not
+    only the closest 3n, so eight draws of 5 are not confined to the same 15."""
+    from workers.teachers.simpool import PromptFacts, compose
+
+    rng = random.Random(3)
+    words = ["refund", "money", "back", "order", "cancel", "seller", "late", "item"]
+    texts = [f"{' '.join(rng.sample(words, 4))} {i}" for i in range(120)]
+    pool = Pool(texts, ["refund"] * 120)
+    facts = PromptFacts(targets=["refund"], n=5, taxonomy=["refund"],
+                        fewshot=[{"text": "refund money back", "label": "refund"}])
+    got = set()
+    for seed in range(8):
+        got |= {x["text"] for x in compose(pool, facts, random.Random(seed), 0.0)}
+    assert len(got) > 15  # about 23 expected from the closest 30
+
+
 def test_label_noise_flips_labels(sim: SimFactory, pool) -> None:
     items = _ask(sim(label_noise=1.0), _messages(pool, n=12))
     assert len(items) == 12 and all(x["label"] != "refund" and x["label"] in LABELS

@@ -24,7 +24,11 @@ from workers.teachers import prompts as P
 from workers.teachers.parsing import normalise
 
 WORD = re.compile(r"\w+")
-WINDOW = 3  # pick n examples among the 3n closest, so parts of a job differ
+# Pick n examples among the closest max(3n, a quarter of the label's texts): guidance steers
+# the answer to the neighbourhood of the examples it shows, and the same prompt sent again
+# (another cycle, another seed) still gets mostly new texts, as an LLM writing new ones would.
+WINDOW = 3
+WINDOW_SHARE = 0.25
 BATCH_RE = re.compile(r"^(\d+) of (\d+)$")
 REPORT_ROW = re.compile(r"^\|\s*(.+?)\s*\|\s*[\d.]+\s*\|\s*[\d.]+\s*\|\s*([\d.]+)\s*\|")
 
@@ -78,7 +82,8 @@ class Pool:
     def pick(self, label: str, n: int, guides: Sequence[str], exclude: set[str],
              rng: random.Random, batch: tuple[int, int] = (0, 1),
              exclude_prefixes: tuple[str, ...] = ()) -> list[int]:
-        """``n`` distinct texts of ``label``, preferring those closest to ``guides``.
+        """``n`` distinct texts of ``label``, drawn from those closest to ``guides`` (see
+        ``WINDOW``).
 
         ``exclude``: normalised texts never to return; ``exclude_prefixes``: nor texts that
         start with one (a prompt shows long examples cut short). ``batch`` = (k, K): request k
@@ -91,7 +96,8 @@ class Pool:
                  if j % parts == k and self.keys[i] not in exclude
                  and not (exclude_prefixes and self.keys[i].startswith(exclude_prefixes))]
         keyed = sorted(cands, key=lambda i: (-scores.get(i, 0.0), rng.random()))
-        chosen = rng.sample(keyed[: max(n, WINDOW * n)], min(n, len(keyed)))
+        window = max(n, WINDOW * n, math.ceil(WINDOW_SHARE * len(keyed)))
+        chosen = rng.sample(keyed[:window], min(n, len(keyed)))
         return sorted(chosen, key=lambda i: -scores.get(i, 0.0))
 
 

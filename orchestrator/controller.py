@@ -282,7 +282,7 @@ class Controller:
             self._forget(keys=keys, args=[f"{self.run_id}:", *old[start : start + SEND_BATCH]])
         for key in old:
             del self._inflight[key]
-        log.info("run=%s dropped %d in-flight entries of cycles before %d",
+        log.debug("run=%s dropped %d in-flight entries of cycles before %d",
                  self.run_id, len(old), cycle)
 
     def _has_started(self, key: str) -> bool:

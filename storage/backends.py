@@ -8,9 +8,9 @@ old object, the new one, or none — never a part), and ``put_dir`` writes every
   it over the final name (atomic on POSIX, NFS included) and fsyncs the folder. A folder is
   copied into a hidden temp folder, marker included, and renamed into place.
 - ``FsBackend`` (S3 and S3-compatible stores, GCS) writes each object with one upload to its
-  final key: an object store shows an object only once its upload completes. A folder's files go first, the
-  marker last; re-committing deletes the marker first, so a reader never takes a folder being
-  rewritten for a committed one.
+  final key: an object store shows an object only once its upload completes. A folder's files
+  go first, the marker last; re-committing deletes the marker first, so a reader never takes a
+  folder being rewritten for a committed one.
 
 OS errors become ``StorageError`` (local; permanent) or ``TransientError`` (remote, unless the
 message says access is denied or the bucket is missing).

@@ -2,9 +2,9 @@
 
 The quality study's budget is examples asked of the teacher; an answer that repeats a text
 the training set already holds adds nothing. This replays a generation mode's cycles through
-the real planner, the real prompts and the simulated teacher's own answer function
-(``simpool.compose``, seeded per request as the sim serves it) on Banking77's seed split, and
-counts the texts each cycle adds. No student is trained, so guided modes are replayed with an
+the real planner, the real prompts and the simulated teacher's own answers (``Simulator``,
+keyed per request as the sim serves them, read back by the job's parser) on Banking77's seed
+split, and counts the texts each cycle adds. No student is trained, so guided modes are replayed with an
 empty report (no mined examples): their prompts are guided by the few-shot examples only.
 
     python -m bench.quality.novelty --mode unguided --cycles 4 --examples-per-cycle 400
@@ -16,19 +16,17 @@ texts, bounded by the pool (about 117 texts a class here).
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
 from pathlib import Path
 
 from orchestrator.datasets import load_and_split
 from orchestrator.planning import Planner
 from orchestrator.spec import parse_spec
-from workers.teachers.generate import job_prompts
+from workers.teachers.generate import job_prompts, request_id
 from workers.teachers.openai import request_seed
-from workers.teachers.parsing import normalise
-from workers.teachers.sim import SIM_VERSION, _digest
-from workers.teachers.simpool import Pool, compose, read_prompt
+from workers.teachers.parsing import extract_items, normalise
+from workers.teachers.sim import SIM_VERSION, SimOptions, Simulator, request_key
+from workers.teachers.simpool import Pool
 
 BANKING77 = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77"
 
@@ -45,7 +43,7 @@ def replay(data: Path, mode: str, cycles: int, per_cycle: int, per_request: int,
                        "examples_per_request": per_request}})
     split = load_and_split(spec.dataset)
     taxonomy = list(split.taxonomy)
-    pool = Pool(list(split.pool.texts), list(split.pool.labels))
+    sim = Simulator(Pool(list(split.pool.texts), list(split.pool.labels)), SimOptions(seed=seed))
     fewshot = [{"text": t, "label": lab}
                for t, lab in zip(split.seed_train.texts, split.seed_train.labels, strict=True)]
     planner = Planner(spec.generation, taxonomy, fewshot, seed=spec.dataset.sample_seed)
@@ -55,12 +53,9 @@ def replay(data: Path, mode: str, cycles: int, per_cycle: int, per_request: int,
         returned = []
         for job in planner.plan(cycle, {}):
             for i, prompt in enumerate(job_prompts(spec, job, taxonomy)):
-                # the sim's key for this request, as SimServer._answer computes it
-                body = json.dumps(prompt.messages, sort_keys=True, ensure_ascii=False)
-                key = _digest(body, request_seed(f"{job['job_id']}-r{i:02d}"))
-                rng = random.Random(_digest(seed, key))
-                returned += [normalise(x["text"])
-                             for x in compose(pool, read_prompt(prompt.messages), rng, 0.0)]
+                key = request_key(prompt.messages, request_seed(request_id(job["job_id"], i)))
+                answer = sim.content(key, prompt.messages)
+                returned += [normalise(str(x["text"])) for x in extract_items(answer)]
         new = set(returned) - have
         have |= new
         out.append({"cycle": cycle, "returned": len(returned), "new": len(new)})

@@ -401,6 +401,12 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
     return "\n".join(lines) + "\n"
 
 
+def _per_cycle(cells: list[dict[str, Any]], name: str) -> str:
+    """The cells' mean of list ``name`` at each cycle they all ran."""
+    n = min(len(r[name]) for r in cells)
+    return ", ".join(f"{statistics.mean(r[name][c] for r in cells):.3f}" for c in range(n))
+
+
 def by_cycle(results: dict[int, list[dict[str, Any]]]) -> list[str]:
     """Validation and test macro-F1 of every cycle's student (mean over the seeds that have
     both): which cycle the validation set kept, and what the test set says of the others."""
@@ -410,14 +416,9 @@ def by_cycle(results: dict[int, list[dict[str, Any]]]) -> list[str]:
                if len(r.get("test_by_cycle", [])) > 1 and r.get("val_by_cycle")]
         if not got:
             continue
-        n = min(len(r["test_by_cycle"]) for r in got)
-
-        def means(field: str, got: list[dict[str, Any]] = got, n: int = n) -> str:
-            return ", ".join(f"{statistics.mean(r[field][c] for r in got):.3f}"
-                             for c in range(n))
         kept = ", ".join(str(r["best_cycle"]) for r in got)
-        lines.append(f"| {row.key} | {len(got)} | {means('val_by_cycle')} | "
-                     f"{means('test_by_cycle')} | {kept} |")
+        lines.append(f"| {row.key} | {len(got)} | {_per_cycle(got, 'val_by_cycle')} | "
+                     f"{_per_cycle(got, 'test_by_cycle')} | {kept} |")
     if not lines:
         return []
     return ["", "Macro-F1 of every cycle's student, cycle 0 first (mean over the seeds; the "
@@ -551,6 +552,13 @@ def load_results(folder: Path, base: Path | None = None) -> dict[int, list[dict[
     return results
 
 
+def _write_cell(path: Path, cell: dict[str, Any]) -> None:
+    """A cell written whole: a temp file, then renamed over the name."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cell, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def save_cell(folder: Path, proto: dict[str, Any], row: Row, seed: int,
               result: dict[str, Any]) -> Path:
     """One measured cell, written whole (temp file, then rename)."""
@@ -566,9 +574,7 @@ def save_cell(folder: Path, proto: dict[str, Any], row: Row, seed: int,
                         "torch_threads": torch.get_num_threads(),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
                         else None, "python": platform.python_version()}}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cell, indent=1) + "\n")
-    os.replace(tmp, path)
+    _write_cell(path, cell)
     return path
 
 
@@ -606,9 +612,7 @@ def fill_cell(path: Path, store_root: Path, work: Path) -> bool:
     got["resumed"] = "resumed_at" in manifest  # the harness did not record it then
     cell["result"] = {**got, "wall_s": wall}
     cell["filled"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cell, indent=1) + "\n")
-    os.replace(tmp, path)
+    _write_cell(path, cell)
     return True
 
 

@@ -153,10 +153,15 @@ async def _ask(client: ChatClient, prompt: Prompt, record: RequestRecord, tally:
     raise AssertionError("unreachable")
 
 
+def request_id(job_id: str, index: int) -> str:
+    """The id of request ``index`` of a job (its seed and its rows' ``prompt_id``)."""
+    return f"{job_id}-r{index:02d}"
+
+
 async def _ask_all(client: ChatClient, prompts: Sequence[Prompt], job_id: str, tally: Tally,
                    price: PriceSpec, spend: _Spend,
                    per_example: float) -> list[_Answer | BaseException]:
-    records = [RequestRecord(f"{job_id}-r{i:02d}") for i in range(len(prompts))]
+    records = [RequestRecord(request_id(job_id, i)) for i in range(len(prompts))]
     tally.requests.extend(records)
     coros = [_ask(client, p, r, tally, price, spend, per_example)
              for p, r in zip(prompts, records, strict=True)]

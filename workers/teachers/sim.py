@@ -101,6 +101,12 @@ def _unit(*parts: Any) -> float:
     return int(_digest(*parts)[:13], 16) / 16**13
 
 
+def request_key(messages: Sequence[dict[str, Any]], seed: int | None) -> str:
+    """What an answer is keyed on: the prompt, and the request's seed when it sent one."""
+    text = json.dumps(messages, sort_keys=True, ensure_ascii=False)
+    return _digest(text) if seed is None else _digest(text, seed)
+
+
 def _error(status: int, message: str, kind: str,
            headers: dict[str, str] | None = None) -> web.Response:
     body = {"error": {"message": f"{message} (distillq simulated teacher)", "type": kind}}
@@ -246,8 +252,7 @@ class SimServer:
         temperature with that seed would): the same for a retry, another for another request
         with the same prompt; without a seed, on the prompt alone."""
         sim = self.sim
-        text = json.dumps(messages, sort_keys=True, ensure_ascii=False)
-        key = _digest(text) if seed is None else _digest(text, seed)
+        key = request_key(messages, seed)
         attempt = sim.attempt(key)
         fault = sim.transport_fault(key, attempt)
         if fault:

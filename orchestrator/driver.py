@@ -282,9 +282,27 @@ def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
         log.exception("run=%s tick failed", run_id)
         return
     if status in TERMINAL:
-        client.hdel(RUNS_KEY, run_id)
-        known.pop(run_id, None)
         controllers.pop(run_id, None)
         locks.pop(run_id, None)
         lock.release()
+        _unregister(client, run_id, uri, known)
         log.info("run=%s finished: %s", run_id, status)
+
+
+def _unregister(client: redis.Redis, run_id: str, uri: str, known: dict[str, str]) -> None:
+    """Drop a run that ended from the registry, unless `resume` reopened it meanwhile.
+
+    `resume` writes the manifest first and registers the run after, so reading the manifest
+    *after* the removal sees any resume whose registration the removal may have undone."""
+    client.hdel(RUNS_KEY, run_id)
+    known.pop(run_id, None)
+    try:
+        manifest = ShardStore(uri).read_json(run_id, "manifest.json")
+    except (DistillqError, OSError) as exc:  # storage gone: `resume` cannot have written it
+        log.warning("run=%s: manifest unreadable after it ended (%s)", run_id, exc)
+        return
+    status = manifest.get("status") if isinstance(manifest, dict) else None
+    if status is not None and status not in TERMINAL:
+        log.info("run=%s was resumed as it ended (%s): registered again", run_id, status)
+        client.hset(RUNS_KEY, run_id, uri)
+        known[run_id] = uri

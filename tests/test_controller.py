@@ -483,6 +483,34 @@ def test_serve_fails_and_unregisters_a_run_that_cannot_be_driven(
     assert after["status"] == "failed" and "lr" in after["stop_reason"]
 
 
+def test_serve_keeps_a_run_that_resume_reopened_while_its_last_tick_ended_it(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    """A tick reads the run as failed; before serve unregisters it, `resume` writes the
+    manifest back to running and registers the run. serve must leave it registered, or
+    nobody drives the resumed run."""
+    from orchestrator.driver import RUNS_KEY, _serve_one
+    from workers.app import app
+
+    spec = _spec(tmp_path)
+    store = ShardStore(spec.storage)
+    create_run(spec, store)
+
+    class EndedAsResumed:  # the tick's verdict predates the resume below
+        def tick(self) -> str:
+            manifest = load_manifest(store, "r1")
+            manifest["status"] = "running"  # what `resume` writes, then it registers
+            store.write_json("r1", "manifest.json", manifest)
+            redis_client.hset(RUNS_KEY, "r1", store.uri)
+            return "failed"
+
+    known = {"r1": store.uri}
+    controllers: dict[str, Any] = {"r1": EndedAsResumed()}
+    _serve_one(redis_client, "r1", store.uri, app, {}, controllers, known)
+    assert redis_client.hget(RUNS_KEY, "r1") == store.uri.encode()
+    assert known == {"r1": store.uri} and controllers == {}
+
+
 def test_the_report_of_a_failed_run_counts_the_cycle_it_stopped_in(setup: Any) -> None:
     from orchestrator.report import write_report
 

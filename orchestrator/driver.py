@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -41,6 +42,19 @@ def celery_sender(app: Celery) -> Callable[[str, list[Any], str], None]:
     return send
 
 
+def _pid_namespace() -> str:
+    """Where a pid means this process's own kind of pid: host name, kernel boot and PID
+    namespace. Two containers may share a host name (and a boot); their PID namespaces differ,
+    so neither judges the other's pids. Where /proc is missing, the host name alone."""
+    place = socket.gethostname()
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        ns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        return place
+    return f"{place}~{boot}~{ns}"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -54,9 +68,11 @@ def _pid_alive(pid: int) -> bool:
 class RunLock:
     """``SET key token NX PX ttl``; refreshed only by its holder (compare-and-set in Lua).
 
-    The token names its holder (``host:pid:random``). A holder that died on *this* host (its
-    pid is gone) is taken over at once, so a controller restarted after a crash resumes without
-    waiting out the TTL; a holder on another host is trusted until its lock expires.
+    The token names its holder (``place:pid:random``, the place being host name, kernel boot
+    and PID namespace). A holder that died in *this* place (its pid is gone) is taken over at
+    once, so a controller restarted after a crash resumes without waiting out the TTL; a holder
+    anywhere else (another host, or another container with the same host name) is trusted until
+    its lock expires.
     """
 
     _REFRESH = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -68,7 +84,7 @@ class RunLock:
 
     def __init__(self, client: redis.Redis, run_id: str, ttl_ms: int = LOCK_TTL_MS):
         self.client, self.key, self.ttl = client, LOCK.format(run_id=run_id), ttl_ms
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(8)}"
+        self.token = f"{_pid_namespace()}:{os.getpid()}:{secrets.token_hex(8)}"
 
     def acquire(self) -> bool:
         if self.client.set(self.key, self.token, nx=True, px=self.ttl):
@@ -82,9 +98,9 @@ class RunLock:
         if raw is None:
             return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl))
         holder = as_text(raw)
-        host, _, rest = holder.partition(":")
+        place, _, rest = holder.partition(":")
         pid = rest.partition(":")[0]
-        if host != socket.gethostname() or not pid.isdigit() or _pid_alive(int(pid)):
+        if place != _pid_namespace() or not pid.isdigit() or _pid_alive(int(pid)):
             return False
         log.warning("lock %s: holder %s is dead; taking over", self.key, holder)
         return bool(self.client.eval(self._STEAL, 1, self.key, holder, self.token, self.ttl))

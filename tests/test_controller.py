@@ -368,12 +368,17 @@ def test_run_lock_is_exclusive_and_a_dead_local_holder_is_taken_over(redis_clien
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    host = socket.gethostname()
-    redis_client.set("dq:lk:lock", f"{host}:{dead}:abc", px=30_000)
+    place = second.token.split(":")[0]  # host name, boot and PID namespace
+    assert place.startswith(socket.gethostname())
+    redis_client.set("dq:lk:lock", f"{place}:{dead}:abc", px=30_000)
     assert second.acquire(), "a holder whose process is gone is taken over at once"
     assert redis_client.get("dq:lk:lock").decode() == second.token
     redis_client.set("dq:lk:lock", f"elsewhere.example:{dead}:abc", px=30_000)
     assert not second.acquire(), "a holder on another host is trusted until its lock expires"
+    other_ns = f"{socket.gethostname()}~{place.split('~')[1]}~1:{dead}:abc"
+    redis_client.set("dq:lk:lock", other_ns, px=30_000)
+    assert not second.acquire(), \
+        "a holder with this host name in another PID namespace (a container) is trusted too"
 
 
 def test_gains_below_min_delta_do_not_move_the_baseline(setup: Any) -> None:

@@ -22,6 +22,7 @@ from celery import Celery
 
 from orchestrator.controller import LOCK, Controller
 from orchestrator.errors import DistillqError, InvalidInputError, SpecError
+from orchestrator.heartbeat import Heartbeat
 from orchestrator.runs import TERMINAL, check_run_id, check_storage
 from storage.store import ShardStore
 from workers.app import ROUTES
@@ -82,11 +83,22 @@ class RunLock:
     _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
                 "return redis.call('del', KEYS[1]) else return 0 end")
 
-    def __init__(self, client: redis.Redis, run_id: str, ttl_ms: int = LOCK_TTL_MS):
+    def __init__(self, client: redis.Redis, run_id: str, ttl_ms: int = LOCK_TTL_MS,
+                 store: ShardStore | None = None):
         self.client, self.key, self.ttl = client, LOCK.format(run_id=run_id), ttl_ms
         self.token = f"{_pid_namespace()}:{os.getpid()}:{secrets.token_hex(8)}"
+        # with the run's storage: also kept from controllers on other Redis servers
+        self.mark = Heartbeat(store, client, run_id, self.token, ttl_ms) \
+            if store is not None else None
 
     def acquire(self) -> bool:
+        """True if this holder may tick: the Redis lock is its, and (with a storage) no
+        controller on another Redis drives the run (``orchestrator.heartbeat``)."""
+        if not self._acquire_in_redis():
+            return False
+        return self.mark is None or self.mark.clear()
+
+    def _acquire_in_redis(self) -> bool:
         if self.client.set(self.key, self.token, nx=True, px=self.ttl):
             return True
         if self.client.eval(self._REFRESH, 1, self.key, self.token, self.ttl):
@@ -111,6 +123,8 @@ class RunLock:
 
     def release(self) -> None:
         self.client.eval(self._RELEASE, 1, self.key, self.token)
+        if self.mark is not None:
+            self.mark.stop()
 
 
 class LockKeeper:
@@ -164,7 +178,7 @@ def drive(store: ShardStore, client: redis.Redis, run_id: str, app: Celery,
           should_stop: Callable[[], bool] = lambda: False) -> str:
     """Drive one run to its end (or until ``should_stop``); returns its status."""
     controller = Controller(store, client, run_id, celery_sender(app))
-    lock = RunLock(client, run_id)
+    lock = RunLock(client, run_id, store=store)
     status = "running"
     try:
         with LockKeeper({run_id: lock}):
@@ -280,11 +294,13 @@ def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
         client.hdel(RUNS_KEY, run_id)
         known.pop(run_id, None)
         return
-    lock = locks.setdefault(run_id, RunLock(client, run_id))
+    if run_id not in controllers:
+        store = ShardStore(uri)
+        controllers[run_id] = Controller(store, client, run_id, celery_sender(app))
+        locks[run_id] = RunLock(client, run_id, store=store)
+    lock, ctl = locks[run_id], controllers[run_id]
     if not lock.acquire():
         return
-    ctl = controllers.setdefault(
-        run_id, Controller(ShardStore(uri), client, run_id, celery_sender(app)))
     try:
         status = ctl.tick()
     except redis.RedisError:

@@ -494,7 +494,7 @@ def test_serve_keeps_a_run_that_resume_reopened_while_its_last_tick_ended_it(
     """A tick reads the run as failed; before serve unregisters it, `resume` writes the
     manifest back to running and registers the run. serve must leave it registered, or
     nobody drives the resumed run."""
-    from orchestrator.driver import RUNS_KEY, _serve_one
+    from orchestrator.driver import RUNS_KEY, RunLock, _serve_one
     from workers.app import app
 
     spec = _spec(tmp_path)
@@ -511,9 +511,78 @@ def test_serve_keeps_a_run_that_resume_reopened_while_its_last_tick_ended_it(
 
     known = {"r1": store.uri}
     controllers: dict[str, Any] = {"r1": EndedAsResumed()}
-    _serve_one(redis_client, "r1", store.uri, app, {}, controllers, known)
+    locks = {"r1": RunLock(redis_client, "r1", store=store)}
+    _serve_one(redis_client, "r1", store.uri, app, locks, controllers, known)
     assert redis_client.hget(RUNS_KEY, "r1") == store.uri.encode()
     assert known == {"r1": store.uri} and controllers == {}
+
+
+def test_controller_mark_keeps_out_controllers_of_other_redis_servers_only(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    from orchestrator.heartbeat import HEARTBEAT_FILE, Heartbeat
+
+    store, clock = ShardStore(str(tmp_path / "store")), Clock()
+    server = redis_client.info("server")["run_id"]
+    mine = Heartbeat(store, redis_client, "r1", "me", ttl_ms=30_000, clock=clock)
+
+    def mark(token: str, redis_id: str, age: float) -> None:
+        store.write_json("r1", HEARTBEAT_FILE, {"token": token, "redis": redis_id,
+                                                "at": clock.now - age})
+        clock.now += 11  # past this holder's next look
+
+    assert mine.clear(), "no mark yet"
+    assert store.read_json("r1", HEARTBEAT_FILE) == {"token": "me", "redis": server,
+                                                     "at": clock.now}
+    mark("serve", "another-redis", age=5)
+    assert not mine.clear() and mine.rival is not None, "a live controller elsewhere"
+    assert store.read_json("r1", HEARTBEAT_FILE)["token"] == "serve", "its mark is kept"
+    mark("serve", "another-redis", age=31)
+    assert mine.clear(), "a mark older than the lock's TTL: that controller stopped"
+    mark("dead-holder", server, age=1)
+    assert mine.clear(), "the same Redis: the lock decides (a dead holder taken over)"
+    mark("me", "before-redis-restarted", age=1)
+    assert mine.clear(), "its own mark, written through a Redis that restarted since"
+    mine.stop()
+    assert store.read_json("r1", HEARTBEAT_FILE) is None, "a clean stop removes its mark"
+    mark("serve", "another-redis", age=1)
+    mine.stop()
+    assert store.read_json("r1", HEARTBEAT_FILE) is not None, "never another's mark"
+
+
+def test_drive_waits_while_a_controller_on_another_redis_drives_the_run(
+    tmp_path: Path, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedded `resume` (its own Redis) of a run that `serve` drives sends nothing until
+    serve's mark in storage is older than the lock's TTL."""
+    import time
+
+    from orchestrator import driver
+    from orchestrator.heartbeat import HEARTBEAT_FILE
+    from workers.app import app
+
+    spec = _spec(tmp_path)
+    store = ShardStore(spec.storage)
+    create_run(spec, store)
+    sent: list[Any] = []
+    monkeypatch.setattr(driver, "celery_sender", lambda app: lambda *a: sent.append(a))
+    calls = iter(range(3))
+
+    def stop_after_two() -> bool:
+        return next(calls, 2) >= 2
+
+    serve_mark = {"token": "serve", "redis": "another-redis", "at": time.time()}
+    store.write_json("r1", HEARTBEAT_FILE, serve_mark)
+    assert driver.drive(store, redis_client, "r1", app, poll_s=0.01,
+                        should_stop=stop_after_two) == "running"
+    assert sent == [] and store.read_json("r1", HEARTBEAT_FILE) == serve_mark
+    assert redis_client.get("dq:r1:lock") is None, "the lock is released on the way out"
+
+    store.write_json("r1", HEARTBEAT_FILE, serve_mark | {"at": time.time() - 31})
+    calls = iter(range(3))
+    driver.drive(store, redis_client, "r1", app, poll_s=0.01, should_stop=stop_after_two)
+    assert sent, "the other controller's mark went stale: this one drives the run"
+    assert store.read_json("r1", HEARTBEAT_FILE) is None, "and removes its own mark after"
 
 
 def test_the_report_of_a_failed_run_counts_the_cycle_it_stopped_in(setup: Any) -> None:

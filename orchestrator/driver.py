@@ -308,7 +308,7 @@ def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
     except SpecError as exc:  # the manifest's spec no longer validates: retrying will not
         # mend it (a missing manifest or a storage error may be a mount that comes back)
         log.error("run=%s failed permanently: %s", run_id, exc)
-        _mark_failed(ShardStore(uri), run_id, f"controller: {exc}")
+        _mark_failed(ctl.store, run_id, f"controller: {exc}")
         status = "failed"
     except Exception:  # one broken run must not stop the others; a transient error heals
         log.exception("run=%s tick failed", run_id)
@@ -317,11 +317,12 @@ def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
         controllers.pop(run_id, None)
         locks.pop(run_id, None)
         lock.release()
-        _unregister(client, run_id, uri, known)
+        _unregister(client, run_id, ctl.store, known)
         log.info("run=%s finished: %s", run_id, status)
 
 
-def _unregister(client: redis.Redis, run_id: str, uri: str, known: dict[str, str]) -> None:
+def _unregister(client: redis.Redis, run_id: str, store: ShardStore,
+                known: dict[str, str]) -> None:
     """Drop a run that ended from the registry, unless `resume` reopened it meanwhile.
 
     `resume` writes the manifest first and registers the run after, so reading the manifest
@@ -329,12 +330,12 @@ def _unregister(client: redis.Redis, run_id: str, uri: str, known: dict[str, str
     client.hdel(RUNS_KEY, run_id)
     known.pop(run_id, None)
     try:
-        manifest = ShardStore(uri).read_json(run_id, "manifest.json")
+        manifest = store.read_json(run_id, "manifest.json")
     except (DistillqError, OSError) as exc:  # storage gone: `resume` cannot have written it
         log.warning("run=%s: manifest unreadable after it ended (%s)", run_id, exc)
         return
     status = manifest.get("status") if isinstance(manifest, dict) else None
     if status is not None and status not in TERMINAL:
         log.info("run=%s was resumed as it ended (%s): registered again", run_id, status)
-        client.hset(RUNS_KEY, run_id, uri)
-        known[run_id] = uri
+        client.hset(RUNS_KEY, run_id, store.uri)
+        known[run_id] = store.uri

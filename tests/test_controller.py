@@ -502,6 +502,8 @@ def test_serve_keeps_a_run_that_resume_reopened_while_its_last_tick_ended_it(
     create_run(spec, store)
 
     class EndedAsResumed:  # the tick's verdict predates the resume below
+        store = ShardStore(spec.storage)
+
         def tick(self) -> str:
             manifest = load_manifest(store, "r1")
             manifest["status"] = "running"  # what `resume` writes, then it registers

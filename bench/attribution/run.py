@@ -1,7 +1,7 @@
 """Attribution throughput on CPU: distillq's batched methods vs the floor and vs captum.
 
     python -m bench.attribution.run [--n 1000] [--captum-n 100] [--threads 2] [--ig-steps 16]
-                                    [--internal-batch-size 256] [--methods ...]
+                                    [--internal-batch-size 256] [--methods ...] [--profile]
 
 Data: the first ``--n`` texts of Banking77's training split in a fixed shuffled order. Teacher:
 all-MiniLM-L6-v2 (all 6 layers) as a 77-way sequence classifier; its head is freshly initialised
@@ -19,6 +19,11 @@ all-MiniLM-L6-v2 (all 6 layers) as a 77-way sequence classifier; its head is fre
 
 Also reported: the largest difference between distillq's and captum's word scores on the captum
 subset (both aggregated to words the same way). Needs ``pip install captum``.
+
+``--profile`` measures instead what batching can buy at all on this machine: the floor batched
+against the same forward + backward one example at a time (on the first ``--captum-n`` texts,
+timed alternately), and where the batched floor spends its time (torch.profiler, self CPU time
+by operator; the linear layers' and attention's matrix products grouped).
 """
 
 from __future__ import annotations
@@ -82,6 +87,47 @@ def floor(teacher: ClassifierTeacher, batches: list[Batch]) -> None:
         torch.autograd.grad(scores.sum(), embeds)
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
+              "aten::linear", "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def profile(teacher: ClassifierTeacher, batches: list[Batch], singles: list[Batch],
+            repeats: int = 3) -> dict[str, Any]:
+    """The batched floor against the one-example floor, and the batched floor's time by op."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    n = sum(len(b.input_ids) for b in batches)
+    batched_s = single_s = float("inf")
+    for _ in range(repeats):
+        batched_s = min(batched_s, timed(lambda: floor(teacher, batches))[0])
+        single_s = min(single_s, timed(lambda: floor(teacher, singles))[0])
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        floor(teacher, batches)
+    ops = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in ops) or 1.0
+    matmul = sum(t for k, t in ops if k in MATMUL_OPS)
+    top = sorted(ops, key=lambda kt: -kt[1])[:8]
+    return {
+        "n": n, "batched_eps": n / batched_s, "single_n": len(singles),
+        "single_eps": len(singles) / single_s,
+        "batching_gain": (n / batched_s) / (len(singles) / single_s),
+        "matmul_share": matmul / total,
+        "top_ops": [{"op": k, "share": t / total} for k, t in top],
+    }
+
+
+def render_profile(r: dict[str, Any]) -> str:
+    lines = [f"floor, batched: {r['batched_eps']:.1f} ex/s ({r['n']} texts); one example at a "
+             f"time: {r['single_eps']:.1f} ex/s ({r['single_n']} texts); batching gains "
+             f"{r['batching_gain']:.2f}×",
+             f"matrix products (linear layers and attention kernels): "
+             f"{100 * r['matmul_share']:.0f}% of the batched floor's self CPU time", "", "| operator | share of self CPU time |", "|---|---:|"]
+    lines += [f"| `{o['op']}` | {100 * o['share']:.1f}% |" for o in r["top_ops"]]
+    return "\n".join(lines)
+
+
 def _captum_forward(teacher: ClassifierTeacher) -> Callable[..., torch.Tensor]:
     def forward(embeds: torch.Tensor, input_ids: torch.Tensor, mask: torch.Tensor,
                 label: torch.Tensor) -> torch.Tensor:
@@ -143,8 +189,9 @@ def bench_method(teacher: ClassifierTeacher, method: str, data: dict[str, Any],
                  args: argparse.Namespace) -> dict[str, Any]:
     texts, labels = data["texts"], data["labels"]
     n, k = len(texts), args.captum_n
-    attributor = Attributor(teacher, method, batch_size=args.batch_size, ig_steps=args.ig_steps,
-                            max_length=args.max_length,  # type: ignore[arg-type]
+    attributor = Attributor(teacher, method,  # type: ignore[arg-type]
+                            batch_size=args.batch_size, ig_steps=args.ig_steps,
+                            max_length=args.max_length,
                             internal_batch_size=args.internal_batch_size)
     attributor.attribute(texts[:64], labels[:64])  # warm-up
     repeats = 2 if method != "integrated_gradients" else 1
@@ -186,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="rows per forward pass for integrated gradients (on CPU, ~32 is faster)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--profile", action="store_true",
+                   help="measure the batched floor against one example at a time, and profile it")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
@@ -198,6 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     batches = [teacher.collate([encs[i] for i in idx]) for idx in
                length_batches([len(e.input_ids) for e in encs], args.batch_size)]
     floor(teacher, batches[:2])  # warm-up
+    if args.profile:
+        singles = [teacher.collate([e]) for e in encs[: args.captum_n]]
+        result = profile(teacher, batches, singles)
+        print(render_profile(result))
+        if args.json:
+            args.json.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__,
+                                             "profile": result}, indent=1))
+        return 0
     data = {"texts": texts, "labels": labels, "batches": batches}
     results = []
     for method in args.methods:

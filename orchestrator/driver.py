@@ -118,13 +118,22 @@ class RunLock:
         return bool(self.client.eval(self._STEAL, 1, self.key, holder, self.token, self.ttl))
 
     def refresh(self) -> bool:
-        """Extend the lock if this holder still has it (never takes a free or foreign one)."""
-        return bool(self.client.eval(self._REFRESH, 1, self.key, self.token, self.ttl))
+        """Extend the lock if this holder still has it (never takes a free or foreign one),
+        and then renew its mark in storage."""
+        held = bool(self.client.eval(self._REFRESH, 1, self.key, self.token, self.ttl))
+        if held and self.mark is not None:
+            try:
+                self.mark.beat()
+            except Exception as exc:  # the keeper thread must go on refreshing
+                log.warning("lock %s: controller mark not renewed: %s", self.key, exc)
+        return held
 
     def release(self) -> None:
-        self.client.eval(self._RELEASE, 1, self.key, self.token)
-        if self.mark is not None:
-            self.mark.stop()
+        try:
+            self.client.eval(self._RELEASE, 1, self.key, self.token)
+        finally:
+            if self.mark is not None:
+                self.mark.stop()
 
 
 class LockKeeper:
@@ -248,16 +257,19 @@ def serve(client: redis.Redis, app: Celery, poll_s: float = 2.0,
             _release(lock)
 
 
-def _mark_failed(store: ShardStore, run_id: str, reason: str) -> None:
+def _mark_failed(store: ShardStore, run_id: str, reason: str) -> bool:
     """Record a failure the controller itself could not record (best effort: the manifest
-    may be the broken part); the run is unregistered either way, and `resume` can retry it."""
+    may be the broken part); the run is unregistered either way, and `resume` can retry it.
+    True if the manifest now says so."""
     try:
         manifest = store.read_json(run_id, "manifest.json")
         if isinstance(manifest, dict):
             manifest.update(status="failed", stop_reason=reason, finished_at=time.time())
             store.write_json(run_id, "manifest.json", manifest)
+            return True
     except (DistillqError, OSError) as exc:
         log.error("run=%s could not be marked failed: %s", run_id, exc)
+    return False
 
 
 def _running_in(storages: tuple[str, ...]) -> dict[str, str]:
@@ -301,6 +313,7 @@ def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
     lock, ctl = locks[run_id], controllers[run_id]
     if not lock.acquire():
         return
+    recorded = True  # the manifest holds the status the tick ended with
     try:
         status = ctl.tick()
     except redis.RedisError:
@@ -308,7 +321,7 @@ def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
     except SpecError as exc:  # the manifest's spec no longer validates: retrying will not
         # mend it (a missing manifest or a storage error may be a mount that comes back)
         log.error("run=%s failed permanently: %s", run_id, exc)
-        _mark_failed(ctl.store, run_id, f"controller: {exc}")
+        recorded = _mark_failed(ctl.store, run_id, f"controller: {exc}")
         status = "failed"
     except Exception:  # one broken run must not stop the others; a transient error heals
         log.exception("run=%s tick failed", run_id)
@@ -317,18 +330,22 @@ def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
         controllers.pop(run_id, None)
         locks.pop(run_id, None)
         lock.release()
-        _unregister(client, run_id, ctl.store, known)
+        _unregister(client, run_id, ctl.store, known, recheck=recorded)
         log.info("run=%s finished: %s", run_id, status)
 
 
 def _unregister(client: redis.Redis, run_id: str, store: ShardStore,
-                known: dict[str, str]) -> None:
+                known: dict[str, str], recheck: bool = True) -> None:
     """Drop a run that ended from the registry, unless `resume` reopened it meanwhile.
 
     `resume` writes the manifest first and registers the run after, so reading the manifest
-    *after* the removal sees any resume whose registration the removal may have undone."""
+    *after* the removal sees any resume whose registration the removal may have undone. Not
+    with ``recheck=False``: the manifest could not be given the run's end, so it still says
+    running, resumed or not."""
     client.hdel(RUNS_KEY, run_id)
     known.pop(run_id, None)
+    if not recheck:
+        return
     try:
         manifest = store.read_json(run_id, "manifest.json")
     except (DistillqError, OSError) as exc:  # storage gone: `resume` cannot have written it

@@ -167,14 +167,17 @@ class ShardStore:
             raise StorageError(f"{relpath} of run {run_id}: not JSON-serialisable: {exc}") from None
         self._b.write_bytes(key, data)
 
-    def read_json(self, run_id: str, relpath: str) -> Any | None:
-        """The JSON document at ``<run_id>/<relpath>``, or None if there is none."""
+    def read_json(self, run_id: str, relpath: str, invalid_as_missing: bool = False) -> Any | None:
+        """The JSON document at ``<run_id>/<relpath>``, or None if there is none (or, with
+        ``invalid_as_missing``, if it is not valid JSON: for documents their reader rewrites)."""
         data = self._b.read_bytes(layout.rel_key(run_id, relpath))
         if data is None:
             return None
         try:
             return json.loads(data)
         except ValueError as exc:
+            if invalid_as_missing:
+                return None
             raise StorageError(f"{relpath} of run {run_id} is not valid JSON: {exc}") from None
 
     def delete_json(self, run_id: str, relpath: str) -> None:

@@ -56,7 +56,7 @@ class Heartbeat:
         self._last_look: float | None = None  # monotonic time of the last read
         self._seen: tuple[Any, float] | None = None  # the rival mark read last: (token, at)
         self._seen_at = 0.0  # monotonic time it was first read
-        self._active = False  # between a clear() that read the mark and stop()
+        self._active = False  # from the first clear() to stop(): beat() writes only then
 
     def clear(self) -> bool:
         """Read the mark (at most every third of the TTL) and write this controller's own,
@@ -93,14 +93,14 @@ class Heartbeat:
         except (DistillqError, OSError) as exc:  # the tick meets (and reports) it too
             log.warning("run=%s: controller mark unreadable: %s", self.run_id, exc)
             return True
-        rival = isinstance(mark, dict) and self._is_live_rival(mark, server, now, mono)
+        rival = mark if isinstance(mark, dict) and self._is_live_rival(mark, server, now, mono) \
+            else None
         self._last_look = mono
-        if rival:
-            assert isinstance(mark, dict)
-            if self.rival is None or self.rival.get("token") != mark.get("token"):
+        if rival is not None:
+            if self.rival is None or self.rival.get("token") != rival.get("token"):
                 log.warning("run=%s is driven by another controller through another Redis "
-                            "(%s); waiting until it stops", self.run_id, mark.get("token"))
-            self.rival, self._next = mark, mono + 1.0
+                            "(%s); waiting until it stops", self.run_id, rival.get("token"))
+            self.rival, self._next = rival, mono + 1.0
             return False
         self.rival, self._seen, self._next = None, None, mono + self.ttl_s / 3
         try:

@@ -466,6 +466,17 @@ def test_submit_to_an_unreachable_redis_writes_nothing(
     assert "REDIS_URL is not a Redis URL" in capsys.readouterr().err
 
 
+def _run_with_broken_spec(tmp_path: Path) -> ShardStore:
+    """Run r1, whose manifest's spec no longer validates (a negative learning rate)."""
+    spec = _spec(tmp_path)
+    store = ShardStore(spec.storage)
+    create_run(spec, store)
+    manifest = load_manifest(store, "r1")
+    manifest["spec"]["student"]["lr"] = -1
+    store.write_json("r1", "manifest.json", manifest)
+    return store
+
+
 def test_serve_fails_and_unregisters_a_run_that_cannot_be_driven(
     tmp_path: Path, redis_client: redis.Redis
 ) -> None:
@@ -474,12 +485,7 @@ def test_serve_fails_and_unregisters_a_run_that_cannot_be_driven(
     from orchestrator.driver import RUNS_KEY, _serve_one
     from workers.app import app
 
-    spec = _spec(tmp_path)
-    store = ShardStore(spec.storage)
-    create_run(spec, store)
-    manifest = load_manifest(store, "r1")
-    manifest["spec"]["student"]["lr"] = -1
-    store.write_json("r1", "manifest.json", manifest)
+    store = _run_with_broken_spec(tmp_path)
     redis_client.hset(RUNS_KEY, "r1", store.uri)
     known = {"r1": store.uri}
     _serve_one(redis_client, "r1", store.uri, app, {}, {}, known)
@@ -497,12 +503,7 @@ def test_serve_unregisters_a_broken_run_even_when_its_manifest_cannot_say_so(
     from storage.errors import StorageError
     from workers.app import app
 
-    spec = _spec(tmp_path)
-    store = ShardStore(spec.storage)
-    create_run(spec, store)
-    manifest = load_manifest(store, "r1")
-    manifest["spec"]["student"]["lr"] = -1
-    store.write_json("r1", "manifest.json", manifest)
+    store = _run_with_broken_spec(tmp_path)
 
     def read_only(self: ShardStore, run_id: str, relpath: str, obj: Any) -> None:
         raise StorageError(f"{relpath}: read-only file system")

@@ -123,7 +123,8 @@ def render_profile(r: dict[str, Any]) -> str:
              f"time: {r['single_eps']:.1f} ex/s ({r['single_n']} texts); batching gains "
              f"{r['batching_gain']:.2f}×",
              f"matrix products (linear layers and attention kernels): "
-             f"{100 * r['matmul_share']:.0f}% of the batched floor's self CPU time", "", "| operator | share of self CPU time |", "|---|---:|"]
+             f"{100 * r['matmul_share']:.0f}% of the batched floor's self CPU time",
+             "", "| operator | share of self CPU time |", "|---|---:|"]
     lines += [f"| `{o['op']}` | {100 * o['share']:.1f}% |" for o in r["top_ops"]]
     return "\n".join(lines)
 

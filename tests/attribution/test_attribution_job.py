@@ -124,3 +124,30 @@ def test_the_seed_attribute_task_measures_quality_for_a_ready_made_teacher(
     assert result.successful(), result.result
     report = store.read_json(RUN, ATTRIBUTION_QUALITY_FILE)
     assert report["method"] == "saliency" and report["deletion"]["n"] > 0
+
+
+def test_the_faithfulness_benchmark_reads_a_runs_teacher_and_validation(
+        tiny, store, tmp_path, capsys) -> None:
+    """bench.attribution.faithfulness: every method at every k on a run's committed teacher;
+    a run without a teacher or a validation split is refused by name."""
+    import json
+
+    from bench.attribution import faithfulness
+
+    args = ["--storage", store.uri, "--run", RUN, "--limit", "8", "--k", "1,2", "--draws", "2",
+            "--methods", "saliency", "attention", "--json", str(tmp_path / "f.json")]
+    assert faithfulness.main(args) == 2
+    assert "no validation split" in capsys.readouterr().err
+    store.write_table(RUN, "val", _examples(tiny.texts, tiny.labels, cycle=0))
+    assert faithfulness.main(args) == 2
+    assert "has no fine-tuned teacher" in capsys.readouterr().err
+    store.put_dir(tiny.folder, RUN, "teacher")
+    assert faithfulness.main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |")
+            or line.startswith("| 2 |")]
+    assert [r.split(" | ")[1] for r in rows] == ["saliency", "attention"] * 2
+    got = json.loads((tmp_path / "f.json").read_text())
+    assert got["texts"] == 8 and [(r["k"], r["method"]) for r in got["rows"]] == [
+        (1, "saliency"), (1, "attention"), (2, "saliency"), (2, "attention")]
+    for r in got["rows"]:
+        assert r["deletion"]["n"] > 0 and r["deletion"]["k_mean"] <= r["k"]

@@ -49,7 +49,7 @@ class Attribution:
 class Attributor:
     """A teacher, a method and its options; ``attribute`` may be called many times."""
 
-    def __init__(self, teacher: Teacher, method: Method = "input_x_gradient", *,
+    def __init__(self, teacher: Teacher, method: Method = "saliency", *,
                  batch_size: int = 32, max_length: int = 128, ig_steps: int = 16,
                  internal_batch_size: int = 256, attention: AttentionMode = "last_layer",
                  rule: RationaleRule | None = None):
@@ -95,7 +95,7 @@ class Attributor:
 
 
 def attribute(teacher: Teacher, texts: Sequence[str], targets: Sequence[Target], *,
-              method: Method = "input_x_gradient", batch_size: int = 32, max_length: int = 128,
+              method: Method = "saliency", batch_size: int = 32, max_length: int = 128,
               ig_steps: int = 16, internal_batch_size: int = 256,
               attention: AttentionMode = "last_layer", top_k: int = 5,
               mass_fraction: float | None = None,

@@ -164,3 +164,30 @@ def test_unguided_cycles_keep_adding_new_texts(banking77: Path) -> None:
     assert [r["returned"] for r in rows] == [400] * 4
     assert rows[0]["new"] == 400 and all(r["new"] > 250 for r in rows)
     assert sum(r["new"] for r in rows) > 1300
+
+
+def test_a_rationale_run_keeps_its_rationale_quality_and_teacher_fit(tmp_path: Path) -> None:
+    """Row 7's cell keeps how good its rationales were and how well the white-box teacher
+    fit the seed, and the table shows both; a run without rationales adds nothing."""
+    from bench.quality.run import rationale_summary, rationales
+    from storage.store import ShardStore
+
+    store = ShardStore(str(tmp_path / "store"))
+    assert rationale_summary(store, "row2-seed0") == {}
+    quality = {"method": "input_x_gradient", "rationale_words_mean": 2.565,
+               "deletion": {"topk_drop": 0.287, "random_drop": 0.322, "topk_wins": 0.349},
+               "label_overlap": {"hit_rate": 0.657}}
+    store.write_json("row7-seed0", "attribution_quality.json", quality)
+    store.write_json("row7-seed0", "teacher/training_state.json",
+                     {"val_losses": [4.15, 3.84, 3.54], "best_epoch": 3, "epochs_run": 3,
+                      "train_seconds": 101.5})
+    got = rationale_summary(store, "row7-seed0")
+    assert got["rationale_quality"] == quality
+    assert got["teacher_fit"] == {"epochs_run": 3, "best_epoch": 3, "best_val_loss": 3.54,
+                                  "train_s": 101.5}
+
+    assert rationales({2: [{"seed": 0}]}, 77) == []
+    lines = rationales({7: [{"seed": 0, **got}]}, 77)
+    assert "chance: ln 77 = 4.34" in lines[1]
+    assert lines[-1] == ("| 7 | 0 | input_x_gradient | 2.56 | 0.287 | 0.322 | 35% | 66% | "
+                         "3.54 (epoch 3 of 3) |")

@@ -70,8 +70,8 @@ ROWS = [
     Row(5, "guided without hard negatives", {"generation": {"use_hard_negatives": False}}),
     Row(6, "guided without the report", {"generation": {"use_report": False}}),
     Row(7, "guided + rationale-aware training",
-        # saliency, top 2: on this teacher input×gradient (the system default) picks words
-        # no more telling than random ones; docs/attribution.md, "On Banking77"
+        # saliency, top 2: on this teacher input×gradient (the default until 2026-12-03) picks
+        # words no more telling than random ones; docs/attribution.md, "On Banking77"
         {"attribution": {"enabled": True, "method": "saliency", "top_k": 2},
          "student": {"rationales": True}}),
     Row(8, "guided, teacher at 10% label noise", {"teacher": {"sim": {"label_noise": 0.1}}}),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from workers.errors import InvalidInputError
 
@@ -27,7 +28,7 @@ class ModelRef:
     path: str
     gguf_file: str | None = None
 
-    def load_kwargs(self) -> dict[str, str]:
+    def load_kwargs(self) -> dict[str, Any]:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 

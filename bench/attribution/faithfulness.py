@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from workers.attribution import METHODS, Attributor
-from workers.attribution.quality import deletion_test, label_overlap
+from workers.attribution.quality import rationale_quality
 from workers.attribution.teachers import load_teacher
 from workers.attribution.words import RationaleRule
 
@@ -51,11 +51,10 @@ def measure(attributor: Attributor, texts: list[str], labels: list[str],
     t0 = time.perf_counter()
     results = attributor.attribute(texts, labels)
     seconds = time.perf_counter() - t0
-    deletion = deletion_test(attributor.teacher, results, rule=attributor.rule, draws=draws,
-                             max_length=attributor.max_length)
-    return {"method": attributor.method, "k": attributor.rule.top_k,
-            "attribute_s": round(seconds, 2), "deletion": deletion,
-            "label_overlap": label_overlap(results)}
+    return {**rationale_quality(attributor.teacher, results, rule=attributor.rule, draws=draws,
+                                max_length=attributor.max_length),
+            "method": attributor.method, "k": attributor.rule.top_k,
+            "attribute_s": round(seconds, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,6 +92,9 @@ class Planner:
             self.fewshot_by_class[item["label"]].append(item)
 
     def plan(self, cycle: int, report: dict[str, Any]) -> list[Item]:
+        # With dataset.steer_fraction the report's metrics are those of the validation
+        # examples that select; generation is steered by the others' (``steer``) alone.
+        report = {**report, **report.get("steer", {})}
         if self.gen.mode == "sharded":
             targets = self._sharded_targets(report)
         elif self.gen.mode == "single":

@@ -177,6 +177,18 @@ def latency_table(test: dict[str, Any], rows: list[dict[str, float]],
     ]
 
 
+def _steer_note(spec: dict[str, Any], evals: list[dict[str, Any]]) -> list[str]:
+    """A line saying which validation examples steered and which selected, if they differ."""
+    fraction = float(spec["dataset"].get("steer_fraction", 0.0))
+    if fraction == 0 or not evals:
+        return []
+    steer = evals[-1].get("steer", {})
+    return ["", f"Validation is split (`dataset.steer_fraction: {fraction}`): the metrics below "
+            f"are on the {evals[-1].get('n', '?')} validation examples that select the epoch "
+            f"and the cycle to keep; generation was steered by the other "
+            f"{steer.get('n', '?')} alone."]
+
+
 def _markdown(manifest: dict[str, Any], evals: list[dict[str, Any]], test: dict[str, Any],
               rows: list[dict[str, float]], plots: list[str],
               quality: dict[str, Any] | None = None) -> str:
@@ -188,6 +200,7 @@ def _markdown(manifest: dict[str, Any], evals: list[dict[str, Any]], test: dict[
     lines += [f"Status: **{manifest['status']}** — {manifest.get('stop_reason', '')}",
               f"Teacher: `{spec['teacher']['model']}` ({spec['teacher']['kind']}); student: "
               f"`{spec['student']['model']}`; generation mode: {spec['generation']['mode']}.",
+              *_steer_note(spec, evals),
               "", "## Validation per cycle", "",
               "| cycle | train examples | accuracy | macro-F1 | weighted-F1 | loss |",
               "|---|---|---|---|---|---|"]

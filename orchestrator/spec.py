@@ -49,6 +49,12 @@ class DatasetSpec(_Model):
     label_descriptions: dict[str, str] = Field(default_factory=dict)
     seed_size: int = Field(default=1000, ge=2)
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    steer_fraction: float = Field(
+        default=0.0, ge=0.0, lt=1.0,
+        description="share of the validation split, drawn label by label, that only steers "
+        "generation (the report, the quotas, the mined examples); the rest alone picks the "
+        "epoch and the cycle to keep. 0: the whole validation split does both, as in PGKD",
+    )
     test_limit: int | None = Field(default=None, ge=1, description="evaluate on a subset of test")
     max_text_chars: int = Field(default=20_000, ge=16, description="longer texts are an error")
     sample_seed: int = 0

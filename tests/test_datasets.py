@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.datasets import load_and_split, read_labelled, resolve_data_path
+from orchestrator.datasets import (
+    load_and_split,
+    read_labelled,
+    resolve_data_path,
+    steer_count,
+    steer_mask,
+)
 from orchestrator.errors import InvalidInputError
 from orchestrator.spec import DatasetSpec
 
@@ -81,3 +87,37 @@ def test_banking77_split(banking77: Path) -> None:
     assert (len(split.seed_train), len(split.val), len(split.pool)) == (800, 200, 9003)
     assert split.test is not None and len(split.test) == 3080
     assert len(split.taxonomy) == 77
+
+
+def test_steer_mask_draws_its_share_label_by_label() -> None:
+    # 7 labels with 1-6 validation examples each (22 in all)
+    labels = [f"c{c}" for c in range(7) for _ in range(1 + c % 6)]
+    ids = [f"v{i:03d}" for i in range(len(labels))]
+    mask = steer_mask(ids, labels, 0.5, seed=1)
+    assert sum(mask) == steer_count(len(ids), 0.5) == 11
+    for label in set(labels):
+        n = labels.count(label)
+        k = sum(m for m, y in zip(mask, labels, strict=True) if y == label)
+        assert n // 2 <= k <= (n + 1) // 2, (label, n, k)
+    # the same examples steer whatever the order of the rows; another seed draws others
+    order = list(reversed(range(len(ids))))
+    again = steer_mask([ids[i] for i in order], [labels[i] for i in order], 0.5, seed=1)
+    assert {ids[i] for i, m in zip(order, again, strict=True) if m} == \
+        {i for i, m in zip(ids, mask, strict=True) if m}
+    assert steer_mask(ids, labels, 0.5, seed=2) != mask
+    assert not any(steer_mask(ids, labels, 0.0))
+    assert sum(steer_mask(ids, labels, 0.25, seed=1)) == 6
+
+
+def test_steer_fraction_that_leaves_one_part_empty_is_refused(tmp_path: Path) -> None:
+    path = _csv(tmp_path, _rows(20))
+    ok = load_and_split(DatasetSpec(train=str(path), seed_size=20, val_fraction=0.2,
+                                    steer_fraction=0.5))
+    assert len(ok.val) == 4
+    with pytest.raises(InvalidInputError, match="steer_fraction=0.1 of the 4 validation "
+                                                "examples leaves none to steer"):
+        load_and_split(DatasetSpec(train=str(path), seed_size=20, val_fraction=0.2,
+                                   steer_fraction=0.1))
+    with pytest.raises(InvalidInputError, match="leaves none to select"):
+        load_and_split(DatasetSpec(train=str(path), seed_size=20, val_fraction=0.2,
+                                   steer_fraction=0.9))

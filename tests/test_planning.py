@@ -99,3 +99,17 @@ def test_each_cycle_shows_the_next_few_shot_examples_of_a_class() -> None:
     assert shown == [["seed a 0", "seed a 1"], ["seed a 2", "seed a 3"],
                      ["seed a 4", "seed a 5"], ["seed a 0", "seed a 1"]]
     assert planner.plan(2, {}) == Planner(gen, TAX, _seed()).plan(2, {}), "deterministic"
+
+
+def test_a_split_validation_steers_by_its_steering_part_alone() -> None:
+    """With dataset.steer_fraction the eval report's own metrics are the selecting part's;
+    the quotas and the report the prompts show come from its ``steer`` part."""
+    gen = GenerationSpec(examples_per_cycle=40, examples_per_request=5, class_floor=1)
+    steer = _report()
+    selecting = {**steer, "macro_f1": 0.99, "confusions": [],
+                 "per_class": {c: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 5}
+                               for c in TAX}}
+    split = Planner(gen, TAX, _seed()).plan(1, {**selecting, "steer": steer})
+    assert split == Planner(gen, TAX, _seed()).plan(1, steer)
+    assert split != Planner(gen, TAX, _seed()).plan(1, selecting)
+    assert all(job["report"].get("macro_f1") == 0.62 for job in split if job["report"])

@@ -10,6 +10,9 @@ looks done:
    renamed into place locally and uploaded with ``put_dir`` (its ``_COMMITTED`` marker last).
 3. Evaluate on validation, mine examples, commit the validation predictions, and write
    ``eval.json`` last: the controller takes its presence as "this cycle's training is done".
+   With ``dataset.steer_fraction`` > 0 the validation split has two parts: its steering part
+   is evaluated apart (``eval.json``'s ``steer``) and mined, and only the rest picks the epoch
+   and, through ``eval.json``'s metrics, the cycle the controller keeps.
 
 ``evaluate_on_test`` does the same for the test split and the latency measurement, writing the
 run-level ``test.json`` last; ``export_student`` copies a committed student out.
@@ -23,7 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from orchestrator.datasets import steer_mask
 from orchestrator.spec import RunSpec
 from storage.schemas import PREDICTIONS
 from storage.store import ShardStore
@@ -45,7 +50,8 @@ def train_cycle(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
         return done
     scratch = Path(workdir) / run_id / f"cycle={cycle}"
     labels = taxonomy(store, run_id)
-    train_t, val_t = store.training_set(run_id, cycle), store.read_table(run_id, "val")
+    train_t = store.training_set(run_id, cycle)
+    val_t, steer_t = validation_parts(spec, store.read_table(run_id, "val"))
     data = TrainData(
         texts=_col(train_t, "text"), labels=_col(train_t, "label"),
         val_texts=_col(val_t, "text"), val_labels=_col(val_t, "label"), label_names=labels,
@@ -54,17 +60,40 @@ def train_cycle(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
     ckpt = _student(spec, store, run_id, cycle, data, scratch)
     clf = Classifier.load(ckpt.output_dir, spec.student.device)
     val_pred, train_pred = clf.predict(data.val_texts), clf.predict(data.texts)
+    # What steers the next cycle's prompts: the validation split, or only its steering part.
+    steer = (val_t, val_pred) if steer_t is None else (steer_t, clf.predict(_col(steer_t, "text")))
     result: dict[str, Any] = {
         "cycle": cycle, "split": "val", "n": len(data.val_texts),
         **report(labels, clf.label_ids(data.val_labels), val_pred),
-        "mined": _mine(spec, cycle, clf, [(train_t, train_pred), (val_t, val_pred)]),
+        "mined": _mine(spec, cycle, clf, [(train_t, train_pred), steer]),
         "n_train": len(data.texts), **_training_summary(ckpt),
     }
     store.commit(run_id, cycle, "predictions", "val",
                  predictions_table(val_t, val_pred, clf.labels, run_id, cycle, "val"))
+    if steer_t is not None:
+        result["steer"] = {"split": "steer", "n": steer_t.num_rows,
+                           **report(labels, clf.label_ids(_col(steer_t, "label")), steer[1])}
+        store.commit(run_id, cycle, "predictions", "steer",
+                     predictions_table(steer_t, steer[1], clf.labels, run_id, cycle, "steer"))
     store.write_json(run_id, f"cycle={cycle}/eval.json", result)
     shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def validation_parts(spec: RunSpec, val: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+    """The validation examples that select (early stopping, the kept cycle) and those that
+    only steer generation, or ``(val, None)`` when the whole split does both
+    (``dataset.steer_fraction`` 0)."""
+    fraction = spec.dataset.steer_fraction
+    if fraction == 0:
+        return val, None
+    mask = steer_mask(_col(val, "id"), _col(val, "label"), fraction, spec.dataset.sample_seed)
+    if all(mask) or not any(mask):
+        raise InvalidInputError(
+            f"dataset.steer_fraction={fraction} of the {val.num_rows} validation examples "
+            f"leaves {'none to select' if all(mask) else 'none to steer'} with")
+    flags = pa.array(mask)
+    return val.filter(pc.invert(flags)), val.filter(flags)
 
 
 def evaluate_on_test(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,

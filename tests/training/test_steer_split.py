@@ -1,0 +1,87 @@
+"""``dataset.steer_fraction``: a real cycle-0 train job on a small run whose validation split
+has a steering part and a selecting part (a 1-layer MiniLM, 5 Banking77 classes, 1 epoch)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from orchestrator.datasets import steer_mask
+from orchestrator.errors import InvalidInputError
+from orchestrator.report import _steer_note
+from orchestrator.runs import create_run, load_manifest
+from orchestrator.spec import RunSpec, parse_spec
+from storage.store import ShardStore
+from workers.training.cycle import train_cycle, validation_parts
+
+CLASSES, PER_CLASS = 5, 24
+
+
+def _spec(banking77: Path, tmp_path: Path, steer_fraction: float) -> RunSpec:
+    by_label: dict[str, list[str]] = {}
+    with open(banking77 / "train.csv", encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            by_label.setdefault(row["category"], []).append(row["text"])
+    data = tmp_path / "data.csv"
+    with open(data, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for label in sorted(by_label)[:CLASSES]:
+            writer.writerows([t, label] for t in by_label[label][:PER_CLASS])
+    return parse_spec({
+        "run_id": "steer", "storage": str(tmp_path / "store"),
+        "dataset": {"train": str(data), "seed_size": 100, "val_fraction": 0.4,
+                    "steer_fraction": steer_fraction},
+        "student": {"model": "builtin:minilm", "num_layers": 1, "max_length": 32,
+                    "lr": 1e-3, "batch_size": 16, "epochs": 1, "device": "cpu"},
+    })
+
+
+def test_only_the_steering_part_is_mined_and_only_the_rest_selects(
+        banking77: Path, tmp_path: Path) -> None:
+    spec = _spec(banking77, tmp_path, 0.5)
+    store = ShardStore(spec.storage)
+    create_run(spec, store)
+    val = store.read_table("steer", "val")
+    select, steer = validation_parts(spec, val)
+    assert steer is not None and (select.num_rows, steer.num_rows) == (20, 20)
+    mask = steer_mask(val.column("id").to_pylist(), val.column("label").to_pylist(), 0.5)
+    assert set(steer.column("id").to_pylist()) == \
+        {i for i, m in zip(val.column("id").to_pylist(), mask, strict=True) if m}
+
+    result = train_cycle(spec, store, "steer", 0, tmp_path / "work")
+    select_ids, steer_ids = set(select.column("id").to_pylist()), set(steer.column("id").to_pylist())
+    assert result["n"] == 20 and result["steer"]["n"] == 20
+    assert sum(c["support"] for c in result["per_class"].values()) == 20
+    assert sum(c["support"] for c in result["steer"]["per_class"].values()) == 20
+    mined = [x["id"] for group in result["mined"].values() for x in group]
+    assert mined and not set(mined) & select_ids, "the selecting part is never shown"
+    assert set(mined) & steer_ids, "the steering part's examples are mined"
+    preds = {split: store.read_shard("steer", 0, "predictions", split) for split in ("val", "steer")}
+    assert set(preds["val"].column("example_id").to_pylist()) == select_ids
+    assert set(preds["steer"].column("example_id").to_pylist()) == steer_ids
+    assert set(preds["steer"].column("split").to_pylist()) == {"steer"}
+
+    note = _steer_note(load_manifest(store, "steer")["spec"], [result])
+    assert "20 validation examples that select" in note[1] and "other 20 alone" in note[1]
+
+
+def test_without_a_steer_fraction_the_whole_split_does_both(tmp_path: Path,
+                                                            banking77: Path) -> None:
+    spec = _spec(banking77, tmp_path, 0.0)
+    store = ShardStore(spec.storage)
+    create_run(spec, store)
+    val = store.read_table("steer", "val")
+    select, steer = validation_parts(spec, val)
+    assert steer is None and select is val
+    assert _steer_note(load_manifest(store, "steer")["spec"], [{"n": 40}]) == []
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.99])
+def test_a_steer_fraction_leaving_a_part_empty_fails_at_submit(tmp_path: Path, banking77: Path,
+                                                               fraction: float) -> None:
+    spec = _spec(banking77, tmp_path, fraction)
+    with pytest.raises(InvalidInputError, match=f"steer_fraction={fraction} of the 40"):
+        create_run(spec, ShardStore(spec.storage))

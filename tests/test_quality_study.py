@@ -191,3 +191,22 @@ def test_a_rationale_run_keeps_its_rationale_quality_and_teacher_fit(tmp_path: P
     assert "chance: ln 77 = 4.34" in lines[1]
     assert lines[-1] == ("| 7 | 0 | input_x_gradient | 2.56 | 0.287 | 0.322 | 35% | 66% | "
                          "3.54 (epoch 3 of 3) |")
+
+
+def test_a_steer_fraction_names_its_own_protocol_and_says_so() -> None:
+    """--steer-fraction: the generating rows get their own protocol (rows 0 and 1 keep theirs;
+    the protocols measured before the option keep their names), and the table says which
+    validation texts select."""
+    from bench.quality.run import _parser, base_spec, notes, protocol, protocol_id, table
+
+    plain, split = _parser().parse_args([]), _parser().parse_args(["--steer-fraction", "0.5"])
+    assert protocol_id(protocol(plain)) == "ebc17e772e"
+    assert protocol_id(protocol(split)) != protocol_id(protocol(plain))
+    assert protocol(split, generating=False) == protocol(plain, generating=False)
+    spec = base_spec(split, "train.csv", "test.csv", 0, Path("/tmp/store"))
+    assert spec["dataset"]["steer_fraction"] == 0.5
+    assert "steer_fraction" not in base_spec(plain, "a", "b", 0, Path("/tmp/s"))["dataset"]
+    text = table({}, split, "cmd", "p", "b") + "\n".join(notes(split, {}))
+    assert "`dataset.steer_fraction: 0.5` of it steers generation alone" in text
+    assert "not row 1's" in text
+    assert "steer_fraction" not in table({}, plain, "cmd", "p", "b")

@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="epochs without a lower validation loss before a training stops")
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="train every cycle's student from MiniLM (default: from the last one)")
+    p.add_argument("--steer-fraction", type=float, default=0.0,
+                   help="dataset.steer_fraction of the generating rows: the share of the "
+                        "validation texts that steers generation, the rest selecting "
+                        "(default 0: all of them do both, as in PGKD)")
     p.add_argument("--max-cycles", type=int, default=4)
     p.add_argument("--examples-per-cycle", type=int, default=400)
     p.add_argument("--examples-per-request", type=int, default=10)
@@ -153,6 +157,9 @@ def protocol(args: argparse.Namespace, generating: bool = True) -> dict[str, Any
     # cycle the next few-shot examples of a class)
     if generating and SIM_VERSION > 1:
         proto["sim"] = SIM_VERSION
+    # only when set, so the protocols measured before the option keep their names
+    if generating and args.steer_fraction:
+        proto["steer_fraction"] = args.steer_fraction
     return proto
 
 
@@ -202,6 +209,7 @@ def base_spec(args: argparse.Namespace, train: str, test: str, seed: int,
         "name": "quality", "storage": str(store),
         "dataset": {"train": train, "test": test, "label_column": "category",
                     "seed_size": args.seed_size, "sample_seed": seed,
+                    **({"steer_fraction": args.steer_fraction} if args.steer_fraction else {}),
                     **({"test_limit": args.test_limit} if args.test_limit else {})},
         "teacher": {"kind": "sim", "model": "distillq-sim", "rpm": 60000,
                     "price": {"input_per_1k": 0.003, "output_per_1k": 0.015},
@@ -387,8 +395,13 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
         f"budget for every generating row: {args.max_cycles} cycles × {args.examples_per_cycle} "
         f"examples = {budget} examples at most; *examples added* counts those in the training "
         f"set of the cycle whose student was kept (best validation macro-F1); *validation "
-        f"macro-F1* is that student's score on the seed's validation texts, the ones the "
-        f"controller decides on and guided generation is steered by; *teacher tokens* and "
+        f"macro-F1* is that student's score on the seed's validation texts, "
+        + ("the ones the controller decides on and guided generation is steered by; "
+           if not args.steer_fraction else
+           f"those of them the controller decides on (the generating rows split validation "
+           f"label by label: `dataset.steer_fraction: {args.steer_fraction:g}` of it steers "
+           f"generation alone, the rest selects; rows 0 and 1 use all of it); ")
+        + f"*teacher tokens* and "
         f"*teacher cost* are those of every cycle the row ran, the kept one or not. Mean ± "
         f"sample std (n − 1) over the seeds measured (column *seeds*); seeds measured so far: "
         f"{', '.join(map(str, seeds)) or 'none'}.",
@@ -495,8 +508,11 @@ def notes(args: argparse.Namespace, results: dict[int, list[dict[str, Any]]]) ->
         "generate / attribute / train workers, the controller); row 0 trains the same student "
         f"directly on the whole training split, validated on the same "
         f"{max(1, round(args.seed_size * 0.2))} validation examples.",
-        "- Cycle 0 of every generating row is the same seed-only student as row 1 (same "
-        "settings, data and seed). With `student.cache_dir` the rows share it: trained once, "
+        ("- Cycle 0 of every generating row is the same seed-only student as row 1 (same "
+         "settings, data and seed). " if not args.steer_fraction else
+         "- Cycle 0 of a generating row is a seed-only student too, but not row 1's: its "
+         "early stopping sees only the selecting part of validation. ")
+        + "With `student.cache_dir` the rows share it: trained once, "
         "copied by the others (bit-identical to training it again on CPU; tested). "
         "Rationale-aware training (row 7) differs from cycle 0 on, so it trains its own.",
         "- Row 7's rationales come from a white-box teacher: MiniLM fine-tuned on the seed "

@@ -210,3 +210,25 @@ def test_a_steer_fraction_names_its_own_protocol_and_says_so() -> None:
     assert "`dataset.steer_fraction: 0.5` of it steers generation alone" in text
     assert "not row 1's" in text
     assert "steer_fraction" not in table({}, plain, "cmd", "p", "b")
+
+
+def test_a_cell_measured_with_other_row_settings_is_left_out(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
+    from bench.quality.run import ROWS, _parser, load_results, row_settings, save_cell
+
+    args = _parser().parse_args([])
+    rows = {r.key: r for r in ROWS}
+    settings = {k: row_settings(args, r) for k, r in rows.items()}
+    assert settings[7]["attribution"]["method"] == "saliency"
+    assert settings[7] != settings[2] and "max_cycles" in settings[1]["loop"]
+    result = {"macro_f1": 0.85}
+    save_cell(tmp_path, {}, rows[2], 0, result, settings[2])
+    stale = {**settings[7], "attribution": {**settings[7]["attribution"],
+                                            "method": "input_x_gradient"}}
+    save_cell(tmp_path, {}, rows[7], 0, result, stale)
+    save_cell(tmp_path, {}, rows[7], 1, result)  # a cell from before cells recorded them
+    got = load_results(tmp_path, settings=settings)
+    assert [r["seed"] for r in got[2]] == [0] and [r["seed"] for r in got[7]] == [1]
+    assert "row7-seed0.json was measured with other row settings" in capsys.readouterr().err
+    assert [r["seed"] for r in load_results(tmp_path)[7]] == [0, 1], "no settings: all cells"

@@ -609,10 +609,23 @@ def targets(results: dict[int, list[dict[str, Any]]]) -> list[str]:
     return out
 
 
-def load_results(folder: Path, base: Path | None = None) -> dict[int, list[dict[str, Any]]]:
+def row_settings(args: argparse.Namespace, row: Row) -> dict[str, Any]:
+    """The spec the harness gives a row's runs, for seed 0 and with placeholder paths. The
+    protocol hash covers the command-line settings; this covers the harness's own choices
+    (``ROWS``, ``base_spec``), so a cell measured before one of them changed is not mixed with
+    cells measured after."""
+    spec = base_spec(args, "<train>", "<test>", 0, Path("<work>") / "<store>")
+    return json.loads(json.dumps(_merge(spec, row.spec), sort_keys=True))
+
+
+def load_results(folder: Path, base: Path | None = None,
+                 settings: dict[int, dict[str, Any]] | None = None
+                 ) -> dict[int, list[dict[str, Any]]]:
     """Every cell measured under one protocol, per row, in seed order: the generating rows
     from ``folder``, rows 0 and 1 from ``base`` (their protocol without generation settings;
-    ``None``: from ``folder`` too)."""
+    ``None``: from ``folder`` too). With ``settings`` (row → ``row_settings``), a cell that
+    recorded other settings is left out, with a warning (cells written before cells recorded
+    them are taken as they are)."""
     results: dict[int, list[dict[str, Any]]] = {}
     base = folder if base is None else base
     for where in dict.fromkeys([folder, base]):  # one folder, or the two
@@ -620,6 +633,12 @@ def load_results(folder: Path, base: Path | None = None) -> dict[int, list[dict[
             cell = json.loads(path.read_text())
             if base != folder and (int(cell["row"]) in NON_GENERATING) != (where == base):
                 continue  # a row kept in the other folder
+            recorded, wanted = cell.get("row_settings"), (settings or {}).get(int(cell["row"]))
+            if recorded is not None and wanted is not None and recorded != wanted:
+                print(f"[quality] WARNING: {path} was measured with other row settings than "
+                      "this harness gives the row now; it is left out of the table (run it "
+                      "again with --redo)", file=sys.stderr, flush=True)
+                continue
             results.setdefault(int(cell["row"]), []).append(
                 {**cell["result"], "seed": cell["seed"], "machine": cell.get("machine", {})})
     for got in results.values():
@@ -635,14 +654,16 @@ def _write_cell(path: Path, cell: dict[str, Any]) -> None:
 
 
 def save_cell(folder: Path, proto: dict[str, Any], row: Row, seed: int,
-              result: dict[str, Any]) -> Path:
-    """One measured cell, written whole (temp file, then rename)."""
+              result: dict[str, Any], settings: dict[str, Any] | None = None) -> Path:
+    """One measured cell, written whole (temp file, then rename); ``settings``: the row's
+    ``row_settings``."""
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "protocol.json").write_text(json.dumps(proto, indent=1, sort_keys=True) + "\n")
     path = folder / f"row{row.key}-seed{seed}.json"
     cell = {"row": row.key, "setting": row.name, "seed": seed, "result": result,
+            **({"row_settings": settings} if settings is not None else {}),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "torch": torch.__version__,
@@ -715,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         study_args(argv if argv is not None else sys.argv[1:]))
     out = Path(args.out)
     rows = {r.key: r for r in ROWS}
+    settings = {r.key: row_settings(args, r) for r in ROWS}
     print(f"[quality] protocol {proto_id}: {json.dumps(proto)} (rows 0 and 1: {base_id})",
           flush=True)
     if args.fill:
@@ -739,13 +761,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[quality] row {row.key} ({row.name}), seed {seed} ...", flush=True)
             got = (run_upper_bound(spec, work, seed) if row.key == 0
                    else run_system(row, spec, work, seed))
-            save_cell(cells, cell_proto, row, seed, got)
+            save_cell(cells, cell_proto, row, seed, got, settings[row.key])
             print(f"[quality]   macro-F1 {got['macro_f1']:.4f}, added {got['added']}, "
                   f"{got['wall_s']:.0f}s", flush=True)
-            write_outputs(out, load_results(folder, base_folder), args, command.strip(),
-                          proto_id, base_id)
-    write_outputs(out, load_results(folder, base_folder), args, command.strip(), proto_id,
-                  base_id)
+            write_outputs(out, load_results(folder, base_folder, settings), args,
+                          command.strip(), proto_id, base_id)
+    write_outputs(out, load_results(folder, base_folder, settings), args, command.strip(),
+                  proto_id, base_id)
     print(f"[quality] table: {out}")
     return 0
 

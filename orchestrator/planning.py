@@ -48,10 +48,15 @@ def largest_remainder(weights: dict[K, float], total: int) -> dict[K, int]:
 
 def class_quotas(report: dict[str, Any], taxonomy: list[str], gen: GenerationSpec,
                  total: int) -> dict[str, int]:
-    """Every class gets the floor; the rest in proportion to 1 - F1 (weak classes get more)."""
+    """Every class gets the floor; the rest in proportion to 1 - F1 (weak classes get more).
+    A class the report does not cover gets the mean weakness of those it does (all the same
+    when it covers none)."""
     per_class = report.get("per_class", {})
     floor = min(gen.class_floor, total // max(1, len(taxonomy)))
-    weakness = {c: max(0.0, 1.0 - float(per_class.get(c, {}).get("f1", 0.0))) for c in taxonomy}
+    known = {c: max(0.0, 1.0 - float(per_class[c].get("f1", 0.0)))
+             for c in taxonomy if c in per_class}
+    unknown = sum(known.values()) / len(known) if known else 1.0
+    weakness = {c: known.get(c, unknown) for c in taxonomy}
     extra = largest_remainder(weakness, total - floor * len(taxonomy))
     return {c: floor + extra[c] for c in taxonomy}
 
@@ -93,8 +98,14 @@ class Planner:
 
     def plan(self, cycle: int, report: dict[str, Any]) -> list[Item]:
         # With dataset.steer_fraction the report's metrics are those of the validation
-        # examples that select; generation is steered by the others' (``steer``) alone.
-        report = {**report, **report.get("steer", {})}
+        # examples that select; generation is steered by the others' (``steer``) alone. A
+        # label the split left without steering examples is not known to be weak: it is left
+        # out of the steering report (mean weakness, not among the worst classes shown).
+        if "steer" in report:
+            steer = report["steer"]
+            known = {c: v for c, v in steer.get("per_class", {}).items()
+                     if v.get("support", 1) > 0}
+            report = {**report, **steer, "per_class": known}
         if self.gen.mode == "sharded":
             targets = self._sharded_targets(report)
         elif self.gen.mode == "single":

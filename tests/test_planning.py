@@ -113,3 +113,22 @@ def test_a_split_validation_steers_by_its_steering_part_alone() -> None:
     assert split == Planner(gen, TAX, _seed()).plan(1, steer)
     assert split != Planner(gen, TAX, _seed()).plan(1, selecting)
     assert all(job["report"].get("macro_f1") == 0.62 for job in split if job["report"])
+
+
+def test_a_label_the_split_left_without_steering_examples_is_not_taken_as_weakest() -> None:
+    gen = GenerationSpec(examples_per_cycle=40, examples_per_request=5, class_floor=1)
+    steer = _report()
+    # "d" has no steering example: report() gives it f1 0 and support 0
+    steer["per_class"]["d"] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    jobs = Planner(gen, TAX, _seed()).plan(1, {**_report(), "steer": steer})
+    quota = Counter()
+    for job in jobs:
+        if len(job["target_labels"]) == 1:
+            quota[job["target_labels"][0]] += job["n_examples"]
+    # a, b, c weigh 0.1, 0.5, 0.8; d gets their mean (0.467), not 1.0, the most of all
+    assert quota["c"] > quota["d"] > quota["a"]
+    assert all("d" not in job["report"].get("per_class", {}) for job in jobs
+               if job["target_labels"] != ["d"])
+    # without a split the report covers every label as it is (d as weak as can be)
+    plain = class_quotas(steer, TAX, gen, 40)
+    assert plain["d"] > plain["c"]

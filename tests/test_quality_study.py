@@ -197,7 +197,16 @@ def test_a_steer_fraction_names_its_own_protocol_and_says_so() -> None:
     """--steer-fraction: the generating rows get their own protocol (rows 0 and 1 keep theirs;
     the protocols measured before the option keep their names), and the table says which
     validation texts select."""
-    from bench.quality.run import _parser, base_spec, notes, protocol, protocol_id, table
+    from bench.quality.run import (
+        ROWS,
+        _parser,
+        base_spec,
+        notes,
+        protocol,
+        protocol_id,
+        row_settings,
+        table,
+    )
 
     plain, split = _parser().parse_args([]), _parser().parse_args(["--steer-fraction", "0.5"])
     assert protocol_id(protocol(plain)) == "ebc17e772e"
@@ -206,6 +215,14 @@ def test_a_steer_fraction_names_its_own_protocol_and_says_so() -> None:
     spec = base_spec(split, "train.csv", "test.csv", 0, Path("/tmp/store"))
     assert spec["dataset"]["steer_fraction"] == 0.5
     assert "steer_fraction" not in base_spec(plain, "a", "b", 0, Path("/tmp/s"))["dataset"]
+    # row 1, the seed-only run of the system, is measured without the split, as row 0
+    rows = {r.key: r for r in ROWS}
+    assert "steer_fraction" not in row_settings(split, rows[1])["dataset"]
+    assert row_settings(split, rows[1]) == row_settings(plain, rows[1])
+    assert row_settings(split, rows[2])["dataset"]["steer_fraction"] == 0.5
+    for bad in ("1.0", "-0.1", "half"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["--steer-fraction", bad])
     text = table({}, split, "cmd", "p", "b") + "\n".join(notes(split, {}))
     assert "`dataset.steer_fraction: 0.5` of it steers generation alone" in text
     assert "not row 1's" in text

@@ -98,6 +98,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1)")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.quality.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="epochs without a lower validation loss before a training stops")
     p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                    help="train every cycle's student from MiniLM (default: from the last one)")
-    p.add_argument("--steer-fraction", type=float, default=0.0,
+    p.add_argument("--steer-fraction", type=_fraction, default=0.0,
                    help="dataset.steer_fraction of the generating rows: the share of the "
                         "validation texts that steers generation, the rest selecting "
                         "(default 0: all of them do both, as in PGKD)")
@@ -195,7 +205,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def base_spec(args: argparse.Namespace, train: str, test: str, seed: int,
-              store: Path) -> dict[str, Any]:
+              store: Path, generating: bool = True) -> dict[str, Any]:
+    """The spec every row's runs start from; ``generating``: for rows 2-8 (rows 0 and 1 are
+    measured without the generation-only settings, ``--steer-fraction``)."""
     # The cache lets rows 2-6 and 8 copy the seed-only student of cycle 0 (row 1's student:
     # same settings, data and seed) instead of training it again; it changes no result.
     student: dict[str, Any] = {"model": "builtin:minilm", "max_length": args.max_length,
@@ -209,7 +221,8 @@ def base_spec(args: argparse.Namespace, train: str, test: str, seed: int,
         "name": "quality", "storage": str(store),
         "dataset": {"train": train, "test": test, "label_column": "category",
                     "seed_size": args.seed_size, "sample_seed": seed,
-                    **({"steer_fraction": args.steer_fraction} if args.steer_fraction else {}),
+                    **({"steer_fraction": args.steer_fraction}
+                       if generating and args.steer_fraction else {}),
                     **({"test_limit": args.test_limit} if args.test_limit else {})},
         "teacher": {"kind": "sim", "model": "distillq-sim", "rpm": 60000,
                     "price": {"input_per_1k": 0.003, "output_per_1k": 0.015},
@@ -614,7 +627,8 @@ def row_settings(args: argparse.Namespace, row: Row) -> dict[str, Any]:
     protocol hash covers the command-line settings; this covers the harness's own choices
     (``ROWS``, ``base_spec``), so a cell measured before one of them changed is not mixed with
     cells measured after."""
-    spec = base_spec(args, "<train>", "<test>", 0, Path("<work>") / "<store>")
+    spec = base_spec(args, "<train>", "<test>", 0, Path("<work>") / "<store>",
+                     generating=row.key not in NON_GENERATING)
     return json.loads(json.dumps(_merge(spec, row.spec), sort_keys=True))
 
 
@@ -757,7 +771,8 @@ def main(argv: list[str] | None = None) -> int:
                           store / ".local" / f"row{row.key}-seed{seed}"])
                 for path in stale:
                     shutil.rmtree(path, ignore_errors=True)
-            spec = base_spec(args, train, test, seed, store)
+            spec = base_spec(args, train, test, seed, store,
+                             generating=row.key not in NON_GENERATING)
             print(f"[quality] row {row.key} ({row.name}), seed {seed} ...", flush=True)
             got = (run_upper_bound(spec, work, seed) if row.key == 0
                    else run_system(row, spec, work, seed))

@@ -151,3 +151,39 @@ def test_the_faithfulness_benchmark_reads_a_runs_teacher_and_validation(
         (1, "saliency"), (1, "attention"), (2, "saliency"), (2, "attention")]
     for r in got["rows"]:
         assert r["deletion"]["n"] > 0 and r["deletion"]["k_mean"] <= r["k"]
+
+
+def test_with_a_split_validation_the_teacher_stops_on_the_steering_part(
+    tiny, store, tmp_path, monkeypatch
+) -> None:
+    """The teacher's rationales shape the student's data, so with dataset.steer_fraction its
+    early stopping sees only the steering part, never the part that selects."""
+    import importlib
+
+    from workers.training.cycle import validation_parts
+
+    train_module = importlib.import_module("workers.training.train")  # the module, not train()
+
+    half = len(tiny.texts) // 2
+    store.commit(RUN, 0, "generated", "seed",
+                 _examples(tiny.texts[:half], tiny.labels[:half], cycle=0))
+    val = _examples(tiny.texts[half:], tiny.labels[half:], cycle=0)
+    store.write_table(RUN, "val", val)
+    seen: list[list[str]] = []
+
+    def fake_train(cfg, data):  # records what early stopping would see, trains nothing
+        seen.append(list(data.val_texts))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    for fraction in (0.0, 0.5):
+        spec = RunSpec(dataset={"train": "unused.csv", "steer_fraction": fraction,
+                                "sample_seed": 4},
+                       attribution=_spec(tiny, finetune=True).attribution)
+        with pytest.raises(RuntimeError, match="stop here"):
+            job.finetune_teacher(spec, store, RUN, tmp_path / "out", tmp_path / "ep")
+    whole, steer = seen
+    assert whole == val.column("text").to_pylist()
+    _, steer_t = validation_parts(spec, val)
+    assert steer_t is not None and steer == steer_t.column("text").to_pylist()
+    assert 0 < len(steer) < len(whole)

@@ -33,7 +33,7 @@ def _spec(banking77: Path, tmp_path: Path, steer_fraction: float) -> RunSpec:
     return parse_spec({
         "run_id": "steer", "storage": str(tmp_path / "store"),
         "dataset": {"train": str(data), "seed_size": 100, "val_fraction": 0.4,
-                    "steer_fraction": steer_fraction},
+                    "steer_fraction": steer_fraction, "sample_seed": 5},
         "student": {"model": "builtin:minilm", "num_layers": 1, "max_length": 32,
                     "lr": 1e-3, "batch_size": 16, "epochs": 1, "device": "cpu"},
     })
@@ -41,21 +41,26 @@ def _spec(banking77: Path, tmp_path: Path, steer_fraction: float) -> RunSpec:
 
 def test_only_the_steering_part_is_mined_and_only_the_rest_selects(
         banking77: Path, tmp_path: Path) -> None:
-    spec = _spec(banking77, tmp_path, 0.5)
+    spec = _spec(banking77, tmp_path, 0.25)
     store = ShardStore(spec.storage)
     create_run(spec, store)
     val = store.read_table("steer", "val")
     select, steer = validation_parts(spec, val)
-    assert steer is not None and (select.num_rows, steer.num_rows) == (20, 20)
-    mask = steer_mask(val.column("id").to_pylist(), val.column("label").to_pylist(), 0.5)
-    assert set(steer.column("id").to_pylist()) == \
-        {i for i, m in zip(val.column("id").to_pylist(), mask, strict=True) if m}
+    assert steer is not None and (select.num_rows, steer.num_rows) == (30, 10)
+    ids, labels = val.column("id").to_pylist(), val.column("label").to_pylist()
+    mask = steer_mask(ids, labels, 0.25, seed=5)  # the run's sample_seed
+    assert set(steer.column("id").to_pylist()) == {i for i, m in zip(ids, mask, strict=True) if m}
 
     result = train_cycle(spec, store, "steer", 0, tmp_path / "work")
     select_ids, steer_ids = set(select.column("id").to_pylist()), set(steer.column("id").to_pylist())
-    assert result["n"] == 20 and result["steer"]["n"] == 20
-    assert sum(c["support"] for c in result["per_class"].values()) == 20
-    assert sum(c["support"] for c in result["steer"]["per_class"].values()) == 20
+    assert result["n"] == 30 and result["steer"]["n"] == 10
+    select_labels, steer_labels = select.column("label").to_pylist(), steer.column("label").to_pylist()
+    for label, got in result["per_class"].items():
+        assert got["support"] == select_labels.count(label), label
+        assert result["steer"]["per_class"][label]["support"] == steer_labels.count(label), label
+    # early stopping saw the selecting part: its loss is the report's, not the steering part's
+    assert min(result["val_losses"]) == pytest.approx(result["loss"], abs=1e-3)
+    assert abs(result["loss"] - result["steer"]["loss"]) > 1e-3
     mined = [x["id"] for group in result["mined"].values() for x in group]
     assert mined and not set(mined) & select_ids, "the selecting part is never shown"
     assert set(mined) & steer_ids, "the steering part's examples are mined"
@@ -65,7 +70,7 @@ def test_only_the_steering_part_is_mined_and_only_the_rest_selects(
     assert set(preds["steer"].column("split").to_pylist()) == {"steer"}
 
     note = _steer_note(load_manifest(store, "steer")["spec"], [result])
-    assert "20 validation examples that select" in note[1] and "other 20 alone" in note[1]
+    assert "30 validation examples that select" in note[1] and "other 10 alone" in note[1]
 
 
 def test_without_a_steer_fraction_the_whole_split_does_both(tmp_path: Path,

@@ -1,7 +1,7 @@
 """The ``attribute`` queue's plain functions: prepare the teacher once, attribute a shard.
 
 - ``prepare_teacher`` fine-tunes a classifier teacher on the run's seed (training split; the
-  validation split drives early stopping) with the training package's ``train`` and commits it
+  validation split, or its steering part, drives early stopping) with the training package's ``train`` and commits it
   to ``<run>/teacher`` in storage. Idempotent: a committed teacher is never trained again.
 - ``attribute_table`` turns a shard of examples into a shard of attributions (``ATTRIBUTIONS``).
 - ``quality_report`` measures rationale quality on the validation split, for the run report.
@@ -62,7 +62,7 @@ def prepare_teacher(spec: RunSpec, store: ShardStore, run_id: str, workdir: Path
     shutil.rmtree(build, ignore_errors=True)
     t0 = time.perf_counter()
     epochs = Path(workdir) / "teacher-epochs"
-    finetune_teacher(a, store, run_id, build, epochs)
+    finetune_teacher(spec, store, run_id, build, epochs)
     store.put_dir(build, run_id, TEACHER_DIR)
     # committed: the local copies (a model, and an optimizer state per epoch) are not needed
     shutil.rmtree(build, ignore_errors=True)
@@ -72,13 +72,20 @@ def prepare_teacher(spec: RunSpec, store: ShardStore, run_id: str, workdir: Path
     return where
 
 
-def finetune_teacher(a: AttributionSpec, store: ShardStore, run_id: str, out: Path,
+def finetune_teacher(spec: RunSpec, store: ShardStore, run_id: str, out: Path,
                      checkpoints: Path) -> Path:
-    """Train ``a.model`` as a classifier of the run's taxonomy; save it to ``out``."""
+    """Train ``spec.attribution.model`` as a classifier of the run's taxonomy; save it to
+    ``out``. Its early stopping sees the validation split, or with ``dataset.steer_fraction``
+    only its steering part: the teacher's rationales shape the student's training data, which
+    the selecting part must not."""
     from workers.training.config import TrainConfig, TrainData
+    from workers.training.cycle import validation_parts
     from workers.training.train import train
 
-    train_t, val_t = store.training_set(run_id, 0), store.read_table(run_id, "val")
+    a = spec.attribution
+    train_t = store.training_set(run_id, 0)
+    select_t, steer_t = validation_parts(spec, store.read_table(run_id, "val"))
+    val_t = select_t if steer_t is None else steer_t
     data = TrainData(
         texts=train_t.column("text").to_pylist(), labels=train_t.column("label").to_pylist(),
         val_texts=val_t.column("text").to_pylist(), val_labels=val_t.column("label").to_pylist(),

@@ -1,8 +1,8 @@
 """The ``attribute`` queue's plain functions: prepare the teacher once, attribute a shard.
 
 - ``prepare_teacher`` fine-tunes a classifier teacher on the run's seed (training split; the
-  validation split, or its steering part, drives early stopping) with the training package's ``train`` and commits it
-  to ``<run>/teacher`` in storage. Idempotent: a committed teacher is never trained again.
+  validation split, or its steering part, drives early stopping) with the training package's
+  ``train`` and commits it to ``<run>/teacher`` in storage. Idempotent: a committed teacher is never trained again.
 - ``attribute_table`` turns a shard of examples into a shard of attributions (``ATTRIBUTIONS``).
 - ``quality_report`` measures rationale quality on the validation split, for the run report.
 

@@ -2,7 +2,8 @@
 
 - ``prepare_teacher`` fine-tunes a classifier teacher on the run's seed (training split; the
   validation split, or its steering part, drives early stopping) with the training package's
-  ``train`` and commits it to ``<run>/teacher`` in storage. Idempotent: a committed teacher is never trained again.
+  ``train`` and commits it to ``<run>/teacher`` in storage. Idempotent: a committed teacher
+  is never trained again.
 - ``attribute_table`` turns a shard of examples into a shard of attributions (``ATTRIBUTIONS``).
 - ``quality_report`` measures rationale quality on the validation split, for the run report.
 

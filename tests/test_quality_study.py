@@ -219,6 +219,9 @@ def test_a_steer_fraction_names_its_own_protocol_and_says_so() -> None:
     rows = {r.key: r for r in ROWS}
     assert "steer_fraction" not in row_settings(split, rows[1])["dataset"]
     assert row_settings(split, rows[1]) == row_settings(plain, rows[1])
+    cold = _parser().parse_args(["--no-warm-start", "--max-cycles", "2"])
+    assert row_settings(cold, rows[1]) == row_settings(plain, rows[1]), "shared by protocols"
+    assert row_settings(cold, rows[2]) != row_settings(plain, rows[2])
     assert row_settings(split, rows[2])["dataset"]["steer_fraction"] == 0.5
     for bad in ("1.0", "-0.1", "half"):
         with pytest.raises(SystemExit):

@@ -627,8 +627,13 @@ def row_settings(args: argparse.Namespace, row: Row) -> dict[str, Any]:
     protocol hash covers the command-line settings; this covers the harness's own choices
     (``ROWS``, ``base_spec``), so a cell measured before one of them changed is not mixed with
     cells measured after."""
+    generating = row.key not in NON_GENERATING
+    if not generating:  # rows 0 and 1 are shared by protocols that differ in these
+        defaults = _parser().parse_args([])
+        args = argparse.Namespace(**{**vars(args), **{k: getattr(defaults, k)
+                                                       for k in GENERATION_KEYS}})
     spec = base_spec(args, "<train>", "<test>", 0, Path("<work>") / "<store>",
-                     generating=row.key not in NON_GENERATING)
+                     generating=generating)
     return json.loads(json.dumps(_merge(spec, row.spec), sort_keys=True))
 
 

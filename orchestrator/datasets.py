@@ -201,13 +201,7 @@ def load_and_split(ds: DatasetSpec) -> Split:
             f"dataset.seed_size={len(seed)} with dataset.val_fraction={ds.val_fraction} puts "
             f"all {len(seed)} seed examples in validation and leaves none to train on"
         )
-    n_steer = steer_count(n_val, ds.steer_fraction)
-    if ds.steer_fraction > 0 and not 0 < n_steer < n_val:
-        raise InvalidInputError(
-            f"dataset.steer_fraction={ds.steer_fraction} of the {n_val} validation examples "
-            f"leaves {'none to steer' if n_steer == 0 else 'none to select'} with; give the "
-            "validation split more examples or another steer_fraction"
-        )
+    check_steer_split(n_val, ds.steer_fraction)
     val, seed_train = sorted(seed[:n_val]), sorted(seed[n_val:])
     return Split(train.subset(seed_train), train.subset(val), train.subset(pool), test, taxonomy)
 
@@ -215,6 +209,18 @@ def load_and_split(ds: DatasetSpec) -> Split:
 def steer_count(n_val: int, fraction: float) -> int:
     """How many of ``n_val`` validation examples steer generation (``dataset.steer_fraction``)."""
     return round(n_val * fraction) if fraction > 0 else 0
+
+
+def check_steer_split(n_val: int, fraction: float) -> None:
+    """InvalidInputError if ``fraction`` > 0 leaves one part of ``n_val`` validation examples
+    empty (checked when a run is created, and again by the train job)."""
+    n_steer = steer_count(n_val, fraction)
+    if fraction > 0 and not 0 < n_steer < n_val:
+        raise InvalidInputError(
+            f"dataset.steer_fraction={fraction} of the {n_val} validation examples leaves "
+            f"{'none to steer' if n_steer == 0 else 'none to select'} with; give the "
+            "validation split more examples or another steer_fraction"
+        )
 
 
 def steer_mask(ids: Sequence[str], labels: Sequence[str], fraction: float,

@@ -3,10 +3,10 @@ has a steering part and a selecting part (a 1-layer MiniLM, 5 Banking77 classes,
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
+from training_kit import write_subset_csv
 
 from orchestrator.datasets import steer_mask
 from orchestrator.errors import InvalidInputError
@@ -20,16 +20,7 @@ CLASSES, PER_CLASS = 5, 24
 
 
 def _spec(banking77: Path, tmp_path: Path, steer_fraction: float) -> RunSpec:
-    by_label: dict[str, list[str]] = {}
-    with open(banking77 / "train.csv", encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
-            by_label.setdefault(row["category"], []).append(row["text"])
-    data = tmp_path / "data.csv"
-    with open(data, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        for label in sorted(by_label)[:CLASSES]:
-            writer.writerows([t, label] for t in by_label[label][:PER_CLASS])
+    data = write_subset_csv(banking77, tmp_path / "data.csv", CLASSES, PER_CLASS)
     return parse_spec({
         "run_id": "steer", "storage": str(tmp_path / "store"),
         "dataset": {"train": str(data), "seed_size": 100, "val_fraction": 0.4,

@@ -17,7 +17,6 @@ killed one's epoch checkpoint (same scratch folder) and commits one student.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from training_kit import write_subset_csv
 
 from orchestrator.runs import create_run
 from orchestrator.spec import parse_spec
@@ -55,21 +55,6 @@ app.conf.broker_transport_options = {
 }
 app.worker_main(sys.argv[1:])
 """
-
-
-def _dataset(banking77: Path, out: Path) -> Path:
-    """4 classes x 30 Banking77 training texts, as a CSV in the test's temp folder."""
-    by_label: dict[str, list[str]] = {}
-    with open(banking77 / "train.csv", encoding="utf-8", newline="") as fh:
-        for row in csv.DictReader(fh):
-            by_label.setdefault(row["category"], []).append(row["text"])
-    labels = sorted(by_label)[:CLASSES]
-    with open(out, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        for label in labels:
-            writer.writerows([t, label] for t in by_label[label][:PER_CLASS])
-    return out
 
 
 def _wait(what: str, cond: Callable[[], object], timeout: float,
@@ -118,7 +103,8 @@ def test_sigkilled_train_task_is_redelivered_and_commits_one_student(
 
     spec = parse_spec({
         "run_id": RUN_ID, "storage": str(tmp_path / "store"),
-        "dataset": {"train": str(_dataset(banking77, tmp_path / "train.csv")),
+        "dataset": {"train": str(write_subset_csv(banking77, tmp_path / "train.csv",
+                                                   CLASSES, PER_CLASS)),
                     "seed_size": 100, "val_fraction": 0.2},
         "student": {"num_layers": 2, "max_length": 32, "lr": 2e-4, "batch_size": 16,
                     "epochs": EPOCHS, "patience": EPOCHS, "device": "cpu"},

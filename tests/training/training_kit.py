@@ -43,6 +43,18 @@ def _by_class(path: Path) -> dict[str, list[str]]:
     return out
 
 
+def write_subset_csv(banking77: Path, out: Path, classes: int, per_class: int) -> Path:
+    """The first ``per_class`` training texts of Banking77's first ``classes`` labels (sorted),
+    as a ``text,label`` CSV at ``out``: a small dataset for a run made by ``create_run``."""
+    by_label = _by_class(banking77 / "train.csv")
+    with open(out, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        for label in sorted(by_label)[:classes]:
+            writer.writerows([t, label] for t in by_label[label][:per_class])
+    return out
+
+
 def load_subset(banking77: Path) -> Subset:
     """10 classes: 40 train + 10 validation texts each from train.csv, 20 test texts from test.csv."""
     train_rows, test_rows = _by_class(banking77 / "train.csv"), _by_class(banking77 / "test.csv")

@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from orchestrator.datasets import steer_mask
+from orchestrator.datasets import check_steer_split, steer_mask
 from orchestrator.spec import RunSpec
 from storage.schemas import PREDICTIONS
 from storage.store import ShardStore
@@ -61,20 +61,21 @@ def train_cycle(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
     clf = Classifier.load(ckpt.output_dir, spec.student.device)
     val_pred, train_pred = clf.predict(data.val_texts), clf.predict(data.texts)
     # What steers the next cycle's prompts: the validation split, or only its steering part.
-    steer = (val_t, val_pred) if steer_t is None else (steer_t, clf.predict(_col(steer_t, "text")))
+    steer_pred = val_pred if steer_t is None else clf.predict(_col(steer_t, "text"))
     result: dict[str, Any] = {
         "cycle": cycle, "split": "val", "n": len(data.val_texts),
         **report(labels, clf.label_ids(data.val_labels), val_pred),
-        "mined": _mine(spec, cycle, clf, [(train_t, train_pred), steer]),
+        "mined": _mine(spec, cycle, clf, [(train_t, train_pred),
+                                          (val_t if steer_t is None else steer_t, steer_pred)]),
         "n_train": len(data.texts), **_training_summary(ckpt),
     }
     store.commit(run_id, cycle, "predictions", "val",
                  predictions_table(val_t, val_pred, clf.labels, run_id, cycle, "val"))
     if steer_t is not None:
         result["steer"] = {"split": "steer", "n": steer_t.num_rows,
-                           **report(labels, clf.label_ids(_col(steer_t, "label")), steer[1])}
+                           **report(labels, clf.label_ids(_col(steer_t, "label")), steer_pred)}
         store.commit(run_id, cycle, "predictions", "steer",
-                     predictions_table(steer_t, steer[1], clf.labels, run_id, cycle, "steer"))
+                     predictions_table(steer_t, steer_pred, clf.labels, run_id, cycle, "steer"))
     store.write_json(run_id, f"cycle={cycle}/eval.json", result)
     shutil.rmtree(scratch, ignore_errors=True)
     return result
@@ -87,12 +88,9 @@ def validation_parts(spec: RunSpec, val: pa.Table) -> tuple[pa.Table, pa.Table |
     fraction = spec.dataset.steer_fraction
     if fraction == 0:
         return val, None
-    mask = steer_mask(_col(val, "id"), _col(val, "label"), fraction, spec.dataset.sample_seed)
-    if all(mask) or not any(mask):
-        raise InvalidInputError(
-            f"dataset.steer_fraction={fraction} of the {val.num_rows} validation examples "
-            f"leaves {'none to select' if all(mask) else 'none to steer'} with")
-    flags = pa.array(mask)
+    check_steer_split(val.num_rows, fraction)
+    flags = pa.array(steer_mask(_col(val, "id"), _col(val, "label"), fraction,
+                                spec.dataset.sample_seed))
     return val.filter(pc.invert(flags)), val.filter(flags)
 
 

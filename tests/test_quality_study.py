@@ -142,6 +142,32 @@ def test_the_guided_against_unguided_target_needs_two_seeds_and_beats_twice_the_
     assert "(7) − (2) = -0.005" in line and line.endswith("**missed**.")
 
 
+def test_each_row_meets_the_guided_row_on_the_seeds_both_measured() -> None:
+    """A row measured at fewer seeds than (2) is compared with (2)'s cells of those seeds, not
+    with (2)'s mean over all of its seeds; rows 0 and 1 get no validation difference."""
+    from bench.quality.run import against_guided
+
+    def cells(*got: tuple[int, float, float]) -> list[dict[str, object]]:
+        return [{"seed": s, "macro_f1": t, "val_macro_f1": v} for s, t, v in got]
+
+    assert against_guided({5: cells((0, 0.84, 0.89))}) == [], "nothing to meet without (2)"
+    lines = against_guided({
+        1: cells((0, 0.80, 0.77), (1, 0.78, 0.70)),
+        2: cells((0, 0.85, 0.90), (1, 0.84, 0.86), (2, 0.80, 0.91)),
+        5: cells((0, 0.84, 0.89)),
+        4: cells((0, 0.86, 0.85), (1, 0.83, 0.80), (3, 0.99, 0.99)),
+    })
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| ")}
+    # (2)'s mean over its three seeds is 0.830; row 5 meets its seed-0 cell (0.85) alone
+    assert rows["| 5"] == ("| 5 | guided without hard negatives | 0 | -0.010 | -0.010 | "
+                           "-0.010 |")
+    # seed 3 has no (2) cell: left out; differences +0.010 and -0.010, std 0.014
+    assert rows["| 4"].endswith("| 0, 1 | +0.010, -0.010 | +0.000 ± 0.014 | "
+                                "-0.055 ± 0.007 |")
+    assert rows["| 1"].endswith("| 0, 1 | -0.050, -0.060 | -0.055 ± 0.007 | — |")
+    assert "| 2 " not in rows and [k for k in rows if k != "| row"] == ["| 1", "| 4", "| 5"]
+
+
 def test_the_notes_follow_the_settings() -> None:
     from bench.quality.run import _parser, notes
 

@@ -442,6 +442,7 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
     if missing:
         lines += ["", "Not measured yet: " + "; ".join(missing) + "."]
     lines += by_cycle(results)
+    lines += against_guided(results)
     lines += rationales(results, args.classes or 77)
     lines += ["", *targets(results), "", *notes(args, results)]
     # hand-written: what the study's cells show, and what is next; not for other studies (a
@@ -476,6 +477,41 @@ def by_cycle(results: dict[int, list[dict[str, Any]]]) -> list[str]:
             "controller sees only the validation score, and keeps the cycle where it is best):",
             "", "| row | seeds | validation | test | kept cycle (per seed) |",
             "|---|---|---|---|---|", *lines]
+
+
+def _signed(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:+.3f}"
+    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
+
+
+def against_guided(results: dict[int, list[dict[str, Any]]]) -> list[str]:
+    """Every other row minus (2), seed by seed, on the seeds both measured. The main table
+    averages each row over its own seeds, so a row measured at seed 0 alone sits there beside
+    (2)'s mean over three seeds; here it meets (2)'s cell of seed 0 only. Validation is
+    compared between generating rows alone (under a split validation, rows 0 and 1 score all
+    of it, the generating rows its selecting part)."""
+    base = {r["seed"]: r for r in results.get(2, [])}
+    lines = []
+    for row in ROWS:
+        pairs = [(r, base[r["seed"]]) for r in results.get(row.key, []) if r["seed"] in base]
+        if row.key == 2 or not pairs:
+            continue
+        test = [float(r["macro_f1"]) - float(b["macro_f1"]) for r, b in pairs]
+        val = [float(r["val_macro_f1"]) - float(b["val_macro_f1"]) for r, b in pairs
+               if "val_macro_f1" in r and "val_macro_f1" in b]
+        val_cell = (_signed(val) if row.key not in NON_GENERATING and len(val) == len(pairs)
+                    else "—")
+        lines.append(f"| {row.key} | {row.name} | {', '.join(str(r['seed']) for r, _ in pairs)}"
+                     f" | {', '.join(f'{d:+.3f}' for d in test)} | {_signed(test)} | "
+                     f"{val_cell} |")
+    if not lines:
+        return []
+    return ["", "Each row minus (2), seed by seed on the seeds both measured (the table above "
+            "averages a row over its own seeds; here a row measured on fewer seeds meets (2)'s "
+            "cells of the same seeds). Mean ± sample std of the differences:",
+            "", "| row | setting | seeds | test macro-F1 − (2), per seed | test, mean "
+            "| validation macro-F1 − (2), mean |", "|---|---|---|---|---|---|", *lines]
 
 
 def rationales(results: dict[int, list[dict[str, Any]]], n_classes: int) -> list[str]:

@@ -44,6 +44,7 @@ def test_the_quality_study_runs_and_writes_its_table(
     text = out.read_text()
     assert all(f"| {k} |" in text for k in (0, 1, 2))
     assert "- (2) closes" in text, "rows 0, 1 and 2 are in: the first target is checked"
+    assert "| (1) − (2) | seed only | 0 | " in text, "each row meets (2) seed by seed"
     assert "--work" not in text and "--out" not in text, "the command says what, not where"
     # another generation setting: a new protocol for rows 2-8, rows 0 and 1 carried over
     assert main(["--rows", "1", "--seeds", "0", "--no-warm-start", *small]) == 0
@@ -157,15 +158,15 @@ def test_each_row_meets_the_guided_row_on_the_seeds_both_measured() -> None:
         5: cells((0, 0.84, 0.89)),
         4: cells((0, 0.86, 0.85), (1, 0.83, 0.80), (3, 0.99, 0.99)),
     })
-    rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| ")}
+    rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| (")}
     # (2)'s mean over its three seeds is 0.830; row 5 meets its seed-0 cell (0.85) alone
-    assert rows["| 5"] == ("| 5 | guided without hard negatives | 0 | -0.010 | -0.010 | "
-                           "-0.010 |")
+    assert rows["| (5) − (2)"] == ("| (5) − (2) | guided without hard negatives | 0 | -0.010 "
+                                   "| -0.010 | -0.010 |")
     # seed 3 has no (2) cell: left out; differences +0.010 and -0.010, std 0.014
-    assert rows["| 4"].endswith("| 0, 1 | +0.010, -0.010 | +0.000 ± 0.014 | "
-                                "-0.055 ± 0.007 |")
-    assert rows["| 1"].endswith("| 0, 1 | -0.050, -0.060 | -0.055 ± 0.007 | — |")
-    assert "| 2 " not in rows and [k for k in rows if k != "| row"] == ["| 1", "| 4", "| 5"]
+    assert rows["| (4) − (2)"].endswith("| 0, 1 | +0.010, -0.010 | +0.000 ± 0.014 | "
+                                        "-0.055 ± 0.007 |")
+    assert rows["| (1) − (2)"].endswith("| 0, 1 | -0.050, -0.060 | -0.055 ± 0.007 | — |")
+    assert list(rows) == ["| (1) − (2)", "| (4) − (2)", "| (5) − (2)"], "in row order, no (2)"
 
 
 def test_the_notes_follow_the_settings() -> None:

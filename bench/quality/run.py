@@ -374,10 +374,13 @@ def run_upper_bound(spec: dict[str, Any], work: Path, seed: int) -> dict[str, An
             "epochs_run": ckpt.epochs_run, "best_epoch": ckpt.best_epoch}
 
 
-def _ms(values: list[float], digits: int = 3) -> str:
+def _ms(values: list[float], digits: int = 3, signed: bool = False) -> str:
+    """Mean ± sample std (the value alone for one); ``signed``: the mean with its sign."""
+    sign = "+" if signed else ""
     if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+        return f"{values[0]:{sign}.{digits}f}"
+    return (f"{statistics.mean(values):{sign}.{digits}f} ± "
+            f"{statistics.stdev(values):.{digits}f}")
 
 
 def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
@@ -479,12 +482,6 @@ def by_cycle(results: dict[int, list[dict[str, Any]]]) -> list[str]:
             "|---|---|---|---|---|", *lines]
 
 
-def _signed(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:+.3f}"
-    return f"{statistics.mean(values):+.3f} ± {statistics.stdev(values):.3f}"
-
-
 def against_guided(results: dict[int, list[dict[str, Any]]]) -> list[str]:
     """Every other row minus (2), seed by seed, on the seeds both measured. The main table
     averages each row over its own seeds, so a row measured at seed 0 alone sits there beside
@@ -498,14 +495,14 @@ def against_guided(results: dict[int, list[dict[str, Any]]]) -> list[str]:
         if row.key == 2 or not pairs:
             continue
         test = [float(r["macro_f1"]) - float(b["macro_f1"]) for r, b in pairs]
-        val = [float(r["val_macro_f1"]) - float(b["val_macro_f1"]) for r, b in pairs
-               if "val_macro_f1" in r and "val_macro_f1" in b]
-        val_cell = (_signed(val) if row.key not in NON_GENERATING and len(val) == len(pairs)
-                    else "—")
+        has_val = row.key not in NON_GENERATING and all(
+            "val_macro_f1" in r and "val_macro_f1" in b for r, b in pairs)
+        val = (_ms([float(r["val_macro_f1"]) - float(b["val_macro_f1"]) for r, b in pairs],
+                   signed=True) if has_val else "—")
         lines.append(f"| ({row.key}) − (2) | {row.name} | "
                      f"{', '.join(str(r['seed']) for r, _ in pairs)}"
-                     f" | {', '.join(f'{d:+.3f}' for d in test)} | {_signed(test)} | "
-                     f"{val_cell} |")
+                     f" | {', '.join(f'{d:+.3f}' for d in test)} | {_ms(test, signed=True)} | "
+                     f"{val} |")
     if not lines:
         return []
     return ["", "Each row minus (2), seed by seed on the seeds both measured (the table above "

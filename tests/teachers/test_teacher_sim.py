@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -162,3 +163,30 @@ def test_an_example_the_prompt_shows_cut_short_is_never_returned() -> None:
     facts.shown_cut.add(normalise(long[:30]))
     texts = [x["text"] for x in compose(index, facts, random.Random(0), 0.0)]
     assert long not in texts and len(texts) == 2
+
+
+def test_the_report_steers_a_single_prompt_and_not_a_sharded_one(pool) -> None:  # type: ignore[no-untyped-def]
+    """What the sim does not model (docs/teachers.md): a class-sharded prompt's report and
+    confusions leave its draw as it is (only the request's key changes); a single prompt's
+    report sets which labels it draws, weighted by weakness."""
+    from collections import Counter
+
+    from orchestrator.spec import GenerationSpec
+    from workers.teachers.simpool import compose, read_prompt
+
+    index = Pool([t for t, _ in pool], [lab for _, lab in pool])
+    gen = make_spec().generation
+    without = gen.model_copy(update={"use_report": False})
+
+    def answer(job: dict[str, Any], g: GenerationSpec) -> list[dict[str, str]]:
+        facts = read_prompt(build_prompt(job, LABELS, g).messages)
+        return compose(index, facts, random.Random(0), 0.0)
+
+    sharded = make_job(pool, n=6)
+    assert read_prompt(build_prompt(sharded, LABELS, gen).messages).f1, "it reads the report"
+    assert answer(sharded, gen) == answer(sharded, without)
+    single = make_job(pool, targets=(), n=60, mode="single")
+    weak, strong = LABELS[0], LABELS[-1]  # make_job: F1 rises with the label's place
+    steered = Counter(x["label"] for x in answer(single, gen))
+    assert steered[weak] > steered[strong]
+    assert steered != Counter(x["label"] for x in answer(single, without))

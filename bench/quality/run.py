@@ -565,9 +565,15 @@ def notes(args: argparse.Namespace, results: dict[int, list[dict[str, Any]]]) ->
         "- Row 7's rationales come from a white-box teacher: MiniLM fine-tuned on the seed "
         f"(up to {args.epochs} epochs, early stopping on validation loss), attributing every "
         "training example by saliency, its 2 best words (stop words dropped; input×gradient, "
-        "the system's default, picked words no more telling than random ones on this teacher: "
-        "docs/attribution.md); the student learns to tag those words "
+        "the system's default until 2026-12-03, picked words no more telling than random ones "
+        "on this teacher: docs/attribution.md); the student learns to tag those words "
         "(`student.rationales`, weight 0.5).",
+        "- The ablations ask the simulated teacher what an LLM would be asked, and the sim "
+        "answers by its own rule (docs/teachers.md). It draws near the prompt's misclassified "
+        "and hard-negative examples, so row 5's prompts change its draw. It does not read a "
+        "class-sharded prompt's report, so row 6 measures a fresh draw with shorter prompts, "
+        "not what the report is worth to an LLM. Row 8's wrong labels are uniformly random "
+        "other labels; an LLM's would fall on labels close to the right one.",
         f"- {start} and stops after {args.patience} epochs without a lower validation loss"
         + ("; warm starts keep a 2-core CPU study within reach (a 6-layer epoch over 2,400 "
            "examples is ~1.5 min there)." if args.warm_start else "."),

@@ -152,21 +152,38 @@ def test_each_row_meets_the_guided_row_on_the_seeds_both_measured() -> None:
         return [{"seed": s, "macro_f1": t, "val_macro_f1": v} for s, t, v in got]
 
     assert against_guided({5: cells((0, 0.84, 0.89))}) == [], "nothing to meet without (2)"
-    lines = against_guided({
+    results = {
         1: cells((0, 0.80, 0.77), (1, 0.78, 0.70)),
         2: cells((0, 0.85, 0.90), (1, 0.84, 0.86), (2, 0.80, 0.91)),
         5: cells((0, 0.84, 0.89)),
         4: cells((0, 0.86, 0.85), (1, 0.83, 0.80), (3, 0.99, 0.99)),
-    })
+    }
+    lines = against_guided(results)
     rows = {line.split(" | ")[0]: line for line in lines if line.startswith("| (")}
     # (2)'s mean over its three seeds is 0.830; row 5 meets its seed-0 cell (0.85) alone
     assert rows["| (5) − (2)"] == ("| (5) − (2) | guided without hard negatives | 0 | -0.010 "
-                                   "| -0.010 | -0.010 |")
+                                   "| -0.010 | — | -0.010 |")
     # seed 3 has no (2) cell: left out; differences +0.010 and -0.010, std 0.014
-    assert rows["| (4) − (2)"].endswith("| 0, 1 | +0.010, -0.010 | +0.000 ± 0.014 | "
+    assert rows["| (4) − (2)"].endswith("| 0, 1 | +0.010, -0.010 | +0.000 ± 0.014 | — | "
                                         "-0.055 ± 0.007 |")
-    assert rows["| (1) − (2)"].endswith("| 0, 1 | -0.050, -0.060 | -0.055 ± 0.007 | — |")
+    assert rows["| (1) − (2)"].endswith("| 0, 1 | -0.050, -0.060 | -0.055 ± 0.007 | — | — |")
     assert list(rows) == ["| (1) − (2)", "| (4) − (2)", "| (5) − (2)"], "in row order, no (2)"
+
+    # with every cycle scored on test, cycles 1.. that both ran are averaged seed by seed:
+    # seed 0 (0.84 + 0.86) / 2 − (0.85 + 0.83) / 2 = +0.010; seed 1 ran one cycle against
+    # (2)'s two, so only cycle 1 counts: 0.80 − 0.83 = −0.030; cycle 0 never counts
+    for seed, by_cycle in ((0, [0.80, 0.85, 0.83]), (1, [0.70, 0.83, 0.99]),
+                           (2, [0.70, 0.80, 0.80])):
+        results[2][seed]["test_by_cycle"] = by_cycle
+    results[4][0]["test_by_cycle"] = [0.10, 0.84, 0.86]
+    results[4][1]["test_by_cycle"] = [0.10, 0.80]
+    results[1][0]["test_by_cycle"] = [0.80]
+    rows = {line.split(" | ")[0]: line for line in against_guided(results)
+            if line.startswith("| (")}
+    assert rows["| (4) − (2)"].endswith("| +0.000 ± 0.014 | -0.010 ± 0.028 | "
+                                        "-0.055 ± 0.007 |")
+    assert rows["| (5) − (2)"].endswith("| -0.010 | — | -0.010 |"), "no cycles: no reading"
+    assert rows["| (1) − (2)"].endswith("| — | — |"), "rows 0 and 1 generate nothing"
 
 
 def test_the_notes_follow_the_settings() -> None:

@@ -183,7 +183,7 @@ def test_each_row_meets_the_guided_row_on_the_seeds_both_measured() -> None:
     assert rows["| (4) − (2)"].endswith("| +0.000 ± 0.014 | -0.010 ± 0.028 | "
                                         "-0.055 ± 0.007 |")
     assert rows["| (5) − (2)"].endswith("| -0.010 | — | -0.010 |"), "no cycles: no reading"
-    assert rows["| (1) − (2)"].endswith("| — | — |"), "rows 0 and 1 generate nothing"
+    assert rows["| (1) − (2)"].endswith("| — | — |"), "row 1 ran no generating cycle"
 
 
 def test_the_notes_follow_the_settings() -> None:

@@ -499,9 +499,8 @@ def against_guided(results: dict[int, list[dict[str, Any]]]) -> list[str]:
             "val_macro_f1" in r and "val_macro_f1" in b for r, b in pairs)
         val = (_ms([float(r["val_macro_f1"]) - float(b["val_macro_f1"]) for r, b in pairs],
                    signed=True) if has_val else "—")
-        cycles = [_cycle_mean(r, b) for r, b in pairs] if row.key not in NON_GENERATING else []
-        over = (_ms([c for c in cycles if c is not None], signed=True)
-                if cycles and None not in cycles else "—")
+        cycles = [c for c in (_cycle_mean(r, b) for r, b in pairs) if c is not None]
+        over = _ms(cycles, signed=True) if len(cycles) == len(pairs) else "—"
         lines.append(f"| ({row.key}) − (2) | {row.name} | "
                      f"{', '.join(str(r['seed']) for r, _ in pairs)}"
                      f" | {', '.join(f'{d:+.3f}' for d in test)} | {_ms(test, signed=True)} | "

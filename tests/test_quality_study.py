@@ -234,7 +234,7 @@ def test_a_rationale_run_keeps_its_rationale_quality_and_teacher_fit(tmp_path: P
     lines = rationales({7: [{"seed": 0, **got}]}, 77)
     assert "chance: ln 77 = 4.34" in lines[1]
     assert lines[-1] == ("| 7 | 0 | input_x_gradient | 2.56 | 0.287 | 0.322 | 35% | 66% | "
-                         "3.54 (epoch 3 of 3) |")
+                         "3.5400 (epoch 3 of 3) |")
 
 
 def test_a_steer_fraction_names_its_own_protocol_and_says_so() -> None:

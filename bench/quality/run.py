@@ -537,11 +537,12 @@ def rationales(results: dict[int, list[dict[str, Any]]], n_classes: int) -> list
             if not q:
                 continue
             d, o = q.get("deletion", {}), q.get("label_overlap", {})
+            loss = fit.get("best_val_loss")
             lines.append(
                 f"| {row.key} | {r['seed']} | {q.get('method', '?')} | "
                 f"{q.get('rationale_words_mean', 0):.2f} | {d.get('topk_drop', 0):.3f} | "
                 f"{d.get('random_drop', 0):.3f} | {d.get('topk_wins', 0):.0%} | "
-                f"{o.get('hit_rate', 0):.0%} | {fit.get('best_val_loss', '—')} "
+                f"{o.get('hit_rate', 0):.0%} | {'—' if loss is None else f'{loss:.4f}'} "
                 f"(epoch {fit.get('best_epoch', '—')} of {fit.get('epochs_run', '—')}) |")
     if not lines:
         return []

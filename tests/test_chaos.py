@@ -174,12 +174,12 @@ def _examples(store: ShardStore, run_id: str) -> list[tuple[str, str, str]]:
                       table.column("text").to_pylist(), strict=True))
 
 
-def _chaos_run(tmp_path: Path, banking77: Path, srv: RedisServer) -> tuple[ShardStore, Chaos]:
+def _chaos_run(tmp_path: Path, corpus: Path, srv: RedisServer) -> tuple[ShardStore, Chaos]:
     from workers.app import configure
 
     env = run_env(REDIS_URL=srv.url, DISTILLQ_WORKDIR=str(tmp_path / "work"))
     configure(srv.url)
-    spec = write_spec(tmp_path, banking77, "chaos", **OVER)
+    spec = write_spec(tmp_path, corpus, "chaos", **OVER)
     sub = orchestrator("submit", str(spec), env=env)
     assert sub.returncode == 0, sub.stderr
     store = ShardStore(str(tmp_path / "store"))
@@ -219,15 +219,15 @@ def _chaos_run(tmp_path: Path, banking77: Path, srv: RedisServer) -> tuple[Shard
 
 
 def test_a_run_survives_killed_workers_controller_and_redis(
-        tmp_path: Path, banking77: Path, server: RedisServer) -> None:
+        tmp_path: Path, corpus: Path, server: RedisServer) -> None:
     calm_dir = tmp_path / "calm"
     calm_dir.mkdir()
-    calm_spec = write_spec(calm_dir, banking77, "calm", **OVER)
+    calm_spec = write_spec(calm_dir, corpus, "calm", **OVER)
     done = orchestrator("run", str(calm_spec), "--quiet", env=run_env())
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     calm = ShardStore(str(calm_dir / "store"))
 
-    chaotic, chaos = _chaos_run(tmp_path, banking77, server)
+    chaotic, chaos = _chaos_run(tmp_path, corpus, server)
     manifest = chaotic.read_json("chaos", "manifest.json")
     assert manifest["status"] == "done", manifest.get("stop_reason")
     assert {"killed controller", "restarted redis", "flushed redis"} <= set(chaos.log)

@@ -80,13 +80,13 @@ def test_orange_builtin_20newsgroups_reads() -> None:
     assert len(set(data.labels)) == 20
 
 
-def test_banking77_split(banking77: Path) -> None:
-    ds = DatasetSpec(train=str(banking77 / "train.csv"), test=str(banking77 / "test.csv"),
+def test_a_train_and_a_test_file_split_into_seed_validation_pool_and_test(corpus: Path) -> None:
+    ds = DatasetSpec(train=str(corpus / "train.csv"), test=str(corpus / "test.csv"),
                      label_column="category")
-    split = load_and_split(ds)
-    assert (len(split.seed_train), len(split.val), len(split.pool)) == (800, 200, 9003)
-    assert split.test is not None and len(split.test) == 3080
-    assert len(split.taxonomy) == 77
+    split = load_and_split(ds)  # 3,840 training rows, 12 labels; seed_size 1,000, 20% of it val
+    assert (len(split.seed_train), len(split.val), len(split.pool)) == (800, 200, 2840)
+    assert split.test is not None and len(split.test) == 1440
+    assert len(split.taxonomy) == 12
 
 
 def test_steer_mask_draws_its_share_label_by_label() -> None:

@@ -24,9 +24,9 @@ INJECTION_START = INJECTION_TEXT.split("'")[0]
 
 
 def test_a_run_completes_through_thirty_percent_teacher_faults(
-        tmp_path: Path, banking77: Path) -> None:
+        tmp_path: Path, corpus: Path) -> None:
     spec = write_spec(
-        tmp_path, banking77, "faults",
+        tmp_path, corpus, "faults",
         teacher={"rpm": 6000, "timeout_s": 2.0, "max_attempts": 12, "max_elapsed_s": 120,
                  "sim": {"fault_rate": 0.3, "rpm_limit": 240, "latency_ms": 20}},
         generation={"examples_per_cycle": 48, "examples_per_request": 4},

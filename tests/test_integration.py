@@ -24,8 +24,8 @@ from storage.store import ShardStore
 pytestmark = pytest.mark.slow
 
 
-def test_embedded_run_completes_two_cycles_with_report(tmp_path: Path, banking77: Path) -> None:
-    spec = write_spec(tmp_path, banking77, "emb")
+def test_embedded_run_completes_two_cycles_with_report(tmp_path: Path, corpus: Path) -> None:
+    spec = write_spec(tmp_path, corpus, "emb")
     done = orchestrator("run", str(spec), "--quiet", env=run_env())
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     store = ShardStore(str(tmp_path / "store"))
@@ -56,14 +56,14 @@ def cluster(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, LocalCluster]
         local.stop()
 
 
-def _drive_distributed(tmp_path: Path, banking77: Path, redis_url: str, name: str,
+def _drive_distributed(tmp_path: Path, corpus: Path, redis_url: str, name: str,
                        kill_mid_cycle: bool) -> ShardStore:
     import redis as redis_lib
 
     from workers.context import TEACHER_URL_KEY
 
     env = run_env(REDIS_URL=redis_url)
-    spec = write_spec(tmp_path, banking77, name,
+    spec = write_spec(tmp_path, corpus, name,
                        generation={"examples_per_cycle": 48, "examples_per_request": 4},
                        teacher={"sim": {"latency_ms": 300}})
     sub = orchestrator("submit", str(spec), env=env)
@@ -101,10 +101,10 @@ def _examples(store: ShardStore, run_id: str) -> list[tuple[str, str, str]]:
 
 
 def test_controller_killed_mid_cycle_gives_the_same_examples(
-        tmp_path: Path, banking77: Path, cluster: tuple[str, LocalCluster]) -> None:
+        tmp_path: Path, corpus: Path, cluster: tuple[str, LocalCluster]) -> None:
     url, local = cluster
-    calm = _drive_distributed(tmp_path, banking77, url, "calm", kill_mid_cycle=False)
-    killed = _drive_distributed(tmp_path, banking77, url, "killed", kill_mid_cycle=True)
+    calm = _drive_distributed(tmp_path, corpus, url, "calm", kill_mid_cycle=False)
+    killed = _drive_distributed(tmp_path, corpus, url, "killed", kill_mid_cycle=True)
     a, b = _examples(calm, "calm"), _examples(killed, "killed")
     assert len(a) > 120
     assert a == b
@@ -131,10 +131,10 @@ def _assert_train_started_promptly(store: ShardStore, run_id: str, local: LocalC
     assert -0.5 < gap < 1.0, f"train started {gap:.2f}s after the last shard committed"
 
 
-def test_embedded_run_with_teacher_rationales(tmp_path: Path, banking77: Path) -> None:
+def test_embedded_run_with_teacher_rationales(tmp_path: Path, corpus: Path) -> None:
     """Attribution end to end: a fine-tuned classifier teacher, one attribution shard per
     generation shard, the student trained on the rationales, their quality in the report."""
-    spec = write_spec(tmp_path, banking77, "rat",
+    spec = write_spec(tmp_path, corpus, "rat",
                       attribution={"enabled": True, "finetune_epochs": 2, "method": "saliency",
                                    "max_length": 32, "top_k": 3},
                       student={"rationales": True})

@@ -12,12 +12,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_quality_study_runs_and_writes_its_table(
-    tmp_path: Path, banking77: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from bench.quality.run import FINDINGS, main
 
     out = tmp_path / "quality.md"
-    small = ["--data", str(banking77), "--classes", "4", "--seed-size", "80",
+    small = ["--data", str(corpus), "--classes", "4", "--seed-size", "80",
              "--test-limit", "60", "--layers", "1", "--epochs", "2", "--lr", "1e-3",
              "--batch-size", "16", "--max-cycles", "1", "--examples-per-cycle", "16",
              "--examples-per-request", "4", "--work", str(tmp_path / "work"),
@@ -198,17 +198,20 @@ def test_the_notes_follow_the_settings() -> None:
     assert "warm starts keep" not in text
 
 
-def test_unguided_cycles_keep_adding_new_texts(banking77: Path) -> None:
-    """Replayed without training (bench.quality.novelty): four unguided cycles of 400 on
-    Banking77 add mostly new texts. Before the planner rotated few-shot examples and the sim
-    drew from a wider window, they added 965 (cycle 4: 109 of 400)."""
+def test_unguided_cycles_keep_adding_new_texts(corpus: Path) -> None:
+    """Replayed without training (bench.quality.novelty): four unguided cycles add mostly new
+    texts. On Banking77 (77 labels, ~117 pool texts a label) the study's 400 a cycle ask ~4.4 %
+    of a label's pool each cycle; before the planner rotated few-shot examples and the sim drew
+    from a wider window, they added 965 of 1,600 (cycle 4: 109 of 400). The tests' corpus has 12
+    labels and ~237 pool texts a label, so the same share is 120 a cycle; the bounds keep the
+    Banking77 test's proportions (every cycle over 62.5 % new, over 81 % in all)."""
     from bench.quality.novelty import replay
 
-    rows = replay(banking77, "unguided", cycles=4, per_cycle=400, per_request=10,
+    rows = replay(corpus, "unguided", cycles=4, per_cycle=120, per_request=10,
                   seed_size=1000, seed=0)
-    assert [r["returned"] for r in rows] == [400] * 4
-    assert rows[0]["new"] == 400 and all(r["new"] > 250 for r in rows)
-    assert sum(r["new"] for r in rows) > 1300
+    assert [r["returned"] for r in rows] == [120] * 4
+    assert rows[0]["new"] == 120 and all(r["new"] > 75 for r in rows)
+    assert sum(r["new"] for r in rows) > 390
 
 
 def test_a_rationale_run_keeps_its_rationale_quality_and_teacher_fit(tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def _settled(flower: Flower, run_id: str, n: int) -> dict[str, dict[str, Any]] |
     return done if len(done) >= n else None
 
 
-def test_scale_out_one_then_four_generate_workers(tmp_path: Path, banking77: Path) -> None:
+def test_scale_out_one_then_four_generate_workers(tmp_path: Path, corpus: Path) -> None:
     password, flower_password = secrets.token_hex(12), secrets.token_hex(12)
     redis_port, flower_port, metrics_port, sim_port = (free_port() for _ in range(4))
     store_root = tmp_path / "store"
@@ -108,7 +108,7 @@ def test_scale_out_one_then_four_generate_workers(tmp_path: Path, banking77: Pat
     procs = Processes(tmp_path / "logs")
     flower = Flower(flower_port, "admin", flower_password)
     teacher = {"base_url": f"http://127.0.0.1:{sim_port}/v1", "rpm": 6000}
-    specs = {name: write_spec(tmp_path, banking77, name, teacher=teacher,
+    specs = {name: write_spec(tmp_path, corpus, name, teacher=teacher,
                               generation=GENERATION, student=TINY_STUDENT)
              for name in ("one", "four")}
     try:

@@ -1,4 +1,4 @@
-"""Every method on a real tiny classifier teacher (2-layer MiniLM trained on 4 Banking77 intents):
+"""Every method on a real tiny classifier teacher (2-layer MiniLM trained on 4 topics of the tests' corpus):
 rationales that pass the deletion test, batching that changes nothing, one result type."""
 
 from __future__ import annotations
@@ -84,16 +84,25 @@ def _baseline_score(teacher: ClassifierTeacher, text: str, label: str) -> float:
 
 
 def test_integrated_gradients_is_complete(tiny) -> None:
-    """Token scores add up to f(text) - f(baseline), up to the quadrature error. Many steps:
-    on one of these texts the score jumps by ~9 between α = 0.1 and 0.2, which 24 steps miss."""
+    """Token scores add up to f(text) - f(baseline), up to the quadrature error, on the first
+    4 held-out texts whose score stands clear of the baseline's (on a text scored as its
+    baseline the check says nothing). Many steps: a score can jump by ~9 between α = 0.1 and
+    0.2, which 24 steps miss."""
     teacher = tiny.teacher
-    for text, label in zip(tiny.texts[::8], tiny.labels[::8], strict=True):
+    checked = 0
+    for text, label in zip(tiny.texts, tiny.labels, strict=True):
+        gap = float(teacher.score([text], [label])[0]) - _baseline_score(teacher, text, label)
+        if abs(gap) <= 0.1:
+            continue
         batch = teacher.collate(teacher.encode([text], [label], 128))
         token, target = get_method("integrated_gradients")(teacher, batch,
                                                            MethodOptions(ig_steps=128))
-        gap = float(target[0]) - _baseline_score(teacher, text, label)
-        assert abs(gap) > 0.1
+        assert float(target[0]) - _baseline_score(teacher, text, label) == pytest.approx(gap)
         assert float(token.sum()) == pytest.approx(gap, rel=0.01, abs=0.01)
+        checked += 1
+        if checked == 4:
+            return
+    pytest.fail(f"only {checked} held-out texts score clear of their baseline")
 
 
 def test_integrated_gradient_steps_in_small_passes_change_nothing(tiny, results) -> None:
@@ -133,9 +142,9 @@ def test_gradient_methods_match_captum(tiny, results, method) -> None:
 def test_attention_reads_the_cls_row_and_restores_the_attention_implementation(tiny) -> None:
     teacher = tiny.teacher
     before = teacher.model.config._attn_implementation
-    text = "my pin is blocked what should i do now"  # no punctuation: every piece is in a word
-    last = attribute(teacher, [text], ["pin_blocked"], method="attention")[0]
-    rollout = attribute(teacher, [text], ["pin_blocked"], method="attention",
+    text = "the shuttle launch to the space station was delayed"  # no punctuation: whole words
+    last = attribute(teacher, [text], ["sci_space"], method="attention")[0]
+    rollout = attribute(teacher, [text], ["sci_space"], method="attention",
                         attention="rollout")[0]
     assert teacher.model.config._attn_implementation == before
     enc = teacher.tokenizer(text, return_tensors="pt")
@@ -181,7 +190,7 @@ def test_bfloat16_teacher_gives_nearly_the_same_words(tiny) -> None:
 
 
 def test_load_teacher_from_a_saved_folder(tiny) -> None:
-    teacher = load_teacher(str(tiny.folder), "classifier", labels=["pin_blocked"], device="cpu")
+    teacher = load_teacher(str(tiny.folder), "classifier", labels=["sci_space"], device="cpu")
     assert teacher.labels == tuple(tiny.teacher.labels)
     assert teacher.score(tiny.texts[:4], tiny.labels[:4]) == pytest.approx(
         tiny.teacher.score(tiny.texts[:4], tiny.labels[:4]), abs=TOL)
@@ -195,7 +204,7 @@ def test_bad_calls_are_refused(tiny) -> None:
     with pytest.raises(InvalidInputError, match="not one of"):
         attribute(tiny.teacher, ["hi"], ["no_such_label"])
     with pytest.raises(ValueError, match="targets"):
-        attribute(tiny.teacher, ["hi", "there"], ["pin_blocked"])
+        attribute(tiny.teacher, ["hi", "there"], ["sci_space"])
     assert attribute(tiny.teacher, [], []) == []
-    r = attribute(tiny.teacher, ["?!", "pin"], [0, 2])  # a label index works too
-    assert r[0].words == () and r[0].rationale == () and r[1].label == "pin_blocked"
+    r = attribute(tiny.teacher, ["?!", "doctor"], [0, 2])  # a label index works too
+    assert r[0].words == () and r[0].rationale == () and r[1].label == "sci_med"

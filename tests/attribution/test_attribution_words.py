@@ -76,7 +76,7 @@ def test_word_scores_from_a_real_tokenizer_are_hand_checked_piece_sums(tiny) -> 
     """MiniLM's WordPiece splits the words; each word's score is the sum of its own pieces."""
     teacher = tiny.teacher
     text = "I can't top-up my card!!"
-    enc = teacher.encode([text], ["top_up_failed"], 64)[0]
+    enc = teacher.encode([text], ["sci_crypt"], 64)[0]
     pieces = teacher.tokenizer.convert_ids_to_tokens(enc.input_ids)
     assert pieces == ["[CLS]", "i", "can", "'", "t", "top", "-", "up", "my", "card", "!", "!",
                       "[SEP]"]
@@ -84,7 +84,7 @@ def test_word_scores_from_a_real_tokenizer_are_hand_checked_piece_sums(tiny) -> 
     t = token[0].tolist()
     expected = {"I": t[1], "can't": t[2] + t[3] + t[4], "top-up": t[5] + t[6] + t[7],
                 "my": t[8], "card": t[9]}
-    result = Attributor(teacher, "input_x_gradient").attribute([text], ["top_up_failed"])[0]
+    result = Attributor(teacher, "input_x_gradient").attribute([text], ["sci_crypt"])[0]
     assert result.words == tuple(expected)
     assert result.scores == pytest.approx(list(expected.values()), abs=1e-6)
     assert result.spans == ((0, 1), (2, 7), (8, 14), (15, 17), (18, 22))

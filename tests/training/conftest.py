@@ -1,4 +1,4 @@
-"""Fixtures of the training tests: two CPU threads, the Banking77 subset, one trained student."""
+"""Fixtures of the training tests: two CPU threads, the corpus subset, one trained student."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def _two_threads() -> None:
 
 
 @pytest.fixture(scope="session")
-def subset(banking77: Path) -> Subset:
-    return load_subset(banking77)
+def subset(corpus: Path) -> Subset:
+    return load_subset(corpus)
 
 
 @pytest.fixture(scope="session")

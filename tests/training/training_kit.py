@@ -1,4 +1,4 @@
-"""What the training tests share: a Banking77 subset and the small test student's settings.
+"""What the training tests share: a subset of the tests' corpus and the small test student's settings.
 
 The student is real: all-MiniLM-L6-v2 cut to its first 2 layers, trained on CPU with at most two
 threads, on 10 classes x 40 examples, short texts (32 tokens), a few epochs.
@@ -43,10 +43,10 @@ def _by_class(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def write_subset_csv(banking77: Path, out: Path, classes: int, per_class: int) -> Path:
-    """The first ``per_class`` training texts of Banking77's first ``classes`` labels (sorted),
+def write_subset_csv(corpus: Path, out: Path, classes: int, per_class: int) -> Path:
+    """The first ``per_class`` training texts of the corpus's first ``classes`` labels (sorted),
     as a ``text,label`` CSV at ``out``: a small dataset for a run made by ``create_run``."""
-    by_label = _by_class(banking77 / "train.csv")
+    by_label = _by_class(corpus / "train.csv")
     with open(out, "w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["text", "label"])
@@ -55,9 +55,9 @@ def write_subset_csv(banking77: Path, out: Path, classes: int, per_class: int) -
     return out
 
 
-def load_subset(banking77: Path) -> Subset:
+def load_subset(corpus: Path) -> Subset:
     """10 classes: 40 train + 10 validation texts each from train.csv, 20 test texts from test.csv."""
-    train_rows, test_rows = _by_class(banking77 / "train.csv"), _by_class(banking77 / "test.csv")
+    train_rows, test_rows = _by_class(corpus / "train.csv"), _by_class(corpus / "test.csv")
     labels = sorted(train_rows)[:CLASSES]
     rng = random.Random(0)
     train_part, val_part, test_part = [], [], []

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -68,8 +68,16 @@ def _float(raw: Any, default: float = 0.0) -> float:
 
 
 class DistillqCollector(Collector):
-    def __init__(self, client: redis.Redis):
+    """``now``: the clock the booked-ahead and cool-down gauges are measured from, in Unix
+    seconds; default Redis's own (``TIME``), the clock the limiter books with."""
+
+    def __init__(self, client: redis.Redis, now: Callable[[], float] | None = None):
         self.client = client
+        self._now = now or self._redis_time
+
+    def _redis_time(self) -> float:
+        secs, micros = self.client.time()
+        return float(secs) + float(micros) / 1e6
 
     def collect(self) -> Iterator[Metric]:
         yield from self._queues()
@@ -188,8 +196,7 @@ class DistillqCollector(Collector):
                                       labels=[*ENDPOINT_LABELS, "reason"])
         failures = CounterMetricFamily("distillq_teacher_failures", "requests failed for good "
                                        "by reason", labels=[*ENDPOINT_LABELS, "reason"])
-        secs, micros = self.client.time()
-        now = float(secs) + float(micros) / 1e6
+        now = self._now()
         for ns in sorted(self._namespaces()):
             stats = {_s(k): _s(v) for k, v in
                      self.client.hgetall(ENDPOINT_STATS_KEY.format(namespace=ns)).items()}

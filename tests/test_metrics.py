@@ -10,6 +10,7 @@ import sys
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import redis
@@ -55,7 +56,19 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def _scenario(tmp_path: Path, client: redis.Redis) -> tuple[ShardStore, str]:
+class Booked(NamedTuple):
+    """The endpoint's budget was booked between ``before`` and ``after`` (Redis's clock)."""
+
+    before: float
+    after: float
+
+
+def _redis_now(client: redis.Redis) -> float:
+    secs, micros = client.time()  # type: ignore[misc]
+    return float(secs) + float(micros) / 1e6
+
+
+def _scenario(tmp_path: Path, client: redis.Redis) -> tuple[ShardStore, str, Booked]:
     """Cycle 1 with 5 planned jobs: 2 committed, 1 failed, 1 in flight (sent twice), 1 not
     sent; 3 queued messages; spend, 429s and a booked-ahead budget for the endpoint."""
     store, manifest = _make_run(tmp_path)
@@ -85,7 +98,9 @@ def _scenario(tmp_path: Path, client: redis.Redis) -> tuple[ShardStore, str]:
             await limiter.reserve(100)
         await limiter.cool_down(20.0)
 
+    before = _redis_now(client)
     asyncio.run(book())
+    booked = Booked(before, _redis_now(client))
     tally = Tally()
     tally.requests.extend([RequestRecord("r0", input_tokens=10, output_tokens=5, attempts=3),
                            RequestRecord("r1", input_tokens=10, output_tokens=5, attempts=1)])
@@ -95,21 +110,30 @@ def _scenario(tmp_path: Path, client: redis.Redis) -> tuple[ShardStore, str]:
     tally.fail("http_429")
     record_endpoint(client, endpoint.namespace, tally, host="teacher.example:8000",
                     model="big-llm", rpm=600, tpm=60000)
-    return store, endpoint.namespace.removeprefix("dq:rl:")
+    return store, endpoint.namespace.removeprefix("dq:rl:"), booked
 
 
 def test_collector_reports_queues_jobs_spend_budget_and_429s(
         tmp_path: Path, redis_client: redis.Redis) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    _, digest = _scenario(tmp_path, redis_client)
-    registry = CollectorRegistry()
-    registry.register(DistillqCollector(redis_client))
-    text = generate_latest(registry).decode()
-    got = _samples(text)
+    _, digest, booked = _scenario(tmp_path, redis_client)
+
+    def scrape(now: float) -> str:
+        """The collector's page as if scraped at ``now`` (its clock injected: how far ahead
+        a budget is booked must not depend on how fast this machine is today)."""
+        registry = CollectorRegistry()
+        registry.register(DistillqCollector(redis_client, now=lambda: now))
+        return generate_latest(registry).decode()
+
+    text = scrape(booked.after)
+    got, at_start = _samples(text), _samples(scrape(booked.before))
 
     def v(name: str, **labels: str) -> float:
         return got[(name, tuple(sorted(labels.items())))]
+
+    def v_start(name: str, **labels: str) -> float:
+        return at_start[(name, tuple(sorted(labels.items())))]
 
     assert v("distillq_queue_depth", queue="generate") == 2
     assert v("distillq_queue_depth", queue="train") == 1
@@ -130,9 +154,13 @@ def test_collector_reports_queues_jobs_spend_budget_and_429s(
     ep = {"endpoint": digest, "host": "teacher.example:8000", "model": "big-llm"}
     assert v("distillq_ratelimit_limit", budget="requests_per_minute", **ep) == 600
     assert v("distillq_ratelimit_limit", budget="tokens_per_minute", **ep) == 60000
-    assert 2.0 < v("distillq_ratelimit_backlog_seconds", budget="requests", **ep) <= 3.0
+    # 30 requests at 10/s and a 20 s cool-down: measured from the end of the booking at most
+    # that much is ahead, measured from its start at least that much less the burst allowance
+    backlog, cooldown = "distillq_ratelimit_backlog_seconds", "distillq_ratelimit_cooldown_seconds"
+    assert v(backlog, budget="requests", **ep) <= 3.0
+    assert v_start(backlog, budget="requests", **ep) > 2.0
+    assert v(cooldown, **ep) <= 20.0 and v_start(cooldown, **ep) >= 20.0 - 1e-3
     assert v("distillq_ratelimit_backlog_seconds", budget="tokens", **ep) > 0
-    assert 15 < v("distillq_ratelimit_cooldown_seconds", **ep) <= 20
     assert v("distillq_teacher_429_total", **ep) == 3
     assert v("distillq_teacher_retries_total", reason="http_429", **ep) == 2
     assert v("distillq_teacher_retries_total", reason="timeout", **ep) == 1

@@ -3,6 +3,7 @@ Retry-After, permanent errors, timeouts, caps on attempts and time, the shared c
 
 from __future__ import annotations
 
+import asyncio
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -18,6 +19,22 @@ from workers.teachers.ratelimit import GlobalRateLimiter
 from workers.teachers.runtime import get_runtime
 
 MESSAGES = [{"role": "user", "content": "Target labels: []\nNumber of examples: 2"}]
+
+
+class SimulatedTime:
+    """A clock that moves only when the client sleeps: the client's waits and its time cap
+    are then measured exactly, however busy the machine is."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
 
 
 def _complete(url: str, client: redis.Redis | None = None, messages: list | None = None,
@@ -47,14 +64,19 @@ def test_attempts_are_capped(sim: SimFactory) -> None:
     assert sum(tally.retries.values()) == 2 and sum(tally.failures.values()) == 1
 
 
-def test_elapsed_time_is_capped(sim: SimFactory) -> None:
+def test_elapsed_time_is_capped(sim: SimFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every answer is a 5xx; 50 attempts are allowed but 1.5 s: the client waits (backoff
+    0.25-0.5 s, 0.5-1 s, 1-2 s, ...) only while the wait ends before the cap, then gives up."""
     url = sim(faults=("5xx",), fault_rate=1.0)
     chat = client_for(make_spec(teacher={"max_attempts": 50, "max_elapsed_s": 1.5}).teacher,
                       get_runtime(), None, url)
-    t0 = time.monotonic()
+    t = SimulatedTime()
+    monkeypatch.setattr(chat, "clock", t.clock)
+    monkeypatch.setattr(chat, "sleep", t.sleep)
     with pytest.raises(TeacherTransientError):
         get_runtime().run(chat.complete(MESSAGES, Tally()))
-    assert time.monotonic() - t0 < 2.5 and 2 <= sim_stats(url)["requests"] < 8
+    assert t.now < 1.5 and t.waits, "it retried, and no wait ended past the cap"
+    assert sim_stats(url)["requests"] == len(t.waits) + 1 <= 3, "stopped by time, not attempts"
 
 
 def test_timeouts_are_retried(sim: SimFactory) -> None:
@@ -109,16 +131,34 @@ def test_other_4xx_is_permanent_and_not_retried(sim: SimFactory, monkeypatch) ->
 
 
 def test_429_retry_after_is_honoured_and_cools_everyone_down(
-        sim: SimFactory, redis_client: redis.Redis) -> None:
-    url = sim(rpm_limit=60)  # one request a second
+        sim: SimFactory, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server's hint is waited out before the retry (the client's waits recorded, not
+    timed) and shared with every client of the endpoint through Redis."""
+    import workers.teachers.openai as client_module
+
+    url = sim(rpm_limit=20)  # one request every 3 s: the second, sent at once, is refused
     spec = make_spec(teacher={"rpm": 6000})
     chat: ChatClient = client_for(spec.teacher, get_runtime(), redis_client, url)
     assert chat.limiter is not None
+    hints: list[float | None] = []
+    waits: list[float] = []
+
+    def parse(headers: object, now: float | None = None) -> float | None:
+        hints.append(parse_retry_after(headers, now))  # type: ignore[arg-type]
+        return hints[-1]
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(seconds)
+
+    monkeypatch.setattr(client_module, "parse_retry_after", parse)
+    monkeypatch.setattr(chat, "sleep", sleep)
     first, second = Tally(), Tally()
     get_runtime().run(chat.complete(MESSAGES, first))
-    t0 = time.monotonic()
     get_runtime().run(chat.complete(MESSAGES, second))
-    assert time.monotonic() - t0 >= 0.8 and dict(second.retries) == {"http_429": 1}
+    assert dict(second.retries) == {"http_429": 1}
+    assert len(hints) == 1 and hints[0] is not None and hints[0] > 0
+    assert len(waits) == 1 and waits[0] >= hints[0], "the hint is waited out"
     assert redis_client.exists(f"{chat.limiter.namespace}:cool")
     assert sim_stats(url)["status_429"] == 1
 
@@ -127,8 +167,9 @@ def test_cool_down_delays_other_clients(redis_client: redis.Redis) -> None:
     a = GlobalRateLimiter(redis_client, "dq:rl:test", rpm=6000, tpm=10**9)
     b = GlobalRateLimiter(redis_client, "dq:rl:test", rpm=6000, tpm=10**9)
     get_runtime().run(a.cool_down(0.6))
-    waited = get_runtime().run(b.acquire(10))
-    assert 0.5 <= waited < 1.0
+    assert 0.0 < get_runtime().run(b.cooldown_left()) <= 0.6, "b sees a's cool-down"
+    assert get_runtime().run(b.acquire(10)) > 0
+    assert get_runtime().run(b.cooldown_left()) <= 0, "b's slot came after the cool-down"
 
 
 def test_parse_retry_after() -> None:

@@ -8,7 +8,7 @@ per process, and the global limiter (``ratelimit``) paces all processes together
 Retries (tenacity): 429, 408, 5xx, connection errors and timeouts are retried with exponential
 backoff and jitter, honouring ``Retry-After`` (seconds or an HTTP date) and ``retry-after-ms``;
 any other 4xx is a ``TeacherPermanentError``. Attempts stop at ``max_attempts`` or before a wait
-would end at or after ``max_elapsed_s`` (``stop_after_attempt | stop_before_delay``). The first
+would end at or after ``max_elapsed_s`` (``stop_after_attempt | _StopBeforeDelay``). The first
 attempt runs outside tenacity: almost every request succeeds at once, and tenacity's
 per-attempt machinery cost ~40% of the client's throughput at 2,000+ requests/s
 (docs/benchmarks.md, "Teacher throughput"); a request that fails once is handed to tenacity.
@@ -28,7 +28,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
-    stop_before_delay,
 )
+from tenacity.stop import stop_base
 
 from orchestrator.spec import TeacherSpec
 from workers.teachers.accounting import Tally
@@ -184,8 +184,26 @@ def _wait(exc: TeacherTransientError, attempt: int) -> float:
     return _backoff(attempt)
 
 
+class _StopBeforeDelay(stop_base):
+    """Stop before a wait that would end at or after ``cap`` seconds since this was made, on
+    ``clock`` (tenacity's ``stop_before_delay`` reads its own clock, which tests cannot set)."""
+
+    def __init__(self, clock: Callable[[], float], cap: float):
+        self.clock, self.cap, self.started = clock, cap, clock()
+
+    def past(self, wait: float) -> bool:
+        return self.clock() - self.started + wait >= self.cap
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.past(retry_state.upcoming_sleep)
+
+
 class ChatClient:
-    """Sends chat requests to one endpoint with retries, pacing and a concurrency bound."""
+    """Sends chat requests to one endpoint with retries, pacing and a concurrency bound.
+
+    ``clock`` and ``sleep`` are the time the retries are measured and waited in
+    (``max_elapsed_s``, backoff, ``Retry-After``); tests set both to a simulated clock.
+    """
 
     def __init__(self, endpoint: Endpoint, teacher: TeacherSpec, runtime: Runtime,
                  limiter: GlobalRateLimiter | None) -> None:
@@ -194,6 +212,8 @@ class ChatClient:
         self.limiter = limiter
         self._runtime = runtime
         self._semaphore: asyncio.Semaphore | None = None
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     def _slots(self) -> asyncio.Semaphore:
         if self._semaphore is None:  # created on the loop that uses it
@@ -222,21 +242,20 @@ class ChatClient:
         body = self.payload(messages, max_tokens, seed)
         estimate_in = estimate_tokens(messages)
         estimate = estimate_in + min(max_tokens, expected_output_tokens or max_tokens)
-        started = time.monotonic()
+        out_of_time = _StopBeforeDelay(self.clock, self.teacher.max_elapsed_s)
         try:
             try:  # the first attempt has no retry machinery: almost every request succeeds
                 return await self._attempt(body, estimate_in, estimate, attempts)
             except TeacherTransientError as exc:
                 wait = _wait(exc, 1)
-                if (self.teacher.max_attempts <= 1
-                        or time.monotonic() - started + wait >= self.teacher.max_elapsed_s):
+                if self.teacher.max_attempts <= 1 or out_of_time.past(wait):
                     raise
                 self._on_retry(exc, 1, tally)
-                await asyncio.sleep(wait)
+                await self.sleep(wait)
             # then tenacity: the remaining attempts within the remaining time
             retrying = AsyncRetrying(
-                stop=stop_after_attempt(self.teacher.max_attempts - 1)
-                | stop_before_delay(self.teacher.max_elapsed_s - (time.monotonic() - started)),
+                stop=stop_after_attempt(self.teacher.max_attempts - 1) | out_of_time,
+                sleep=self.sleep,
                 wait=lambda state: _wait(_outcome(state), state.attempt_number + 1),
                 retry=retry_if_exception_type(TeacherTransientError),
                 before_sleep=lambda state: self._on_retry(

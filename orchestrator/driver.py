@@ -158,15 +158,19 @@ class LockKeeper:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
+            self.refresh_all()
+
+    def refresh_all(self) -> None:
+        """One round: refresh every lock held now (a Redis error is logged, not raised)."""
+        try:
+            held = tuple(self.locks.values())
+        except RuntimeError:  # the dict changed under us: next round
+            return
+        for lock in held:
             try:
-                held = tuple(self.locks.values())
-            except RuntimeError:  # the dict changed under us: next round
-                continue
-            for lock in held:
-                try:
-                    lock.refresh()
-                except redis.RedisError as exc:
-                    log.warning("lock %s not refreshed: %s", lock.key, exc)
+                lock.refresh()
+            except redis.RedisError as exc:
+                log.warning("lock %s not refreshed: %s", lock.key, exc)
 
 
 def wait_for_events(client: redis.Redis, run_ids: list[str], timeout: float) -> int:

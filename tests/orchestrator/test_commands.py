@@ -1,0 +1,68 @@
+"""Commands (orchestrator/commands.py, orchestrator/cli.py): resume and submit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from controller_kit import (
+    Sent,
+    failed_in_cycle_one,
+    make_spec,
+)
+
+from orchestrator.controller import Controller
+from orchestrator.runs import load_manifest
+from storage.store import ShardStore
+
+
+def test_resume_sends_the_failed_jobs_of_a_failed_run_again(
+    setup: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from orchestrator.commands import cmd_resume
+    from orchestrator.errors import InvalidInputError
+
+    ctl, sent, clock, job = failed_in_cycle_one(setup)
+    ctl.redis.set("dq:r1:resends", 2)
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    args = argparse.Namespace(storage=ctl.store.uri, run_id="r1")
+    assert cmd_resume(args) == 0
+    # sends counted before the failure start again from zero
+    assert not ctl.redis.exists("dq:r1:inflight", "dq:r1:started", "dq:r1:resends")
+    assert ctl.store.list_names("r1", "cycle=1/failed") == []
+    (kept,) = ctl.store.list_names("r1", "cycle=1/failed-before-resume")
+    assert kept.startswith(f"generate-{job}.")
+    sent.clear()
+    again = Controller(ctl.store, ctl.redis, "r1", lambda *a: sent.append(Sent(*a)), clock=clock)
+    assert again.tick() == "running"
+    assert [s.job for s in sent if s.task == "distillq.generate"].count(job) == 1
+
+    ctl.store.write_json("r1", "manifest.json",
+                         {**load_manifest(ctl.store, "r1"), "status": "done"})
+    with pytest.raises(InvalidInputError, match="is done: there is nothing to resume"):
+        cmd_resume(args)
+
+
+def test_submit_to_an_unreachable_redis_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from orchestrator.cli import main
+
+    spec = make_spec(tmp_path)
+    path = tmp_path / "spec.yaml"
+    data = spec.model_dump(mode="json")
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("REDIS_URL", "redis://:secret@127.0.0.1:1/0")
+    assert main(["submit", str(path)]) == 3
+    err = capsys.readouterr().err
+    assert "cannot reach Redis at 127.0.0.1:1/0" in err and "secret" not in err
+    assert not (tmp_path / "store").exists() or ShardStore(spec.storage).list_runs() == []
+    monkeypatch.setenv("REDIS_URL", "http://127.0.0.1:1")
+    assert main(["submit", str(path)]) == 2
+    assert "REDIS_URL is not a Redis URL" in capsys.readouterr().err

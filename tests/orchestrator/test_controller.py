@@ -1,0 +1,412 @@
+"""The controller (orchestrator/controller.py) against a real Redis and real storage: the tick,
+planning, sends and their deadlines, stop decisions; workers are played by the test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from controller_kit import (
+    Clock,
+    Sent,
+    commit_jobs,
+    failed_in_cycle_one,
+    make_spec,
+    mark_sends_started,
+    write_eval,
+)
+
+from orchestrator.controller import Controller, read_job
+from orchestrator.runs import create_run, load_manifest
+from storage.store import ShardStore
+
+
+def test_cycle_zero_trains_on_the_seed_and_resends_after_deadline(setup: Any) -> None:
+    ctl, sent, clock = setup()
+    assert ctl.tick() == "running"
+    assert [s.task for s in sent] == ["distillq.train"]
+    assert sent[0].task_id == "r1:c00/train:1"
+    ctl.tick()
+    assert len(sent) == 1, "in flight and not past its deadline: not sent again"
+    clock.now += 6 * 3600 + 1
+    ctl.tick()
+    assert [s.task_id for s in sent] == ["r1:c00/train:1", "r1:c00/train:2"]
+
+
+def test_full_loop_plans_generates_trains_and_stops_on_patience(setup: Any) -> None:
+    ctl, sent, clock = setup()
+    ctl.tick()
+    write_eval(ctl, 0, 0.5)
+    ctl.tick()  # decide cycle 0: continue
+    assert load_manifest(ctl.store, "r1")["decisions"][0]["action"] == "continue"
+    sent.clear()
+    ctl.tick()  # plan cycle 1 and send its generate jobs
+    plan = ctl.store.read_json("r1", "cycle=1/plan.json")
+    job_ids = plan["jobs"]
+    assert plan["examples"] == 12
+    assert sum(read_job(ctl.store, "r1", 1, j)["n_examples"] for j in job_ids) == 12
+    assert sorted(s.job for s in sent) == sorted(job_ids)
+    assert all(s.task == "distillq.generate" for s in sent)
+    sent.clear()
+    commit_jobs(ctl, 1, job_ids[:-1])
+    ctl.tick()
+    assert sent == [], "train waits for the last shard"
+    commit_jobs(ctl, 1, job_ids[-1:])
+    ctl.tick()
+    assert [s.task for s in sent] == ["distillq.train"] and sent[0].cycle == 1
+    write_eval(ctl, 1, 0.4)  # worse: patience 1 is used up
+    ctl.tick()
+    manifest = load_manifest(ctl.store, "r1")
+    assert manifest["decisions"][-1]["action"] == "stop"
+    assert manifest["final"]["best_cycle"] == 0
+    sent.clear()
+    ctl.tick()
+    assert [s.task for s in sent] == ["distillq.test"] and sent[0].cycle == 0
+    assert ctl.tick() == "running"
+    ctl.store.write_json("r1", "test.json", {"cycle": 0, "macro_f1": 0.5})
+    assert ctl.tick() == "done"
+
+
+def test_replanning_is_deterministic_after_a_restart(setup: Any, redis_client: Any) -> None:
+    ctl, sent, clock = setup()
+    ctl.tick()
+    write_eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    first = ctl.store.read_json("r1", "cycle=1/plan.json")
+    redis_client.flushall()  # a lost Redis: everything uncommitted is sent again, same ids
+    sent.clear()
+    again = Controller(ctl.store, redis_client, "r1", lambda *a: sent.append(Sent(*a)), clock=clock)
+    again.tick()
+    assert ctl.store.read_json("r1", "cycle=1/plan.json") == first
+    assert sorted(s.job for s in sent) == sorted(first["jobs"])
+
+
+def test_max_cycles_and_cancel(setup: Any) -> None:
+    ctl, sent, clock = setup(loop={"max_cycles": 0})
+    ctl.tick()
+    write_eval(ctl, 0, 0.5)
+    ctl.tick()
+    assert load_manifest(ctl.store, "r1")["final"]["reason"].startswith("max_cycles=0")
+    ctl.store.write_json("r1", "cancel.json", {"at": clock.now + 1})
+    assert ctl.tick() == "cancelled"
+    assert ctl.tick() == "cancelled"
+
+
+def test_permanent_generation_failures_over_tolerance_fail_the_run(setup: Any) -> None:
+    ctl, sent, clock, job = failed_in_cycle_one(setup)
+    assert "failed permanently" in load_manifest(ctl.store, "r1")["stop_reason"]
+
+
+BUDGET = {"error_type": "BudgetExceededError",
+          "error": "BudgetExceededError: run r1: cost budget spent (1.0000 of 1.0)"}
+
+
+def _into_cycle_one(setup: Any, **over: Any) -> tuple[Controller, list[Any], list[str]]:
+    ctl, sent, _ = setup(generation={"tolerated_failure_fraction": 0.0}, **over)
+    ctl.tick()
+    write_eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    return ctl, sent, ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"]
+
+
+def test_a_budget_refusal_stops_the_loop_it_does_not_fail_the_run(setup: Any) -> None:
+    """Jobs the budget refused are not failures (none tolerated here): the cycle trains on
+    what was generated before the cap, then the loop stops for the budget."""
+    ctl, sent, jobs = _into_cycle_one(setup, budget={"max_cost": 1.0})
+    commit_jobs(ctl, 1, jobs[:1])
+    assert len(jobs) >= 3
+    for job in jobs[1:-1]:
+        ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", BUDGET)
+    # a record written before failure records had error_type: its text names the class
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[-1]}.json",
+                         {"error": BUDGET["error"]})
+    sent.clear()
+    assert ctl.tick() == "running"
+    assert [s.task for s in sent] == ["distillq.train"], "what was paid for is trained on"
+    write_eval(ctl, 1, 0.6)
+    ctl.tick()
+    manifest = load_manifest(ctl.store, "r1")
+    assert manifest["decisions"][-1]["action"] == "stop"
+    assert manifest["final"] == {"best_cycle": 1, "reason": "budget spent in cycle 1 ("
+                                 + BUDGET["error"] + ")"}
+    ctl.tick()
+    ctl.store.write_json("r1", "test.json", {"cycle": 1, "macro_f1": 0.6})
+    assert ctl.tick() == "done"
+
+
+def test_a_cycle_the_budget_refused_entirely_ends_at_the_best_so_far(setup: Any) -> None:
+    ctl, sent, jobs = _into_cycle_one(setup)
+    for job in jobs:
+        ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", BUDGET)
+    sent.clear()
+    assert ctl.tick() == "running"
+    manifest = load_manifest(ctl.store, "r1")
+    assert manifest["final"]["best_cycle"] == 0 and "budget spent before cycle 1" in \
+        manifest["final"]["reason"]
+    assert sent == [], "no training of a cycle without data"
+    ctl.tick()
+    assert [s.task for s in sent] == ["distillq.test"] and sent[0].cycle == 0
+    # every cycle is over, the refused one too: only the test is in flight
+    assert ctl.redis.hkeys("dq:r1:inflight") == [b"test"]
+    ctl.store.write_json("r1", "test.json", {"cycle": 0, "macro_f1": 0.5})
+    assert ctl.tick() == "done"
+    assert "budget spent" in load_manifest(ctl.store, "r1")["stop_reason"]
+
+
+def test_other_failures_still_count_against_the_tolerance(setup: Any) -> None:
+    ctl, sent, jobs = _into_cycle_one(setup)
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[0]}.json", BUDGET)
+    # The record's error_type decides, not its text: this one is a failure.
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[1]}.json",
+                         {"error_type": "TeacherPermanentError", "error": BUDGET["error"]})
+    assert ctl.tick() == "failed"
+    assert "1 of" in load_manifest(ctl.store, "r1")["stop_reason"]
+
+
+def test_a_lost_spend_counter_is_restored_from_storage_before_a_cycle(
+        setup: Any, redis_client: redis.Redis) -> None:
+    from workers.teachers.accounting import read_spend
+
+    ctl, sent, jobs = _into_cycle_one(setup, budget={"max_tokens": 10_000})
+    commit_jobs(ctl, 1, jobs)
+    for job in jobs:
+        ctl.store.write_json("r1", f"cycle=1/jobstats/{job}.json", {
+            "tokens_in": 100, "tokens_out": 50, "cost": 0.25, "requests": 2})
+    ctl.tick()
+    write_eval(ctl, 1, 0.6)
+    ctl.tick()  # decide cycle 1: continue
+    redis_client.flushall()  # the counter the workers check the budget against is gone
+    ctl.tick()  # plan cycle 2
+    assert ctl.store.read_json("r1", "cycle=2/plan.json") is not None
+    got = read_spend(redis_client, "r1")
+    n = len(jobs)
+    assert got == {"tokens_in": 100 * n, "tokens_out": 50 * n, "tokens": 150 * n,
+                   "cost": pytest.approx(0.25 * n), "requests": 2 * n}
+
+
+def test_a_job_that_never_answers_is_failed_after_max_sends(
+        setup: Any, redis_client: redis.Redis) -> None:
+    ctl, sent, clock = setup()
+    ctl.tick()
+    write_eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    n_jobs = len(sent) - 1
+    for _ in range(3):
+        mark_sends_started(redis_client, sent)  # taken by a worker that then dies, say
+        clock.now += 61
+        ctl.tick()
+    assert ctl.tick() == "failed"  # every generate job used its 3 sends
+    assert len(sent) == 1 + 3 * n_jobs
+
+
+def test_every_send_is_recorded_before_it_is_made(
+        tmp_path: Path, redis_client: redis.Redis) -> None:
+    """A controller killed mid-dispatch must not have made sends it did not record (a restart
+    would make them again: a second paid copy of each job)."""
+    spec = make_spec(tmp_path, generation={"examples_per_cycle": 40, "examples_per_request": 1})
+    store = ShardStore(spec.storage)
+    create_run(spec, store)
+    unrecorded: list[str] = []
+
+    def send(task: str, args: list[Any], task_id: str) -> None:
+        key = task_id.split(":", 1)[1].rsplit(":", 1)[0]
+        if redis_client.hget("dq:r1:inflight", key) is None:
+            unrecorded.append(key)
+
+    ctl = Controller(store, redis_client, "r1", send, clock=Clock())
+    ctl.tick()
+    write_eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    assert len(store.read_json("r1", "cycle=1/plan.json")["jobs"]) >= 10
+    assert unrecorded == []
+
+
+def test_a_tick_that_fails_the_run_sends_nothing(setup: Any, redis_client: redis.Redis) -> None:
+    ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
+    ctl.tick()
+    write_eval(ctl, 0, 0.5)
+    ctl.tick()
+    ctl.tick()
+    mark_sends_started(redis_client, sent)
+    job = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"][0]
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", {"error": "boom"})
+    clock.now += 61  # the other jobs are past their deadline: they would be re-sent
+    sent.clear()
+    assert ctl.tick() == "failed"
+    assert sent == []
+
+
+def test_a_job_still_in_the_queue_is_not_re_sent_at_its_deadline(
+        setup: Any, redis_client: redis.Redis) -> None:
+    """A big cycle or a slow teacher keeps jobs queued past their deadline: re-sending them
+    would only grow the queue, and counting those sends would fail the run. While no worker
+    has started them and their queue holds messages, they are re-sent after
+    loop.queue_deadline_s, and that does not count towards max_sends."""
+    ctl, sent, clock = setup(loop={"queue_deadline_s": 1000})
+    ctl.tick()
+    write_eval(ctl, 0, 0.5)
+    ctl.tick()
+    sent.clear()
+    ctl.tick()
+    jobs = sorted(s.job for s in sent)
+    redis_client.rpush("generate", "a message waiting")  # the broker's queue is not empty
+    mark_sends_started(redis_client, sent[:1])  # one job is taken by a worker, the others wait
+    clock.now += 61
+    ctl.tick()
+    assert [s.job for s in sent[len(jobs):]] == [sent[0].job], "only the started one"
+    commit_jobs(ctl, 1, [sent[0].job])  # its second send delivers
+    for _ in range(5):  # far more than max_sends (3) queue deadlines: never failed for it
+        clock.now += 1001
+        assert ctl.tick() == "running"
+    waiting = jobs[1:]
+    assert sorted(s.job for s in sent if s.job in waiting) == sorted(waiting * 6)
+    entry = json.loads(redis_client.hget("dq:r1:inflight", f"c01/gen/{waiting[0]}"))
+    assert entry["sends"] == 6 and entry["requeued"] == 5
+    # Not started and nothing left in the queue: lost (say, reserved by a worker killed
+    # before it began); its own deadline applies again, and counts.
+    redis_client.delete("generate")
+    before = len(sent)
+    clock.now += 61
+    ctl.tick()
+    assert sorted(s.job for s in sent[before:]) == sorted(waiting)
+    entry = json.loads(redis_client.hget("dq:r1:inflight", f"c01/gen/{waiting[0]}"))
+    assert entry["sends"] == 7 and entry["requeued"] == 5
+
+
+def test_gains_below_min_delta_do_not_move_the_baseline(setup: Any) -> None:
+    """0.50 → 0.505 → 0.509 with min_delta 0.01: neither later cycle counts as a gain, so the
+    best stays cycle 0 at 0.50 — value and cycle agree — and patience 2 stops the run."""
+    ctl, sent, clock = setup(loop={"patience": 2, "min_delta": 0.01, "max_cycles": 5})
+    ctl.tick()
+    for cycle, f1 in enumerate([0.50, 0.505, 0.509]):
+        write_eval(ctl, cycle, f1)
+        ctl.tick()  # decide
+        if cycle < 2:
+            ctl.tick()  # plan the next cycle
+            plan = ctl.store.read_json("r1", f"cycle={cycle + 1}/plan.json")
+            commit_jobs(ctl, cycle + 1, plan["jobs"])
+            ctl.tick()  # send its training
+    decisions = load_manifest(ctl.store, "r1")["decisions"]
+    assert [(d["best_cycle"], d["best_value"]) for d in decisions] == [(0, 0.5)] * 3
+    assert decisions[-1]["action"] == "stop" and "patience" in decisions[-1]["reason"]
+
+
+@pytest.mark.parametrize("kind", ["train", "test"])
+def test_a_run_level_job_a_worker_gave_up_on_fails_the_run_at_once(
+    setup: Any, kind: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not after the job's deadline (6 h for training): the worker's failure record ends the
+    run on the next tick, and `resume` sends the job again."""
+    import argparse
+
+    from orchestrator.commands import cmd_resume
+
+    ctl, sent, clock = setup(loop={"max_cycles": 0})
+    ctl.tick()  # cycle 0's train sent
+    cycle = 0
+    if kind == "test":
+        write_eval(ctl, 0, 0.5)
+        ctl.tick()  # decide: stop (max_cycles 0)
+        ctl.tick()  # test sent
+    assert sent[-1].task == f"distillq.{kind}"
+    ctl.store.write_json("r1", f"cycle={cycle}/failed/{kind}-{kind}.json",
+                         {"kind": kind, "job_id": kind, "error": "RuntimeError: boom"})
+    assert ctl.tick() == "failed"
+    reason = load_manifest(ctl.store, "r1")["stop_reason"]
+    assert reason == f"{kind} of cycle 0 failed: RuntimeError: boom"
+
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert cmd_resume(argparse.Namespace(storage=ctl.store.uri, run_id="r1")) == 0
+    sent.clear()
+    again = Controller(ctl.store, ctl.redis, "r1", lambda *a: sent.append(Sent(*a)), clock=clock)
+    assert again.tick() == "running" and [s.task for s in sent] == [f"distillq.{kind}"]
+
+
+def test_a_decided_cycle_leaves_the_in_flight_and_started_tables(
+        setup: Any, redis_client: redis.Redis) -> None:
+    """The tables read each tick hold the current cycle's jobs; the re-sends of decided
+    cycles are kept as a count (the ``distillq_job_resends`` metric counts the whole run)."""
+    from orchestrator.controller import INFLIGHT, RESENDS, key_cycle
+    from workers.context import STARTED_KEY
+
+    ctl, sent, clock = setup(loop={"max_cycles": 3, "patience": 3})
+    ctl.tick()
+    mark_sends_started(redis_client, sent)
+    write_eval(ctl, 0, 0.5)
+    ctl.tick()
+    sent.clear()
+    ctl.tick()
+    jobs = sorted(s.job for s in sent)
+    mark_sends_started(redis_client, sent)
+    clock.now += 61  # every generate job past its deadline, started, nothing committed
+    ctl.tick()
+    commit_jobs(ctl, 1, jobs)
+    ctl.tick()  # cycle 1's training goes out
+    inflight = {k.decode() for k in redis_client.hkeys(INFLIGHT.format(run_id="r1"))}
+    assert {key_cycle(k) for k in inflight} == {1} and "c01/train" in inflight  # c00 gone
+    assert redis_client.hlen(STARTED_KEY.format(run_id="r1")) == len(jobs)
+    write_eval(ctl, 1, 0.6)
+    ctl.tick()  # decides cycle 1
+    sent.clear()
+    ctl.tick()  # into cycle 2: plans it and sends its jobs
+    assert sent and {s[1][1] for s in sent} == {2}
+    inflight = {k.decode() for k in redis_client.hkeys(INFLIGHT.format(run_id="r1"))}
+    assert inflight and {key_cycle(k) for k in inflight} == {2}
+    assert redis_client.hlen(STARTED_KEY.format(run_id="r1")) == 0
+    assert int(redis_client.get(RESENDS.format(run_id="r1"))) == len(jobs)
+
+
+def test_dropping_a_decided_cycle_twice_counts_its_resends_once(
+        setup: Any, redis_client: redis.Redis) -> None:
+    """Two controllers (or a retried EXEC) dropping the same snapshot: the re-sends are
+    counted by the entries actually removed, once."""
+    from orchestrator.controller import INFLIGHT, RESENDS
+
+    ctl, _, _ = setup()
+    table = INFLIGHT.format(run_id="r1")
+    redis_client.hset(table, mapping={
+        "c00/train": json.dumps({"sent_at": 1.0, "sends": 3}),
+        "c01/gen/c01-0000": json.dumps({"sent_at": 1.0, "sends": 2}),
+        "c02/gen/c02-0000": json.dumps({"sent_at": 1.0, "sends": 4}),
+        "teacher": json.dumps({"sent_at": 1.0, "sends": 2})})
+    redis_client.hset("dq:r1:started", mapping={"r1:c01/gen/c01-0000": 1, "r1:c02/train": 1})
+    first = Controller(ctl.store, redis_client, "r1", lambda *a: None)
+    second = Controller(ctl.store, redis_client, "r1", lambda *a: None)
+    first._load_inflight()
+    second._load_inflight()  # the same snapshot
+    first._forget_before(2)
+    second._forget_before(2)
+    assert int(redis_client.get(RESENDS.format(run_id="r1"))) == 2 + 1
+    assert {k.decode() for k in redis_client.hkeys(table)} == {"c02/gen/c02-0000", "teacher"}
+    assert redis_client.hkeys("dq:r1:started") == [b"r1:c02/train"]
+    assert set(second._inflight) == {"c02/gen/c02-0000", "teacher"}
+
+
+def test_a_late_duplicate_marked_started_after_its_cycle_was_dropped_goes_too(
+        setup: Any, redis_client: redis.Redis) -> None:
+    ctl, sent, clock = setup()
+    ctl.tick()
+    write_eval(ctl, 0, 0.5)
+    ctl.tick()
+    sent.clear()
+    ctl.tick()  # cycle 1's jobs go out; cycle 0's entries are dropped
+    mark_sends_started(redis_client, [("distillq.train", ["r1", 0, ""], "r1:c00/train:2")])
+    clock.now += 61  # past the deadlines: the started table is read
+    ctl.tick()
+    assert redis_client.hkeys("dq:r1:started") == []
+
+
+def test_key_cycle() -> None:
+    from orchestrator.controller import key_cycle
+
+    assert key_cycle("c01/gen/c01-0003") == 1 and key_cycle("c12/train") == 12
+    assert key_cycle("c100/attr/c100-0000") == 100
+    assert key_cycle("test") is None and key_cycle("teacher") is None
+    assert key_cycle("cx/train") is None and key_cycle("c/train") is None

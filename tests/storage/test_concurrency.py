@@ -72,6 +72,8 @@ def _check_shards(store: ShardStore) -> list[str]:
     names = store.list_jobs("r", 1, "generated")
     problems = [f"unexpected shard names {names}"] if not set(names) <= {
         f"j{i:02d}" for i in range(N_JOBS)} else []
+    if len(names) != len(set(names)):
+        problems.append(f"duplicate shard names {names}")
     return problems + _shard_problems(store.read_kind("r", 1, "generated"))
 
 

@@ -12,7 +12,7 @@ from shard_tables import MakeExamples
 from storage import InvalidInputError, ShardStore, StorageError
 
 BAD_NAMES = ["", ".", "..", "../x", "a/b", "a\\b", ".hidden", "/abs", "x" * 200, "a..b",
-             "with space", "nul\0", "ü", "-dash-first", "_COMMITTED"]
+             "with space", "nul\0", "ü", "-dash-first", "_COMMITTED", "a\\b/../c"]
 BAD_RELPATHS = ["../x.json", "/etc/passwd", "a/../../b", ".hidden/x", "a//b", "a/./b", "",
                 "a/", "..\\x", "C:\\x", "cycle=1/../../../../tmp/x"]
 
@@ -41,6 +41,7 @@ def test_bad_run_and_job_ids_are_refused(store: ShardStore, tmp_path: Path, bad:
         with pytest.raises(InvalidInputError, match="is not allowed"):
             call()
     assert not (tmp_path / "root").exists(), "nothing may be written"
+    assert _outside(tmp_path) == [], "nor beside the root"
 
 
 @pytest.mark.parametrize("bad", BAD_RELPATHS)

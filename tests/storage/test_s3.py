@@ -100,6 +100,9 @@ def test_json_tables_and_runs(s3_store: ShardStore) -> None:
     s3_store.write_json("r", "cycle=1/failed/generate-j1.json", {"error": "x"})
     s3_store.write_table("r", "val", examples("val", 2))
     assert s3_store.read_json("r", "manifest.json") == {"run_id": "r"}
+    # the same store opened through a URI that also names the region
+    with_region = ShardStore(f"{s3_store.uri}&region=us-east-1")
+    assert with_region.read_json("r", "manifest.json") == {"run_id": "r"}
     assert s3_store.read_table("r", "val").num_rows == 2
     assert s3_store.list_runs() == ["r"]
     assert s3_store.list_names("r", "cycle=1/failed") == ["generate-j1.json"]

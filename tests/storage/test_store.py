@@ -38,6 +38,7 @@ def test_committing_a_job_again_replaces_its_one_shard(store: ShardStore, tmp_pa
     store.commit("r", 1, "generated", "j1", make_examples("j1", 5))
     assert store.list_jobs("r", 1, "generated") == ["j1"]
     assert store.read_kind("r", 1, "generated").num_rows == 5
+    assert store.read_shard("r", 1, "generated", "j1").num_rows == 5
     assert os.listdir(tmp_path / "root" / "r" / "cycle=1" / "generated") == ["j1.parquet"]
 
 
@@ -80,7 +81,8 @@ def test_training_set_orders_by_cycle_job_row_and_keeps_the_first_text(
     assert got.column("id").to_pylist() == ["seed-0000", "seed-0001", "j1-0001", "j2-0001"]
     assert got.schema == EXAMPLES
     # cycle 2 has nothing; cycle 3's "ｄ" (full-width) is "d" after NFKC
-    assert store.training_set("r", 3).column("text").to_pylist()[-1] == "e"
+    assert store.training_set("r", 3).column("text").to_pylist() == [
+        "Hello  World", "b", "d", "c", "e"]
     assert store.training_set("r", 0).num_rows == 2
     assert store.training_set("other", 5).num_rows == 0
 
@@ -174,6 +176,7 @@ def test_put_dir_get_dir_has_dir(store: ShardStore, tmp_path: Path) -> None:
     assert store.get_dir("r", "cycle=1/student", out)
     assert _files(out) == ["config.json", "sub/weights.bin"]
     assert json.loads((out / "config.json").read_text()) == {"version": "v2"}
+    assert (out / "sub" / "weights.bin").read_bytes() == b"v2" * 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "root", "v1", "v2"]
 
 

@@ -12,6 +12,8 @@ TEXTS = ["Why is my PIN blocked?", "My new card has not arrived yet.",
          "The exchange rate you used was wrong!"]
 LABELS = ["pin_blocked", "card_arrival", "exchange_rate"]
 
+pytestmark = pytest.mark.slow  # loading SmolLM2 takes ~25 s: not in the quick tier
+
 
 def test_target_is_the_log_probability_of_the_label_after_the_prompt(smollm2) -> None:
     teacher: CausalLMTeacher = smollm2

@@ -74,6 +74,7 @@ def test_without_the_limiter_the_sim_answers_429(sim: SimFactory) -> None:
     assert sim_stats(url)["status_429"] > 0
 
 
+@pytest.mark.slow
 def test_four_processes_share_the_limit_without_429s(sim: SimFactory, redis_client: redis.Redis,
                                                      embedded_redis: object) -> None:
     rpm, duration, procs = 600, 6.0, 4

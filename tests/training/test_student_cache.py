@@ -33,6 +33,7 @@ def _entries(cache: Path) -> list[str]:
     return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
 
 
+@pytest.mark.slow
 def test_a_cached_student_is_copied_and_equals_a_fresh_training(
     subset: Subset, tmp_path: Path
 ) -> None:
@@ -51,6 +52,7 @@ def test_a_cached_student_is_copied_and_equals_a_fresh_training(
     assert fresh.val_losses == again.val_losses
 
 
+@pytest.mark.slow
 def test_other_data_settings_or_a_warm_start_miss_the_cache(
     subset: Subset, tmp_path: Path
 ) -> None:

@@ -74,6 +74,7 @@ def test_history_counts_epochs_without_gain() -> None:
     assert (h.best_epoch, h.bad_epochs, h.epoch) == (5, 0, 5)
 
 
+@pytest.mark.slow
 def test_resuming_from_an_epoch_checkpoint_gives_the_same_training(
     subset: Subset, trained: Trained, tmp_path: Path
 ) -> None:
@@ -87,6 +88,7 @@ def test_resuming_from_an_epoch_checkpoint_gives_the_same_training(
     assert second.train_losses == trained.ckpt.train_losses[:2]
 
 
+@pytest.mark.slow
 def test_an_epoch_checkpoint_of_other_data_is_not_resumed(
     subset: Subset, trained: Trained, tmp_path: Path
 ) -> None:
@@ -111,6 +113,7 @@ def test_rationale_tags_mark_the_word_pieces_of_rationale_words(trained: Trained
     assert mask[1].sum() == 0 and tags[1].sum() == 0  # no rationale: not scored
 
 
+@pytest.mark.slow
 def test_rationale_aware_training_learns_and_saves_a_plain_classifier(
     subset: Subset, trained: Trained, tmp_path: Path
 ) -> None:
@@ -132,6 +135,7 @@ def test_rationale_aware_training_learns_and_saves_a_plain_classifier(
     assert state["config"]["rationales"] is True
 
 
+@pytest.mark.slow
 def test_rationales_switched_off_ignores_them(subset: Subset, tmp_path: Path) -> None:
     rationales = [t.split()[:1] for t, _ in subset.train]
     cfg = small_config(tmp_path / "s", epochs=1, rationales=False)

@@ -1,12 +1,19 @@
-"""The global rate limit: GCRA reservations in Redis, shared by separate OS processes."""
+"""The global rate limit: GCRA reservations in Redis, shared by separate OS processes.
+
+The limiter's bookings and waits run on a simulated clock here (``VirtualTime``): a slot's
+time is then exact, whatever else the machine is doing. The test with real processes and
+the real clock checks only counts that a slow machine cannot break."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
+import threading
 import time
 
 import pytest
 import redis
+from runkit import wait_for
 
 from tests.teachers._procs import hammer
 from tests.teachers.conftest import SimFactory, make_spec, sim_stats
@@ -16,9 +23,48 @@ from workers.teachers.ratelimit import GlobalRateLimiter, endpoint_namespace
 from workers.teachers.runtime import get_runtime
 
 
+class VirtualTime:
+    """Simulated seconds: ``now`` moves only by ``advance``; a ``sleep`` (on the runtime's
+    loop) ends when the time reaches its end."""
+
+    def __init__(self, start: float = 1_000.0) -> None:
+        self.start = self.now = start
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+        self._lock = threading.Lock()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._sleepers.append((self.now + seconds, future))
+        await future
+
+    def sleeping(self) -> int:
+        """How many waits are pending (cancelled ones not counted)."""
+        with self._lock:
+            return sum(not f.done() for _, f in self._sleepers)
+
+    def advance(self, to: float) -> None:
+        """Move to ``start + to`` seconds and end the waits due by then."""
+        self.now = self.start + to
+        with self._lock:
+            due = [f for wake, f in self._sleepers if wake <= self.now]
+            self._sleepers = [(w, f) for w, f in self._sleepers if w > self.now]
+        for future in due:
+            future.get_loop().call_soon_threadsafe(
+                lambda f=future: f.done() or f.set_result(None))
+
+
 def _limiter(client: redis.Redis, rpm: float = 1200, tpm: float = 10**9,
-             ns: str = "dq:rl:t") -> GlobalRateLimiter:
-    return GlobalRateLimiter(client, ns, rpm=rpm, tpm=tpm)
+             ns: str = "dq:rl:t", vt: VirtualTime | None = None) -> GlobalRateLimiter:
+    """A limiter on simulated time ``vt`` (default: its own, frozen at the same start)."""
+    vt = vt or VirtualTime()
+    return GlobalRateLimiter(client, ns, rpm=rpm, tpm=tpm, clock=vt.clock, sleep=vt.sleep)
+
+
+EXACT = 1e-6  # the limiter's Lua keeps 14 significant digits
 
 
 def _reserve(lim: GlobalRateLimiter, tokens: int = 1) -> float:
@@ -27,27 +73,26 @@ def _reserve(lim: GlobalRateLimiter, tokens: int = 1) -> float:
 
 def test_requests_get_evenly_spaced_slots(redis_client: redis.Redis) -> None:
     a, b = _limiter(redis_client), _limiter(redis_client)   # two "processes", one budget
-    delays = [_reserve(x) for x in (a, b) * 5]
-    assert delays[0] == pytest.approx(0.0, abs=0.01)
-    gaps = [y - x for x, y in zip(delays, delays[1:], strict=False)]
-    assert all(g == pytest.approx(0.05, abs=0.01) for g in gaps)   # 1200/min = every 50 ms
+    delays = [_reserve(x) for x in (a, b) * 5]  # all asked at the same (simulated) moment
+    assert delays == pytest.approx([0.05 * i for i in range(10)], abs=EXACT)  # every 50 ms
     assert redis_client.pttl("dq:rl:t:req") > 60_000 - 1000
 
 
 def test_tokens_per_minute_and_usage_correction(redis_client: redis.Redis) -> None:
     lim = _limiter(redis_client, rpm=10**6, tpm=6000)  # 100 tokens a second
-    assert _reserve(lim, 200) == pytest.approx(0.0, abs=0.01)
-    assert _reserve(lim, 50) == pytest.approx(2.0, abs=0.05)      # waits for the first 200
+    gap = 60 / 10**6  # the request rate's own spacing: a request every 60 µs
+    assert _reserve(lim, 200) == pytest.approx(0.0, abs=EXACT)
+    assert _reserve(lim, 50) == pytest.approx(2.0, abs=EXACT)      # waits for the first 200
     lim.adjust(-200)                               # the two used 200 tokens fewer than booked
-    assert _reserve(lim, 10) == pytest.approx(2.0, abs=0.05)     # still queued behind slot 2
-    assert _reserve(lim, 10) == pytest.approx(2.1, abs=0.05)     # not 2.6: the refund counts
+    assert _reserve(lim, 10) == pytest.approx(2.0 + gap, abs=EXACT)  # still behind slot 2
+    assert _reserve(lim, 10) == pytest.approx(2.1 + gap, abs=EXACT)  # not 2.6: refund counts
     lim.adjust(+300)                                     # travels with the next reservation
-    assert _reserve(lim, 10) == pytest.approx(5.2, abs=0.05)     # underestimates are charged
+    assert _reserve(lim, 10) == pytest.approx(5.2 + gap, abs=EXACT)  # underestimates charged
     other = _limiter(redis_client, rpm=10**6, tpm=6000, ns="dq:rl:t2")
-    assert _reserve(other, 200) == pytest.approx(0.0, abs=0.01)
+    assert _reserve(other, 200) == pytest.approx(0.0, abs=EXACT)
     other.adjust(-100)
     get_runtime().run(other.flush())
-    assert _reserve(other, 1) == pytest.approx(1.0, abs=0.05)
+    assert _reserve(other, 1) == pytest.approx(1.0, abs=EXACT)
 
 
 def test_endpoints_do_not_share_budgets(redis_client: redis.Redis) -> None:
@@ -55,7 +100,8 @@ def test_endpoints_do_not_share_budgets(redis_client: redis.Redis) -> None:
     assert ns1 == endpoint_namespace("http://a", "m") and ns1 != ns2
     x, y = _limiter(redis_client, rpm=60, ns=ns1), _limiter(redis_client, rpm=60, ns=ns2)
     _reserve(x)
-    assert _reserve(y) == pytest.approx(0.0, abs=0.01) and _reserve(x) > 0.9
+    assert _reserve(y) == pytest.approx(0.0, abs=EXACT)
+    assert _reserve(x) == pytest.approx(1.0, abs=EXACT)
 
 
 def test_without_the_limiter_the_sim_answers_429(sim: SimFactory) -> None:
@@ -102,10 +148,9 @@ def test_four_processes_share_the_limit_without_429s(sim: SimFactory, redis_clie
     assert not any(r["retries"] for r in results)
 
 
-def _ahead(client: redis.Redis, key: str) -> float:
-    """How far a TAT key is ahead of the Redis server's clock (s)."""
-    secs, micros = client.time()  # type: ignore[misc]
-    return float(client.get(key) or 0) - (secs + micros / 1e6)
+def _ahead(client: redis.Redis, key: str, vt: VirtualTime) -> float:
+    """How far a TAT key is ahead of the limiter's (simulated) clock (s)."""
+    return float(client.get(key) or 0) - vt.now
 
 
 @pytest.mark.parametrize(("rpm", "tpm", "tokens", "key"), [
@@ -114,27 +159,34 @@ def _ahead(client: redis.Redis, key: str) -> float:
 ])
 def test_queueing_again_after_a_cool_down_hands_the_first_slot_back(
         redis_client: redis.Redis, rpm: float, tpm: float, tokens: int, key: str) -> None:
-    a, b = _limiter(redis_client, rpm, tpm), _limiter(redis_client, rpm, tpm)
-    assert _reserve(a, tokens) == pytest.approx(0.0, abs=0.01)       # slot at 0, next at 1
+    vt = VirtualTime()
+    a, b = (_limiter(redis_client, rpm, tpm, vt=vt) for _ in range(2))
+    assert _reserve(a, tokens) == pytest.approx(0.0, abs=EXACT)      # slot at 0, next at 1
     waiting = get_runtime().submit(b.acquire(tokens))               # books the slot at 1
-    time.sleep(0.5)
+    wait_for(lambda: vt.sleeping() == 1, 60, "b to wait for its slot")
+    vt.advance(0.5)
     get_runtime().run(a.cool_down(0.8))                              # a 429: nothing before 1.3
-    waited = waiting.result(10)
+    vt.advance(1.0)                      # b wakes at its slot, finds the cool-down, waits
+    wait_for(lambda: vt.sleeping() == 1 and not waiting.done(), 60, "b to queue again")
+    vt.advance(1.3)
+    waited = waiting.result(60)
     # b found the cool-down at 1.0 and queued again after it, handing back the slot at 1: it
     # goes at 1.3, not behind its own unused booking (2.0)
-    assert waited == pytest.approx(1.3, abs=0.15)
-    assert _ahead(redis_client, key) == pytest.approx(1.0, abs=0.15)  # one booking, not two
+    assert waited == pytest.approx(1.3, abs=EXACT)
+    assert _ahead(redis_client, key, vt) == pytest.approx(1.0, abs=EXACT)  # one booking
 
 
 def test_a_cancelled_wait_hands_its_slot_back(redis_client: redis.Redis) -> None:
-    a, b = _limiter(redis_client, rpm=60), _limiter(redis_client, rpm=60)
+    vt = VirtualTime()
+    a, b = (_limiter(redis_client, rpm=60, vt=vt) for _ in range(2))
     _reserve(a)                                                      # slot at 0, next at 1
     waiting = get_runtime().submit(b.acquire(1))                     # books 1, next at 2
-    time.sleep(0.2)
+    wait_for(lambda: vt.sleeping() == 1, 60, "b to wait for its slot")
+    vt.advance(0.3)
     waiting.cancel()
-    time.sleep(0.1)
+    wait_for(lambda: vt.sleeping() == 0, 60, "b's wait to be cancelled")
     get_runtime().run(b.flush())
-    assert _ahead(redis_client, "dq:rl:t:req") == pytest.approx(0.7, abs=0.1)
+    assert _ahead(redis_client, "dq:rl:t:req", vt) == pytest.approx(0.7, abs=EXACT)
 
 
 @pytest.mark.parametrize("stale", [None, "1.5"])
@@ -142,15 +194,16 @@ def test_giving_back_tokens_on_a_missing_or_stale_key(redis_client: redis.Redis,
                                                       stale: str | None) -> None:
     """A refund larger than what is booked must not push the TAT (and its expiry) into the
     past: Redis refuses a negative PX."""
+    vt = VirtualTime()
     if stale is not None:
-        redis_client.set("dq:rl:t:tok", stale)                       # decades ago
-    lim = _limiter(redis_client, rpm=10**6, tpm=6000)
+        redis_client.set("dq:rl:t:tok", stale)                       # long before now
+    lim = _limiter(redis_client, rpm=10**6, tpm=6000, vt=vt)
     lim.adjust(-500)
     get_runtime().run(lim.flush())                                   # raised ResponseError
     assert 0 < redis_client.pttl("dq:rl:t:tok") <= 60_000
     lim.release(10)                                                  # and a request slot
     get_runtime().run(lim.flush())
     assert 0 < redis_client.pttl("dq:rl:t:req") <= 60_000
-    assert _ahead(redis_client, "dq:rl:t:tok") == pytest.approx(0.0, abs=0.05)
-    assert _reserve(lim, 100) == pytest.approx(0.0, abs=0.01)        # no credit, no debt
-    assert _reserve(lim, 1) == pytest.approx(1.0, abs=0.05)
+    assert _ahead(redis_client, "dq:rl:t:tok", vt) == pytest.approx(0.0, abs=EXACT)
+    assert _reserve(lim, 100) == pytest.approx(0.0, abs=EXACT)        # no credit, no debt
+    assert _reserve(lim, 1) == pytest.approx(1.0, abs=EXACT)

@@ -34,6 +34,7 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -41,17 +42,23 @@ import redis
 import redis.asyncio
 import redis.asyncio.connection as aconn
 
-# KEYS: req TAT, tok TAT, cool-down-until.  ARGV[1]: mode, then mode-specific numbers.
+# KEYS: req TAT, tok TAT, cool-down-until.  ARGV[1]: the time now ('' : the Redis server's
+# clock, as in production), ARGV[2]: mode, then mode-specific numbers.
 LUA = """
 redis.replicate_commands()
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local mode = ARGV[1]
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local mode = ARGV[2]
 local function num(key) return tonumber(redis.call('GET', key) or '0') or 0 end
 local function put(key, v) redis.call('SET', key, tostring(v), 'PX', math.ceil((v - now) * 1000) + 60000) end
 local cool = num(KEYS[3])
 if mode == 'cool' then
-  local u = now + tonumber(ARGV[2])
+  local u = now + tonumber(ARGV[3])
   if u > cool then put(KEYS[3], u); cool = u end
   return tostring(cool - now)
 elseif mode == 'left' then
@@ -66,16 +73,16 @@ local function moved(key, delta)
 end
 if mode == 'adjust' then
   -- ARGV: tokens, 60/tpm, requests, 60/rpm (the last two optional: requests given back)
-  local tdelta = tonumber(ARGV[2]) * tonumber(ARGV[3])
-  local rdelta = tonumber(ARGV[4] or '0') * tonumber(ARGV[5] or '0')
+  local tdelta = tonumber(ARGV[3]) * tonumber(ARGV[4])
+  local rdelta = tonumber(ARGV[5] or '0') * tonumber(ARGV[6] or '0')
   if tdelta ~= 0 then put(KEYS[2], moved(KEYS[2], tdelta)) end
   if rdelta ~= 0 then put(KEYS[1], moved(KEYS[1], rdelta)) end
   return '0'
 end
-local ri, ti, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local ttat = moved(KEYS[2], tonumber(ARGV[7] or '0') * ti)
-local rtat = moved(KEYS[1], tonumber(ARGV[8] or '0') * ri)
-local start = math.max(now, cool, rtat - tonumber(ARGV[5]), ttat - tonumber(ARGV[6]))
+local ri, ti, cost = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local ttat = moved(KEYS[2], tonumber(ARGV[8] or '0') * ti)
+local rtat = moved(KEYS[1], tonumber(ARGV[9] or '0') * ri)
+local start = math.max(now, cool, rtat - tonumber(ARGV[6]), ttat - tonumber(ARGV[7]))
 put(KEYS[1], math.max(rtat, start) + ri)
 put(KEYS[2], math.max(ttat, start) + cost * ti)
 return tostring(start - now)
@@ -132,10 +139,16 @@ class GlobalRateLimiter:
     every request gets its own evenly spaced slot). The Redis calls go through an asyncio twin
     of ``client`` where one can be made, else through a small thread pool, so the event loop
     never blocks on the network.
+
+    ``clock`` and ``sleep``: the time slots are booked and waited in. By default the Redis
+    server's clock books (one clock for every machine) and ``asyncio.sleep`` waits; tests give
+    a simulated clock to both, so that a slot's time does not depend on the machine's speed.
     """
 
     def __init__(self, client: redis.Redis, namespace: str, rpm: float, tpm: float,
-                 burst_s: float = 0.0, executor: ThreadPoolExecutor | None = None) -> None:
+                 burst_s: float = 0.0, executor: ThreadPoolExecutor | None = None,
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
         self.namespace = namespace
         self.rpm, self.tpm = float(rpm), float(tpm)
         self._keys = [f"{namespace}:req", f"{namespace}:tok", f"{namespace}:cool"]
@@ -145,10 +158,13 @@ class GlobalRateLimiter:
         self._executor = executor
         self._async: redis.asyncio.Redis | None = None
         self._async_script: Any = None
+        self._clock = clock
+        self._sleep = sleep or asyncio.sleep
         self._pending = 0  # token correction not yet sent
         self._pending_requests = 0  # request slots handed back, not yet sent (<= 0)
 
     async def _call(self, *args: Any) -> float:
+        args = ("" if self._clock is None else self._clock(), *args)
         if self._executor is None and self._async is None:
             self._async = async_twin(self._client)   # on the loop that will use it
             if self._async is None:
@@ -181,7 +197,8 @@ class GlobalRateLimiter:
 
         A slot booked here and then not used — a cool-down came in while we slept, so we
         queue again after it; or we are cancelled — is handed back (``release``)."""
-        t0 = time.monotonic()
+        clock = self._clock or time.monotonic
+        t0 = clock()
         booked = False
         try:
             while True:
@@ -189,7 +206,7 @@ class GlobalRateLimiter:
                 booked = True
                 if delay <= 0:
                     break
-                await asyncio.sleep(delay)
+                await self._sleep(delay)
                 if delay < RECHECK_AFTER_S:
                     break
                 left = await self.cooldown_left()
@@ -197,12 +214,12 @@ class GlobalRateLimiter:
                     break
                 self.release(tokens)  # a 429 came in while we slept: queue again after it
                 booked = False
-                await asyncio.sleep(left)
+                await self._sleep(left)
         except BaseException:
             if booked:
                 self.release(tokens)
             raise
-        return time.monotonic() - t0
+        return clock() - t0
 
     def adjust(self, delta_tokens: int) -> None:
         """Correct the token budget once the real usage is known (negative: give back); the

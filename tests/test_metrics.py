@@ -10,7 +10,6 @@ import sys
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import redis
@@ -23,6 +22,7 @@ from orchestrator.metrics import DistillqCollector
 from orchestrator.runs import create_run
 from orchestrator.spec import parse_spec
 from storage.store import ShardStore
+from tests.teachers.clocks import VirtualTime
 from workers.teachers.accounting import RequestRecord, Tally, record_endpoint, record_spend
 from workers.teachers.openai import endpoint_for
 from workers.teachers.ratelimit import GlobalRateLimiter
@@ -56,19 +56,7 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-class Booked(NamedTuple):
-    """The endpoint's budget was booked between ``before`` and ``after`` (Redis's clock)."""
-
-    before: float
-    after: float
-
-
-def _redis_now(client: redis.Redis) -> float:
-    secs, micros = client.time()  # type: ignore[misc]
-    return float(secs) + float(micros) / 1e6
-
-
-def _scenario(tmp_path: Path, client: redis.Redis) -> tuple[ShardStore, str, Booked]:
+def _scenario(tmp_path: Path, client: redis.Redis) -> tuple[ShardStore, str, VirtualTime]:
     """Cycle 1 with 5 planned jobs: 2 committed, 1 failed, 1 in flight (sent twice), 1 not
     sent; 3 queued messages; spend, 429s and a booked-ahead budget for the endpoint."""
     store, manifest = _make_run(tmp_path)
@@ -91,16 +79,16 @@ def _scenario(tmp_path: Path, client: redis.Redis) -> tuple[ShardStore, str, Boo
     # the endpoint: real limiter calls and a job's tally with two 429 retries and one failure
     spec = parse_spec(manifest["spec"])
     endpoint = endpoint_for(spec.teacher)
-    limiter = GlobalRateLimiter(client, endpoint.namespace, rpm=600, tpm=60000)
+    vt = VirtualTime()  # the booking's clock, stopped: how far ahead it is booked is exact
+    limiter = GlobalRateLimiter(client, endpoint.namespace, rpm=600, tpm=60000, clock=vt.clock,
+                                sleep=vt.sleep)
 
     async def book() -> None:
         for _ in range(30):  # 30 requests at 10/s: ~3 s booked ahead
             await limiter.reserve(100)
         await limiter.cool_down(20.0)
 
-    before = _redis_now(client)
     asyncio.run(book())
-    booked = Booked(before, _redis_now(client))
     tally = Tally()
     tally.requests.extend([RequestRecord("r0", input_tokens=10, output_tokens=5, attempts=3),
                            RequestRecord("r1", input_tokens=10, output_tokens=5, attempts=1)])
@@ -110,30 +98,21 @@ def _scenario(tmp_path: Path, client: redis.Redis) -> tuple[ShardStore, str, Boo
     tally.fail("http_429")
     record_endpoint(client, endpoint.namespace, tally, host="teacher.example:8000",
                     model="big-llm", rpm=600, tpm=60000)
-    return store, endpoint.namespace.removeprefix("dq:rl:"), booked
+    return store, endpoint.namespace.removeprefix("dq:rl:"), vt
 
 
 def test_collector_reports_queues_jobs_spend_budget_and_429s(
         tmp_path: Path, redis_client: redis.Redis) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    _, digest, booked = _scenario(tmp_path, redis_client)
-
-    def scrape(now: float) -> str:
-        """The collector's page as if scraped at ``now`` (its clock injected: how far ahead
-        a budget is booked must not depend on how fast this machine is today)."""
-        registry = CollectorRegistry()
-        registry.register(DistillqCollector(redis_client, now=lambda: now))
-        return generate_latest(registry).decode()
-
-    text = scrape(booked.after)
-    got, at_start = _samples(text), _samples(scrape(booked.before))
+    _, digest, vt = _scenario(tmp_path, redis_client)
+    registry = CollectorRegistry()  # scraped on the booking's clock (injected, like the limiter's)
+    registry.register(DistillqCollector(redis_client, now=vt.clock))
+    text = generate_latest(registry).decode()
+    got = _samples(text)
 
     def v(name: str, **labels: str) -> float:
         return got[(name, tuple(sorted(labels.items())))]
-
-    def v_start(name: str, **labels: str) -> float:
-        return at_start[(name, tuple(sorted(labels.items())))]
 
     assert v("distillq_queue_depth", queue="generate") == 2
     assert v("distillq_queue_depth", queue="train") == 1
@@ -154,13 +133,11 @@ def test_collector_reports_queues_jobs_spend_budget_and_429s(
     ep = {"endpoint": digest, "host": "teacher.example:8000", "model": "big-llm"}
     assert v("distillq_ratelimit_limit", budget="requests_per_minute", **ep) == 600
     assert v("distillq_ratelimit_limit", budget="tokens_per_minute", **ep) == 60000
-    # 30 requests at 10/s and a 20 s cool-down: measured from the end of the booking at most
-    # that much is ahead, measured from its start at least that much less the burst allowance
-    backlog, cooldown = "distillq_ratelimit_backlog_seconds", "distillq_ratelimit_cooldown_seconds"
-    assert v(backlog, budget="requests", **ep) <= 3.0
-    assert v_start(backlog, budget="requests", **ep) > 2.0
-    assert v(cooldown, **ep) <= 20.0 and v_start(cooldown, **ep) >= 20.0 - 1e-3
-    assert v("distillq_ratelimit_backlog_seconds", budget="tokens", **ep) > 0
+    # 30 requests of 100 tokens at 10 requests and 1,000 tokens a second, then a 20 s cool-down
+    backlog = "distillq_ratelimit_backlog_seconds"
+    assert v(backlog, budget="requests", **ep) == pytest.approx(3.0)
+    assert v(backlog, budget="tokens", **ep) == pytest.approx(3.0)
+    assert v("distillq_ratelimit_cooldown_seconds", **ep) == pytest.approx(20.0)
     assert v("distillq_teacher_429_total", **ep) == 3
     assert v("distillq_teacher_retries_total", reason="http_429", **ep) == 2
     assert v("distillq_teacher_retries_total", reason="timeout", **ep) == 1

@@ -397,7 +397,7 @@ def test_a_late_duplicate_marked_started_after_its_cycle_was_dropped_goes_too(
     ctl.tick()
     sent.clear()
     ctl.tick()  # cycle 1's jobs go out; cycle 0's entries are dropped
-    mark_sends_started(redis_client, [("distillq.train", ["r1", 0, ""], "r1:c00/train:2")])
+    mark_sends_started(redis_client, [Sent("distillq.train", ["r1", 0, ""], "r1:c00/train:2")])
     clock.now += 61  # past the deadlines: the started table is read
     ctl.tick()
     assert redis_client.hkeys("dq:r1:started") == []

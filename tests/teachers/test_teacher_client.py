@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.teachers.clocks import SteppedClock, VirtualTime
 from tests.teachers.conftest import SimFactory, make_spec, sim_stats
 from workers.teachers.accounting import Tally
 from workers.teachers.errors import TeacherPermanentError, TeacherTransientError
@@ -19,22 +20,6 @@ from workers.teachers.ratelimit import GlobalRateLimiter
 from workers.teachers.runtime import get_runtime
 
 MESSAGES = [{"role": "user", "content": "Target labels: []\nNumber of examples: 2"}]
-
-
-class SimulatedTime:
-    """A clock that moves only when the client sleeps: the client's waits and its time cap
-    are then measured exactly, however busy the machine is."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.waits: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
-        self.now += seconds
 
 
 def _complete(url: str, client: redis.Redis | None = None, messages: list | None = None,
@@ -70,7 +55,7 @@ def test_elapsed_time_is_capped(sim: SimFactory, monkeypatch: pytest.MonkeyPatch
     url = sim(faults=("5xx",), fault_rate=1.0)
     chat = client_for(make_spec(teacher={"max_attempts": 50, "max_elapsed_s": 1.5}).teacher,
                       get_runtime(), None, url)
-    t = SimulatedTime()
+    t = SteppedClock()
     monkeypatch.setattr(chat, "clock", t.clock)
     monkeypatch.setattr(chat, "sleep", t.sleep)
     with pytest.raises(TeacherTransientError):
@@ -136,7 +121,7 @@ def test_429_retry_after_is_honoured_and_cools_everyone_down(
     timed) and shared with every client of the endpoint through Redis."""
     import workers.teachers.openai as client_module
 
-    url = sim(rpm_limit=20)  # one request every 3 s: the second, sent at once, is refused
+    url = sim(rpm_limit=20)  # one request every 3 s: the second, sent right after, is refused
     spec = make_spec(teacher={"rpm": 6000})
     chat: ChatClient = client_for(spec.teacher, get_runtime(), redis_client, url)
     assert chat.limiter is not None
@@ -164,12 +149,12 @@ def test_429_retry_after_is_honoured_and_cools_everyone_down(
 
 
 def test_cool_down_delays_other_clients(redis_client: redis.Redis) -> None:
-    a = GlobalRateLimiter(redis_client, "dq:rl:test", rpm=6000, tpm=10**9)
-    b = GlobalRateLimiter(redis_client, "dq:rl:test", rpm=6000, tpm=10**9)
+    vt = VirtualTime()
+    a, b = (GlobalRateLimiter(redis_client, "dq:rl:test", rpm=6000, tpm=10**9,
+                              clock=vt.clock, sleep=vt.sleep) for _ in range(2))
     get_runtime().run(a.cool_down(0.6))
-    assert 0.0 < get_runtime().run(b.cooldown_left()) <= 0.6, "b sees a's cool-down"
-    assert get_runtime().run(b.acquire(10)) > 0
-    assert get_runtime().run(b.cooldown_left()) <= 0, "b's slot came after the cool-down"
+    assert get_runtime().run(b.cooldown_left()) == pytest.approx(0.6), "b sees a's cool-down"
+    assert get_runtime().run(b.reserve(10)) == pytest.approx(0.6), "b's slot is after it"
 
 
 def test_parse_retry_after() -> None:

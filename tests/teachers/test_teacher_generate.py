@@ -177,6 +177,7 @@ def test_a_job_past_its_deadline_is_cancelled_and_transient(sim: SimFactory, see
         generate_job(spec, make_job(seen, n=3), run_id="r1", cycle=1, taxonomy=LABELS,
                      redis=redis_client, base_url=url, deadline_s=0.4)
     assert info.value.reason == "job_deadline"
+    assert not sim_stats(url).get("status_504"), "ended while the server still held it"
 
 
 def test_the_limiter_gets_the_jobs_token_corrections_when_it_ends(

@@ -2,13 +2,14 @@
 
 The limiter's bookings and waits run on a simulated clock here (``VirtualTime``): a slot's
 time is then exact, whatever else the machine is doing. The test with real processes and
-the real clock checks only counts that a slow machine cannot break."""
+the real clock checks what a slow machine cannot break: never more than the limit, no 429,
+every process served. How close to the limit they get is a benchmark's question
+(docs/benchmarks.md, "Teacher rate limit")."""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
-import threading
 import time
 
 import pytest
@@ -16,45 +17,12 @@ import redis
 from runkit import wait_for
 
 from tests.teachers._procs import hammer
+from tests.teachers.clocks import VirtualTime
 from tests.teachers.conftest import SimFactory, make_spec, sim_stats
 from workers.teachers.accounting import Tally
 from workers.teachers.openai import client_for
 from workers.teachers.ratelimit import GlobalRateLimiter, endpoint_namespace
 from workers.teachers.runtime import get_runtime
-
-
-class VirtualTime:
-    """Simulated seconds: ``now`` moves only by ``advance``; a ``sleep`` (on the runtime's
-    loop) ends when the time reaches its end."""
-
-    def __init__(self, start: float = 1_000.0) -> None:
-        self.start = self.now = start
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-        self._lock = threading.Lock()
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        future = asyncio.get_running_loop().create_future()
-        with self._lock:
-            self._sleepers.append((self.now + seconds, future))
-        await future
-
-    def sleeping(self) -> int:
-        """How many waits are pending (cancelled ones not counted)."""
-        with self._lock:
-            return sum(not f.done() for _, f in self._sleepers)
-
-    def advance(self, to: float) -> None:
-        """Move to ``start + to`` seconds and end the waits due by then."""
-        self.now = self.start + to
-        with self._lock:
-            due = [f for wake, f in self._sleepers if wake <= self.now]
-            self._sleepers = [(w, f) for w, f in self._sleepers if w > self.now]
-        for future in due:
-            future.get_loop().call_soon_threadsafe(
-                lambda f=future: f.done() or f.set_result(None))
 
 
 def _limiter(client: redis.Redis, rpm: float = 1200, tpm: float = 10**9,
@@ -111,7 +79,6 @@ def test_without_the_limiter_the_sim_answers_429(sim: SimFactory) -> None:
     chat = client_for(teacher, get_runtime(), None, url)
 
     async def burst() -> None:
-        import asyncio
 
         msgs = [[{"role": "user", "content": f"Number of examples: 1\n{i}"}] for i in range(40)]
         await asyncio.gather(*(chat.complete(m, Tally()) for m in msgs), return_exceptions=True)
@@ -142,8 +109,8 @@ def test_four_processes_share_the_limit_without_429s(sim: SimFactory, redis_clie
         for w in workers:
             w.join(20)
     times = [t for r in results for t in r["times"] if t <= start.value + duration]
-    assert all(len(r["times"]) > 5 for r in results)              # every process got its share
-    assert 0.9 * rpm / 60 * duration <= len(times) <= rpm / 60 * duration + 2
+    assert all(r["times"] for r in results)                        # every process was served
+    assert len(times) <= rpm / 60 * duration + 2                     # never over the limit
     assert sim_stats(url).get("status_429", 0) == 0
     assert not any(r["retries"] for r in results)
 
@@ -164,11 +131,11 @@ def test_queueing_again_after_a_cool_down_hands_the_first_slot_back(
     assert _reserve(a, tokens) == pytest.approx(0.0, abs=EXACT)      # slot at 0, next at 1
     waiting = get_runtime().submit(b.acquire(tokens))               # books the slot at 1
     wait_for(lambda: vt.sleeping() == 1, 60, "b to wait for its slot")
-    vt.advance(0.5)
+    vt.advance_to(0.5)
     get_runtime().run(a.cool_down(0.8))                              # a 429: nothing before 1.3
-    vt.advance(1.0)                      # b wakes at its slot, finds the cool-down, waits
+    vt.advance_to(1.0)                      # b wakes at its slot, finds the cool-down, waits
     wait_for(lambda: vt.sleeping() == 1 and not waiting.done(), 60, "b to queue again")
-    vt.advance(1.3)
+    vt.advance_to(1.3)
     waited = waiting.result(60)
     # b found the cool-down at 1.0 and queued again after it, handing back the slot at 1: it
     # goes at 1.3, not behind its own unused booking (2.0)
@@ -182,7 +149,7 @@ def test_a_cancelled_wait_hands_its_slot_back(redis_client: redis.Redis) -> None
     _reserve(a)                                                      # slot at 0, next at 1
     waiting = get_runtime().submit(b.acquire(1))                     # books 1, next at 2
     wait_for(lambda: vt.sleeping() == 1, 60, "b to wait for its slot")
-    vt.advance(0.3)
+    vt.advance_to(0.3)
     waiting.cancel()
     wait_for(lambda: vt.sleeping() == 0, 60, "b's wait to be cancelled")
     get_runtime().run(b.flush())

@@ -7,7 +7,8 @@ machine that talks to the same Redis. It is a GCRA ("virtual scheduling") limite
 reserved fit in the tokens/min budget, and moves the two "theoretical arrival times" (TAT)
 forward. The caller sleeps until its slot and sends. Requests therefore leave evenly spaced
 — no burst at the top of each minute, no herd of pollers — and N processes together get the
-full limit. Time is the Redis server's clock, so the machines' clocks do not matter.
+full limit. Time is the Redis server's clock, so the machines' clocks do not matter (tests
+give the limiter a simulated clock instead).
 
 Tokens are estimated before a call and corrected with the response's ``usage``: the
 correction is carried by the process's next reservation (``adjust`` books it locally), so a
@@ -72,7 +73,7 @@ local function moved(key, delta)
   return math.max(tat + delta, now)
 end
 if mode == 'adjust' then
-  -- ARGV: tokens, 60/tpm, requests, 60/rpm (the last two optional: requests given back)
+  -- ARGV[3..6]: tokens, 60/tpm, requests, 60/rpm (the last two optional: requests given back)
   local tdelta = tonumber(ARGV[3]) * tonumber(ARGV[4])
   local rdelta = tonumber(ARGV[5] or '0') * tonumber(ARGV[6] or '0')
   if tdelta ~= 0 then put(KEYS[2], moved(KEYS[2], tdelta)) end

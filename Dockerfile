@@ -7,6 +7,7 @@ ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_NO_CACHE_DIR=
 WORKDIR /app
 RUN pip install $TORCH_SPEC
 COPY pyproject.toml README.md ./
+COPY distillq distillq
 COPY orchestrator orchestrator
 COPY workers workers
 COPY storage storage

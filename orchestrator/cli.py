@@ -20,9 +20,14 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
-from orchestrator.errors import DistillqError, InvalidInputError
+from distillq.errors import (
+    EXIT_ERROR,
+    EXIT_INVALID,
+    EXIT_UNREACHABLE,
+    DistillqError,
+    InvalidInputError,
+)
 
-EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_ERROR = 1, 2, 3, 4
 DEFAULT_STORAGE = "runs"
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import redis
 
-from orchestrator.cli import EXIT_FAILED, state_dir, stop_flag
-from orchestrator.errors import InvalidInputError
+from distillq.errors import EXIT_FAILED, InvalidInputError
+from distillq.spec import RunSpec, load_spec
+from orchestrator.cli import state_dir, stop_flag
 from orchestrator.runs import check_run_id, check_storage, create_run, load_manifest
-from orchestrator.spec import RunSpec, load_spec
 from storage.store import ShardStore
 from workers.context import TEACHER_URL_FILE, TEACHER_URL_KEY
 
@@ -62,9 +62,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     sent again (their records kept under ``failed-before-resume/``) and, under ``serve``, a
     fresh in-flight table; a done run is refused. Nothing is written before the manifest's
     spec parses and (with ``REDIS_URL``) Redis answers."""
+    from distillq.spec import parse_spec
     from orchestrator.controller import INFLIGHT, RESENDS
     from orchestrator.runs import reopen_failed_jobs
-    from orchestrator.spec import parse_spec
     from workers.context import STARTED_KEY
 
     store = _store(args)

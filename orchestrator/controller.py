@@ -24,13 +24,13 @@ from typing import Any
 
 import redis
 
+from distillq.errors import BudgetExceededError
+from distillq.spec import RunSpec, parse_spec
 from orchestrator.planning import Planner
 from orchestrator.runs import TERMINAL, cancel_pending, cycle_stats, load_manifest, spend
-from orchestrator.spec import RunSpec, parse_spec
 from storage.store import ShardStore
 from workers.app import ROUTES
 from workers.context import SINGLE_JOBS, STARTED_KEY, as_text, failed_record
-from workers.errors import BudgetExceededError
 from workers.teachers.accounting import restore_spend
 
 log = logging.getLogger("distillq.controller")

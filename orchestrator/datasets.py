@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import InvalidInputError
-from orchestrator.spec import DatasetSpec
+from distillq.errors import InvalidInputError
+from distillq.spec import DatasetSpec
 
 BUILTIN = {
     "20newsgroups-train", "20newsgroups-test", "reuters-r8-train", "reuters-r8-test",

@@ -20,8 +20,8 @@ from typing import Any
 import redis
 from celery import Celery
 
+from distillq.errors import DistillqError, InvalidInputError, SpecError
 from orchestrator.controller import LOCK, Controller
-from orchestrator.errors import DistillqError, InvalidInputError, SpecError
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.runs import TERMINAL, check_run_id, check_storage
 from storage.store import ShardStore

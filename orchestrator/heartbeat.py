@@ -33,7 +33,7 @@ from typing import Any
 
 import redis
 
-from storage.errors import DistillqError
+from distillq.errors import DistillqError
 from storage.store import ShardStore
 
 log = logging.getLogger("distillq.driver")

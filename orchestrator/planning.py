@@ -21,7 +21,7 @@ import random
 from collections import defaultdict
 from typing import Any, TypeVar
 
-from orchestrator.spec import GenerationSpec
+from distillq.spec import GenerationSpec
 
 PAIR_SHARE = 0.25  # share of a sharded cycle's examples that targets confused pairs
 

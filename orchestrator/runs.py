@@ -14,9 +14,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from distillq.errors import InvalidInputError
+from distillq.spec import RunSpec, spec_to_dict, validate_run_id
 from orchestrator.datasets import Labelled, load_and_split
-from orchestrator.errors import InvalidInputError
-from orchestrator.spec import RunSpec, spec_to_dict, validate_run_id
 from storage.schemas import EXAMPLES
 from storage.store import ShardStore
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from orchestrator import spec as S
+from distillq import spec as S
 
 INTRO = """# The run spec
 
-A run is described by one YAML file, validated by `orchestrator.spec.RunSpec`. Unknown fields
+A run is described by one YAML file, validated by `distillq.spec.RunSpec`. Unknown fields
 are errors; every error names its field (`student.lr: Input should be greater than 0`), and
 `orchestrator run` / `submit` exit with code 2 without writing anything. Relative paths are
 relative to the spec file. `examples/demo-20newsgroups.yaml` is a complete spec.

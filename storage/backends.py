@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from storage.errors import InvalidInputError, StorageError, TransientError
+from distillq.errors import InvalidInputError, StorageError, TransientError
 from storage.layout import HIDDEN
 
 MARKER = "_COMMITTED"

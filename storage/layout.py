@@ -17,7 +17,7 @@ from __future__ import annotations
 import operator
 import re
 
-from storage.errors import InvalidInputError
+from distillq.errors import InvalidInputError
 from storage.schemas import schema_of
 
 SHARD_SUFFIX = ".parquet"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.errors import StorageError
+from distillq.errors import StorageError
 
 EXAMPLES = pa.schema([
     ("id", pa.string()),              # seed-<row> | <job_id>-<i:04d>

@@ -30,10 +30,10 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from distillq.errors import StorageError, TransientError
 from storage import layout
 from storage.backends import MARKER, FolderChanged, open_backend, swap_in
 from storage.dedup import dedup_by_text
-from storage.errors import StorageError, TransientError
 from storage.schemas import ATTRIBUTIONS, EXAMPLES, conform, empty, schema_of, validate
 
 _READERS = 8

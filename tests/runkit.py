@@ -62,8 +62,8 @@ def orchestrator(*args: str, env: dict[str, str],
 
 def start_sim(store: ShardStore, run_id: str,
               tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    from distillq.spec import parse_spec
     from orchestrator.commands import start_sim_process
-    from orchestrator.spec import parse_spec
 
     spec = parse_spec(store.read_json(run_id, "manifest.json")["spec"])
     return start_sim_process(spec, store, run_id, tmp_path / f"sim-{run_id}")

@@ -144,8 +144,8 @@ def test_bad_input_is_refused_by_name_with_exit_2_and_nothing_written(
 
 def test_a_good_spec_passes_the_same_checks(tmp_path: Path) -> None:
     """The cases above fail for their own reason: the unchanged spec creates its run."""
+    from distillq.spec import parse_spec
     from orchestrator.runs import create_run
-    from orchestrator.spec import parse_spec
 
     spec = parse_spec(_spec(tmp_path))
     assert create_run(spec) == "bad-input"
@@ -163,7 +163,7 @@ if __name__ == "__main__":  # print the table rows of docs/reliability.md
 
 
 def test_storage_roots_see_through_dots_and_symlinks(tmp_path: Path) -> None:
-    from orchestrator.errors import InvalidInputError
+    from distillq.errors import InvalidInputError
     from orchestrator.runs import check_storage
 
     root = tmp_path / "allowed"

@@ -26,8 +26,8 @@ import redis
 from runkit import env as run_env
 from runkit import orchestrator, start_sim, wait_for, write_spec
 
+from distillq.errors import DistillqError
 from orchestrator.embedded import LocalCluster
-from storage.errors import DistillqError
 from storage.store import ShardStore
 from workers.context import TEACHER_URL_FILE
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import EXIT_ERROR, EXIT_INVALID, main
+from distillq.errors import EXIT_ERROR, EXIT_INVALID
+from orchestrator.cli import main
 from storage import ShardStore
 
 

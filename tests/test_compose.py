@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from composekit import ROOT, interpolate, load_compose, variables
 
+from distillq.spec import load_spec
 from orchestrator.cli import build_parser
 from orchestrator.embedded import worker_command
-from orchestrator.spec import load_spec
 
 try:
     import tomllib

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from distillq.errors import InvalidInputError
+from distillq.spec import DatasetSpec
 from orchestrator.datasets import (
     load_and_split,
     read_labelled,
@@ -11,8 +13,6 @@ from orchestrator.datasets import (
     steer_count,
     steer_mask,
 )
-from orchestrator.errors import InvalidInputError
-from orchestrator.spec import DatasetSpec
 
 
 def _csv(tmp_path: Path, body: str | bytes, name: str = "d.csv") -> Path:

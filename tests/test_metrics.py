@@ -16,11 +16,11 @@ import redis
 from composekit import free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from distillq.spec import parse_spec
 from orchestrator.controller import INFLIGHT, RESENDS, write_plan
 from orchestrator.driver import RUNS_KEY
 from orchestrator.metrics import DistillqCollector
 from orchestrator.runs import create_run
-from orchestrator.spec import parse_spec
 from storage.store import ShardStore
 from tests.teachers.clocks import VirtualTime
 from workers.teachers.accounting import RequestRecord, Tally, record_endpoint, record_spend

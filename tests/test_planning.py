@@ -3,8 +3,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from distillq.spec import GenerationSpec
 from orchestrator.planning import Planner, class_quotas, largest_remainder
-from orchestrator.spec import GenerationSpec
 
 TAX = ["a", "b", "c", "d"]
 

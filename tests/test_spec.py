@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import SpecError
-from orchestrator.spec import load_spec, parse_spec
+from distillq.errors import SpecError
+from distillq.spec import load_spec, parse_spec
 
 
 def _fields(exc: SpecError) -> set[str]:

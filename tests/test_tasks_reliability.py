@@ -14,11 +14,11 @@ import pyarrow as pa
 import pytest
 import redis
 
+from distillq.errors import PermanentError
 from storage.schemas import EXAMPLES
 from storage.store import ShardStore
 from workers.app import configure
 from workers.context import EVENTS_KEY
-from workers.errors import PermanentError
 
 SPEC = {"dataset": {"train": "unused.csv"}, "teacher": {"kind": "sim"}}
 JOB = "c01-0000"
@@ -179,7 +179,7 @@ def test_a_budget_refusal_is_recorded_with_its_error_type(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The controller tells budget refusals from failures by the record's ``error_type``."""
     import workers.teachers.generate as gen
-    from workers.errors import BudgetExceededError
+    from distillq.errors import BudgetExceededError
 
     run_id = "budget-refused"
     _run_with_a_job(store, run_id)

@@ -19,9 +19,9 @@ from typing import Any
 
 import redis
 
-from orchestrator.spec import RunSpec, parse_spec
+from distillq.errors import PermanentError
+from distillq.spec import RunSpec, parse_spec
 from storage.store import ShardStore
-from workers.errors import PermanentError
 
 EVENTS_KEY = "dq:{run_id}:events"
 # Where the embedded simulated teacher listens for a run (overrides teacher.base_url).

@@ -24,6 +24,7 @@ from typing import Any
 import redis.exceptions
 from celery import Task
 
+from distillq.errors import PermanentError, TransientError
 from workers.app import SOFT_MARGIN_S, TIME_LIMITS, app, redis_url, task_time_limits
 from workers.context import (
     ATTRIBUTION_QUALITY_FILE,
@@ -38,7 +39,6 @@ from workers.context import (
     teacher_base_url,
     workdir,
 )
-from workers.errors import PermanentError, TransientError
 
 log = logging.getLogger("distillq.tasks")
 

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit < 1 or args.draws < 1:
         p.error("--limit and --draws must be at least 1")
 
-    from storage.errors import StorageError
+    from distillq.errors import StorageError
     from storage.store import ShardStore
 
     torch.set_num_threads(args.threads)

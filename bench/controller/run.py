@@ -27,12 +27,12 @@ from typing import Any
 import pyarrow.parquet as pq
 import redis
 
+from distillq.spec import parse_spec
 from orchestrator.controller import Controller
 from orchestrator.datasets import Labelled
 from orchestrator.driver import celery_sender
 from orchestrator.embedded import EmbeddedRedis, LocalCluster
 from orchestrator.runs import create_run, examples_table
-from orchestrator.spec import parse_spec
 from storage.store import ShardStore
 from workers.app import configure
 

@@ -19,9 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from distillq.spec import parse_spec
 from orchestrator.datasets import load_and_split
 from orchestrator.planning import Planner
-from orchestrator.spec import parse_spec
 from workers.teachers.generate import job_prompts, request_id
 from workers.teachers.openai import request_seed
 from workers.teachers.parsing import extract_items, normalise

@@ -348,8 +348,8 @@ def _json(store: Any, run_id: str, name: str) -> dict[str, Any]:
 def run_upper_bound(spec: dict[str, Any], work: Path, seed: int) -> dict[str, Any]:
     """Row 0: the same student trained directly on every training row (validation: the
     seed's validation part), evaluated on the same test set."""
+    from distillq.spec import parse_spec
     from orchestrator.datasets import load_and_split
-    from orchestrator.spec import parse_spec
     from workers.training import Classifier, TrainConfig, TrainData, report, train
 
     parsed = parse_spec(spec)

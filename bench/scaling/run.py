@@ -39,11 +39,11 @@ from typing import Any
 import redis
 import yaml
 
+from distillq.spec import load_spec
 from orchestrator.controller import write_plan
 from orchestrator.embedded import EmbeddedRedis, WorkerPool
 from orchestrator.planning import Planner
 from orchestrator.runs import create_run
-from orchestrator.spec import load_spec
 from storage.store import ShardStore
 from workers.context import TEACHER_URL_KEY
 

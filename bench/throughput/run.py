@@ -26,8 +26,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from distillq.spec import GenerationSpec, TeacherSpec
 from orchestrator.embedded import EmbeddedRedis
-from orchestrator.spec import GenerationSpec, TeacherSpec
 from workers.teachers.accounting import Tally
 from workers.teachers.openai import ChatClient, client_for
 from workers.teachers.prompts import build_prompt

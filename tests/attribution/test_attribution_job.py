@@ -8,12 +8,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from orchestrator.spec import RunSpec
+from distillq.errors import PermanentError, TransientError
+from distillq.spec import RunSpec
 from storage.schemas import ATTRIBUTIONS, EXAMPLES
 from storage.store import ShardStore
 from workers.attribution import job
 from workers.attribution.words import split_words
-from workers.errors import PermanentError, TransientError
 
 RUN = "run-attr"
 

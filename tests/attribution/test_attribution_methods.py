@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from distillq.errors import InvalidInputError
 from workers.attribution import (
     METHODS,
     Attribution,
@@ -20,7 +21,6 @@ from workers.attribution import (
 from workers.attribution.methods import MethodOptions, get_method
 from workers.attribution.quality import deletion_test, rationale_quality
 from workers.attribution.words import split_words
-from workers.errors import InvalidInputError
 
 TOL = 1e-4
 TOP_K = 2

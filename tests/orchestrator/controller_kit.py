@@ -9,10 +9,10 @@ from typing import Any, NamedTuple
 
 import redis
 
+from distillq.spec import parse_spec
 from orchestrator.controller import Controller
 from orchestrator.datasets import Labelled
 from orchestrator.runs import examples_table
-from orchestrator.spec import parse_spec
 from workers.context import mark_started
 
 

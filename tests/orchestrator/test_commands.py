@@ -22,8 +22,8 @@ def test_resume_sends_the_failed_jobs_of_a_failed_run_again(
 ) -> None:
     import argparse
 
+    from distillq.errors import InvalidInputError
     from orchestrator.commands import cmd_resume
-    from orchestrator.errors import InvalidInputError
 
     ctl, sent, clock, job = failed_in_cycle_one(setup)
     ctl.redis.set("dq:r1:resends", 2)

@@ -80,8 +80,8 @@ def test_serve_unregisters_a_broken_run_even_when_its_manifest_cannot_say_so(
 ) -> None:
     """The manifest write that would mark the run failed fails too (a read-only mount): the
     manifest still says running, which must not pass for a resume and register it again."""
+    from distillq.errors import StorageError
     from orchestrator.driver import RUNS_KEY, _serve_one
-    from storage.errors import StorageError
     from workers.app import app
 
     store = _run_with_broken_spec(tmp_path)

@@ -16,7 +16,8 @@ from typing import Any
 import pyarrow as pa
 from shard_tables import examples
 
-from storage import ShardStore, StorageError, TransientError
+from distillq.errors import StorageError, TransientError
+from storage import ShardStore
 
 N_JOBS = 25            # job ids j00..j24
 N_COMMITS = 100        # each job id committed 4 times, each time with a different version

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from shard_tables import MakeExamples
 
-from storage import InvalidInputError, ShardStore, StorageError
+from distillq.errors import InvalidInputError, StorageError
+from storage import ShardStore
 
 BAD_NAMES = ["", ".", "..", "../x", "a/b", "a\\b", ".hidden", "/abs", "x" * 200, "a..b",
              "with space", "nul\0", "ü", "-dash-first", "_COMMITTED", "a\\b/../c"]

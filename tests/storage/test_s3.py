@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from shard_tables import examples
 
-from storage import InvalidInputError, ShardStore, StorageError
+from distillq.errors import InvalidInputError, StorageError
+from storage import ShardStore
 
 BUCKET = "distillq-test"
 
@@ -161,9 +162,9 @@ def test_a_missing_bucket_is_an_error(s3: tuple[str, Any]) -> None:
 
 def test_the_report_of_a_run_on_s3_says_where_it_is(s3_store: ShardStore, s3: tuple[str, Any],
                                                       tmp_path: Path) -> None:
+    from distillq.spec import parse_spec
     from orchestrator.report import write_report
     from orchestrator.runs import create_run
-    from orchestrator.spec import parse_spec
 
     train = tmp_path / "train.csv"
     train.write_text("text,label\n" + "".join(f"example {i} of {c},{c}\n" for c in "ab"

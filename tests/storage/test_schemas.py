@@ -6,7 +6,8 @@ import pyarrow as pa
 import pytest
 from shard_tables import MakeExamples
 
-from storage import ATTRIBUTIONS, EXAMPLES, KINDS, PREDICTIONS, StorageError, empty, validate
+from distillq.errors import StorageError
+from storage import ATTRIBUTIONS, EXAMPLES, KINDS, PREDICTIONS, empty, validate
 
 
 def test_the_three_kinds_have_the_documented_columns() -> None:

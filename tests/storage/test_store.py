@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from shard_tables import MakeExamples
 
-from storage import EXAMPLES, ShardStore, StorageError, normalise_text
+from distillq.errors import StorageError
+from storage import EXAMPLES, ShardStore, normalise_text
 from storage.dedup import normalised
 
 

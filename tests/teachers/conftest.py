@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.spec import RunSpec, parse_spec
+from distillq.spec import RunSpec, parse_spec
 from workers.teachers.sim import start_sim
 
 LABELS = ["card_arrival", "card_lost", "refund", "exchange_rate"]

@@ -8,10 +8,11 @@ import time
 import pytest
 import redis
 
+from distillq.errors import BudgetExceededError
 from storage.schemas import EXAMPLES
 from tests.teachers.conftest import LABELS, SimFactory, make_job, make_spec, sim_stats
 from workers.teachers.accounting import SPEND_KEY, read_spend, record_spend
-from workers.teachers.errors import BudgetExceededError, TeacherTransientError
+from workers.teachers.errors import TeacherTransientError
 from workers.teachers.generate import generate_job
 
 PRICE = {"input_per_1k": 0.5, "output_per_1k": 2.0}

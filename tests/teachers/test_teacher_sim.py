@@ -171,7 +171,7 @@ def test_the_report_steers_a_single_prompt_and_not_a_sharded_one(pool) -> None: 
     report sets which labels it draws, weighted by weakness."""
     from collections import Counter
 
-    from orchestrator.spec import GenerationSpec
+    from distillq.spec import GenerationSpec
     from workers.teachers.simpool import compose, read_prompt
 
     index = Pool([t for t, _ in pool], [lab for _, lab in pool])

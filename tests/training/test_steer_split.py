@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from training_kit import write_subset_csv
 
+from distillq.errors import InvalidInputError
+from distillq.spec import RunSpec, parse_spec
 from orchestrator.datasets import steer_mask
-from orchestrator.errors import InvalidInputError
 from orchestrator.report import _steer_note
 from orchestrator.runs import create_run, load_manifest
-from orchestrator.spec import RunSpec, parse_spec
 from storage.store import ShardStore
 from workers.training.cycle import train_cycle, validation_parts
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 from training_kit import Subset, small_config
 
+from distillq.errors import InvalidInputError
 from orchestrator.runs import check_cache_dir
-from workers.errors import InvalidInputError
 from workers.training.config import STATE_FILE, Checkpoint, TrainData
 from workers.training.train import train
 
@@ -89,7 +89,7 @@ def test_a_cache_that_cannot_be_written_does_not_fail_the_training(
 
 
 def test_a_file_uri_names_a_local_cache_folder(tmp_path: Path) -> None:
-    from orchestrator.spec import StudentSpec
+    from distillq.spec import StudentSpec
     from workers.training.config import TrainConfig
 
     spec = StudentSpec(cache_dir=f"file://{tmp_path}/students")

@@ -12,8 +12,8 @@ from safetensors import safe_open
 from training_kit import Subset, Trained, small_config
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from orchestrator.spec import StudentSpec
-from workers.errors import InvalidInputError
+from distillq.errors import InvalidInputError
+from distillq.spec import StudentSpec
 from workers.training.checkpoints import History
 from workers.training.config import STATE_FILE, Checkpoint, TrainConfig
 from workers.training.evaluate import Classifier, report

@@ -30,8 +30,8 @@ import pytest
 import redis
 from training_kit import write_subset_csv
 
+from distillq.spec import parse_spec
 from orchestrator.runs import create_run
-from orchestrator.spec import parse_spec
 from storage.store import ShardStore
 
 pytestmark = pytest.mark.slow

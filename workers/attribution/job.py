@@ -22,14 +22,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from orchestrator.spec import AttributionSpec, RunSpec
+from distillq.errors import PermanentError, TransientError
+from distillq.spec import AttributionSpec, RunSpec
 from storage.schemas import ATTRIBUTIONS
 from storage.store import ShardStore
 from workers.attribution.attributor import Attribution, Attributor
 from workers.attribution.quality import rationale_quality
 from workers.attribution.teachers import Teacher, load_teacher
 from workers.attribution.words import RationaleRule
-from workers.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distillq.errors import InvalidInputError
 from workers.attribution.teachers import Batch, Teacher, eager_attention
-from workers.errors import InvalidInputError
 
 Method = Literal["saliency", "input_x_gradient", "integrated_gradients", "attention"]
 METHODS: tuple[str, ...] = get_args(Method)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from workers.errors import InvalidInputError
+from distillq.errors import InvalidInputError
 
 Target = str | int
 

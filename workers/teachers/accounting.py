@@ -29,8 +29,8 @@ from typing import Any
 
 import redis
 
-from orchestrator.spec import BudgetSpec, PriceSpec
-from workers.teachers.errors import BudgetExceededError
+from distillq.errors import BudgetExceededError
+from distillq.spec import BudgetSpec, PriceSpec
 
 SPEND_KEY = "dq:{run_id}:spend"
 ENDPOINT_STATS_KEY = "{namespace}:stats"

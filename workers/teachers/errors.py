@@ -1,10 +1,10 @@
-"""Teacher errors: leaves of the distillq tree (``storage.errors``).
+"""Teacher errors: leaves of the distillq tree (``distillq.errors``).
 
     TransientError
     └── TeacherTransientError    429, 5xx, 408, timeouts, connection errors, malformed output
     PermanentError
     ├── TeacherPermanentError    any other 4xx, a missing API key or endpoint
-    └── BudgetExceededError      a token or cost cap of the run is reached (workers.errors)
+    └── BudgetExceededError      a token or cost cap of the run is reached (distillq.errors)
 
 Every teacher error carries a short ``reason`` (``http_429``, ``timeout``, ``malformed`` ...):
 the key under which retries and failures are counted.
@@ -12,10 +12,9 @@ the key under which retries and failures are counted.
 
 from __future__ import annotations
 
-from workers.errors import BudgetExceededError, PermanentError, TransientError
+from distillq.errors import PermanentError, TransientError
 
 __all__ = [
-    "BudgetExceededError",
     "MalformedOutputError",
     "TeacherPermanentError",
     "TeacherTransientError",

@@ -33,9 +33,9 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import redis as redis_lib
 
-from orchestrator.spec import PriceSpec, RunSpec
+from distillq.errors import DistillqError, PermanentError
+from distillq.spec import PriceSpec, RunSpec
 from storage.schemas import EXAMPLES
-from workers.errors import DistillqError, PermanentError
 from workers.teachers.accounting import (
     RequestRecord,
     Tally,

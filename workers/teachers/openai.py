@@ -43,7 +43,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from orchestrator.spec import TeacherSpec
+from distillq.spec import TeacherSpec
 from workers.teachers.accounting import Tally
 from workers.teachers.errors import TeacherPermanentError, TeacherTransientError
 from workers.teachers.ratelimit import GlobalRateLimiter, endpoint_namespace

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.spec import GenerationSpec
+from distillq.spec import GenerationSpec
 from workers.teachers.errors import MalformedOutputError
 
 FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.DOTALL)

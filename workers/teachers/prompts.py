@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.spec import GenerationSpec
+from distillq.spec import GenerationSpec
 
 SYSTEM = (
     "You write new labelled training examples for a text classifier. You study how the "

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.spec import StudentSpec
-from workers.errors import InvalidInputError
+from distillq.errors import InvalidInputError
+from distillq.spec import StudentSpec
 
 LABELS_FILE = "labels.json"
 STATE_FILE = "training_state.json"

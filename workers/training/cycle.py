@@ -28,11 +28,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from distillq.errors import InvalidInputError, PermanentError
+from distillq.spec import RunSpec
 from orchestrator.datasets import check_steer_split, steer_mask
-from orchestrator.spec import RunSpec
 from storage.schemas import PREDICTIONS
 from storage.store import ShardStore
-from workers.errors import InvalidInputError, PermanentError
 from workers.training.config import Checkpoint, TrainConfig, TrainData
 from workers.training.evaluate import Classifier, Predictions, report
 from workers.training.latency import measure_latency

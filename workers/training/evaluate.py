@@ -23,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from workers.errors import InvalidInputError
+from distillq.errors import InvalidInputError
 from workers.training.config import STATE_FILE
 from workers.training.model import Precision, pick_device, to_device
 

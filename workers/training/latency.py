@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from workers.errors import InvalidInputError
+from distillq.errors import InvalidInputError
 from workers.training.evaluate import predict
 
 

@@ -25,9 +25,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from distillq.errors import InvalidInputError
 from workers.assets import resolve_model
 from workers.attribution.words import WORD_RE
-from workers.errors import InvalidInputError
 from workers.training.config import LABELS_FILE
 
 

@@ -1,0 +1,54 @@
+"""The distillq exception tree, and the exit codes the CLI maps it to.
+
+    DistillqError
+    ├── TransientError          retried (network blips, 429, 5xx, a Redis restart)
+    └── PermanentError          never retried
+        ├── InvalidInputError   bad spec, dataset, run id or URI — the CLI exits 2
+        │   └── SpecError       the run spec, with every problem by field
+        ├── StorageError        a path outside the root, a corrupt shard
+        └── BudgetExceededError a token or cost cap of the run is reached
+
+Everyone imports them from here; the teachers add their own leaves
+(``workers.teachers.errors``). Celery tasks declare ``autoretry_for=(TransientError,)`` and let
+PermanentError fail the job.
+"""
+
+from __future__ import annotations
+
+# what `orchestrator` exits with: a run that failed, input refused (nothing written), Redis
+# unreachable (nothing written), any other error a command cannot get past
+EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_ERROR = 1, 2, 3, 4
+
+
+class DistillqError(Exception):
+    """Base of every error distillq raises on purpose."""
+
+
+class TransientError(DistillqError):
+    """A failure that may succeed when tried again."""
+
+
+class PermanentError(DistillqError):
+    """A failure that will fail again: never retried."""
+
+
+class InvalidInputError(PermanentError):
+    """User input (spec, dataset, ids, URIs) is wrong; the message names the problem."""
+
+
+class StorageError(PermanentError):
+    """Storage refused an operation or holds something unreadable."""
+
+
+class SpecError(InvalidInputError):
+    """The run spec is invalid; ``problems`` lists ``(field, message)`` pairs."""
+
+    def __init__(self, path: str, problems: list[tuple[str, str]]):
+        self.path = path
+        self.problems = problems
+        lines = "\n".join(f"  {field}: {msg}" for field, msg in problems)
+        super().__init__(f"invalid run spec {path}:\n{lines}")
+
+
+class BudgetExceededError(PermanentError):
+    """A token or cost cap of the run is reached: no new generation is started."""

@@ -25,9 +25,11 @@ from typing import Any
 import redis
 
 from distillq.errors import BudgetExceededError
+from distillq.plans import write_plan
+from distillq.runstate import TERMINAL, cancel_pending
 from distillq.spec import RunSpec, parse_spec
 from orchestrator.planning import Planner
-from orchestrator.runs import TERMINAL, cancel_pending, cycle_stats, load_manifest, spend
+from orchestrator.runs import cycle_stats, load_manifest, spend
 from storage.store import ShardStore
 from workers.app import ROUTES
 from workers.context import SINGLE_JOBS, STARTED_KEY, as_text, failed_record
@@ -61,7 +63,6 @@ end
 return total
 """
 LOCK = "dq:{run_id}:lock"
-PLAN_CHUNK = 1000
 SEND_BATCH = 500  # sends recorded in the in-flight table, then made, this many at a time
 
 
@@ -448,36 +449,6 @@ def key_cycle(key: str) -> int | None:
     if sep and head[:1] == "c" and head[1:].isdigit():
         return int(head[1:])
     return None
-
-
-def write_plan(store: ShardStore, run_id: str, cycle: int,
-               jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Job payloads in chunks of ``PLAN_CHUNK`` (a task reads one chunk), then plan.json."""
-    for start in range(0, len(jobs), PLAN_CHUNK):
-        chunk = {job["job_id"]: job for job in jobs[start : start + PLAN_CHUNK]}
-        store.write_json(run_id, f"cycle={cycle}/jobs/part-{start // PLAN_CHUNK:05d}.json", chunk)
-    plan = {"cycle": cycle, "chunk": PLAN_CHUNK, "jobs": [job["job_id"] for job in jobs],
-            "examples": sum(int(job["n_examples"]) for job in jobs)}
-    store.write_json(run_id, f"cycle={cycle}/plan.json", plan)
-    return plan
-
-
-def read_job(store: ShardStore, run_id: str, cycle: int, job_id: str) -> dict[str, Any] | None:
-    """One job's payload, from its chunk. Job ids are ``c<cycle>-<index>``, so the chunk is
-    known without reading plan.json (a 100k-job plan is megabytes)."""
-    prefix, _, index = job_id.partition("-")
-    if prefix == f"c{cycle:02d}" and index.isdigit():
-        chunk = store.read_json(
-            run_id, f"cycle={cycle}/jobs/part-{int(index) // PLAN_CHUNK:05d}.json")
-        if chunk is not None and job_id in chunk:
-            return chunk[job_id]
-    plan = store.read_json(run_id, f"cycle={cycle}/plan.json")
-    if plan is None or job_id not in plan["jobs"]:
-        return None
-    index_in_plan = plan["jobs"].index(job_id)
-    chunk = store.read_json(
-        run_id, f"cycle={cycle}/jobs/part-{index_in_plan // plan['chunk']:05d}.json")
-    return None if chunk is None else chunk.get(job_id)
 
 
 def summarize(store: ShardStore, run_id: str) -> dict[str, Any]:

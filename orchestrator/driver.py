@@ -21,9 +21,10 @@ import redis
 from celery import Celery
 
 from distillq.errors import DistillqError, InvalidInputError, SpecError
+from distillq.runstate import TERMINAL
 from orchestrator.controller import LOCK, Controller
 from orchestrator.heartbeat import Heartbeat
-from orchestrator.runs import TERMINAL, check_run_id, check_storage
+from orchestrator.runs import check_run_id, check_storage
 from storage.store import ShardStore
 from workers.app import ROUTES
 from workers.context import EVENTS_KEY, as_text

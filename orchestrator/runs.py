@@ -20,7 +20,6 @@ from orchestrator.datasets import Labelled, load_and_split
 from storage.schemas import EXAMPLES
 from storage.store import ShardStore
 
-TERMINAL = ("done", "failed", "cancelled")
 STORAGE_ROOTS_ENV = "DISTILLQ_STORAGE_ROOTS"
 
 
@@ -128,21 +127,6 @@ def create_run(spec: RunSpec, store: ShardStore | None = None) -> str:
     }
     store.write_json(run_id, "manifest.json", manifest)
     return run_id
-
-
-def cancel_pending(store: ShardStore, run_id: str, manifest: dict[str, Any]) -> bool:
-    """Whether ``orchestrator cancel`` asked the run to stop (after its last resume)."""
-    cancel = store.read_json(run_id, "cancel.json")
-    return cancel is not None and cancel.get("at", 0) > manifest.get("resumed_at", 0)
-
-
-def run_ended(store: ShardStore, run_id: str) -> str:
-    """Why the run no longer wants its jobs (done, failed, cancelled, or a cancel asked for),
-    else ""."""
-    manifest = store.read_json(run_id, "manifest.json") or {}
-    if manifest.get("status") in TERMINAL:
-        return f"the run is {manifest['status']}"
-    return "the run is being cancelled" if cancel_pending(store, run_id, manifest) else ""
 
 
 def load_manifest(store: ShardStore, run_id: str) -> dict[str, Any]:

@@ -6,13 +6,8 @@ import pytest
 
 from distillq.errors import InvalidInputError
 from distillq.spec import DatasetSpec
-from orchestrator.datasets import (
-    load_and_split,
-    read_labelled,
-    resolve_data_path,
-    steer_count,
-    steer_mask,
-)
+from distillq.split import steer_count, steer_mask
+from orchestrator.datasets import load_and_split, read_labelled, resolve_data_path
 
 
 def _csv(tmp_path: Path, body: str | bytes, name: str = "d.csv") -> Path:

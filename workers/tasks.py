@@ -25,6 +25,8 @@ import redis.exceptions
 from celery import Task
 
 from distillq.errors import PermanentError, TransientError
+from distillq.plans import read_job
+from distillq.runstate import run_ended
 from workers.app import SOFT_MARGIN_S, TIME_LIMITS, app, redis_url, task_time_limits
 from workers.context import (
     ATTRIBUTION_QUALITY_FILE,
@@ -166,15 +168,12 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
     def body(ctx: RunContext) -> dict[str, Any]:
         if ctx.store.has(run_id, cycle, "generated", job_id):
             return {"skipped": "already committed"}
-        from orchestrator.runs import run_ended
-
         ended = run_ended(ctx.store, run_id)
         if ended:  # cancelled or failed while this job waited in the queue: do not pay for it
             log.info("generate(run=%s cycle=%d job=%s) skipped: %s", run_id, cycle, job_id,
                      ended)
             return {"skipped": ended}
-        from orchestrator.controller import read_job
-        from workers.teachers.generate import generate_job
+        from workers.teachers.generate import generate_job  # deferred: aiohttp, the client
 
         job = read_job(ctx.store, run_id, cycle, job_id)
         if job is None:

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.throughput.run import start_sim, write_pool
+from distillq.plans import write_plan
 from distillq.spec import parse_spec, spec_to_dict
-from orchestrator.controller import write_plan
 from orchestrator.embedded import EmbeddedRedis
 from storage.store import ShardStore
 from workers.context import TEACHER_URL_KEY

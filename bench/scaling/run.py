@@ -39,8 +39,8 @@ from typing import Any
 import redis
 import yaml
 
+from distillq.plans import write_plan
 from distillq.spec import load_spec
-from orchestrator.controller import write_plan
 from orchestrator.embedded import EmbeddedRedis, WorkerPool
 from orchestrator.planning import Planner
 from orchestrator.runs import create_run

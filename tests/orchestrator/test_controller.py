@@ -19,7 +19,8 @@ from controller_kit import (
     write_eval,
 )
 
-from orchestrator.controller import Controller, read_job
+from distillq.plans import read_job
+from orchestrator.controller import Controller
 from orchestrator.runs import create_run, load_manifest
 from storage.store import ShardStore
 

@@ -10,7 +10,7 @@ from training_kit import write_subset_csv
 
 from distillq.errors import InvalidInputError
 from distillq.spec import RunSpec, parse_spec
-from orchestrator.datasets import steer_mask
+from distillq.split import steer_mask
 from orchestrator.report import _steer_note
 from orchestrator.runs import create_run, load_manifest
 from storage.store import ShardStore

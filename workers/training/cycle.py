@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from distillq.errors import InvalidInputError, PermanentError
 from distillq.spec import RunSpec
-from orchestrator.datasets import check_steer_split, steer_mask
+from distillq.split import check_steer_split, steer_mask
 from storage.schemas import PREDICTIONS
 from storage.store import ShardStore
 from workers.training.config import Checkpoint, TrainConfig, TrainData

@@ -1,0 +1,47 @@
+"""A cycle's plan in storage: the job payloads in chunks of ``PLAN_CHUNK`` under
+``cycle=<c>/jobs/part-<n>.json``, then ``cycle=<c>/plan.json`` with the job ids in order. The
+controller writes it; a generate task reads its one job's chunk."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+PLAN_CHUNK = 1000
+
+
+class JsonStore(Protocol):
+    """What plan and run-state I/O needs of a store (``storage.ShardStore`` is one)."""
+
+    def read_json(self, run_id: str, relpath: str) -> Any: ...
+
+    def write_json(self, run_id: str, relpath: str, obj: Any) -> None: ...
+
+
+def write_plan(store: JsonStore, run_id: str, cycle: int,
+               jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Job payloads in chunks of ``PLAN_CHUNK`` (a task reads one chunk), then plan.json."""
+    for start in range(0, len(jobs), PLAN_CHUNK):
+        chunk = {job["job_id"]: job for job in jobs[start : start + PLAN_CHUNK]}
+        store.write_json(run_id, f"cycle={cycle}/jobs/part-{start // PLAN_CHUNK:05d}.json", chunk)
+    plan = {"cycle": cycle, "chunk": PLAN_CHUNK, "jobs": [job["job_id"] for job in jobs],
+            "examples": sum(int(job["n_examples"]) for job in jobs)}
+    store.write_json(run_id, f"cycle={cycle}/plan.json", plan)
+    return plan
+
+
+def read_job(store: JsonStore, run_id: str, cycle: int, job_id: str) -> dict[str, Any] | None:
+    """One job's payload, from its chunk. Job ids are ``c<cycle>-<index>``, so the chunk is
+    known without reading plan.json (a 100k-job plan is megabytes)."""
+    prefix, _, index = job_id.partition("-")
+    if prefix == f"c{cycle:02d}" and index.isdigit():
+        chunk = store.read_json(
+            run_id, f"cycle={cycle}/jobs/part-{int(index) // PLAN_CHUNK:05d}.json")
+        if chunk is not None and job_id in chunk:
+            return chunk[job_id]
+    plan = store.read_json(run_id, f"cycle={cycle}/plan.json")
+    if plan is None or job_id not in plan["jobs"]:
+        return None
+    index_in_plan = plan["jobs"].index(job_id)
+    chunk = store.read_json(
+        run_id, f"cycle={cycle}/jobs/part-{index_in_plan // plan['chunk']:05d}.json")
+    return None if chunk is None else chunk.get(job_id)

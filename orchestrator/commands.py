@@ -15,11 +15,12 @@ from typing import Any
 import redis
 
 from distillq.errors import EXIT_FAILED, InvalidInputError
+from distillq.keys import INFLIGHT, RESENDS, RUNS_KEY, STARTED_KEY, TEACHER_URL_KEY
 from distillq.spec import RunSpec, load_spec
 from orchestrator.cli import state_dir, stop_flag
 from orchestrator.runs import check_run_id, check_storage, create_run, load_manifest
 from storage.store import ShardStore
-from workers.context import TEACHER_URL_FILE, TEACHER_URL_KEY
+from workers.context import TEACHER_URL_FILE
 
 log = logging.getLogger("distillq.cli")
 
@@ -63,9 +64,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     fresh in-flight table; a done run is refused. Nothing is written before the manifest's
     spec parses and (with ``REDIS_URL``) Redis answers."""
     from distillq.spec import parse_spec
-    from orchestrator.controller import INFLIGHT, RESENDS
     from orchestrator.runs import reopen_failed_jobs
-    from workers.context import STARTED_KEY
 
     store = _store(args)
     run_id = check_run_id(args.run_id)
@@ -93,7 +92,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
         manifest["resumed_at"] = time.time()
         store.write_json(run_id, "manifest.json", manifest)
     if client is not None:
-        from orchestrator.driver import RUNS_KEY
 
         client.hset(RUNS_KEY, run_id, store.uri)
         print(f"run {run_id} handed back to `orchestrator serve`")
@@ -171,7 +169,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     client = _redis_from_env()  # reached before the run is written
     store = ShardStore(check_storage(spec.storage))
     run_id = create_run(spec, store)
-    from orchestrator.driver import RUNS_KEY
 
     client.hset(RUNS_KEY, run_id, store.uri)
     print(run_id)

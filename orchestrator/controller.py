@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from distillq.errors import BudgetExceededError
+from distillq.keys import INFLIGHT, RESENDS, STARTED_KEY
 from distillq.plans import write_plan
 from distillq.runstate import TERMINAL, cancel_pending
 from distillq.spec import RunSpec, parse_spec
@@ -32,16 +33,13 @@ from orchestrator.planning import Planner
 from orchestrator.runs import cycle_stats, load_manifest, spend
 from storage.store import ShardStore
 from workers.app import ROUTES
-from workers.context import SINGLE_JOBS, STARTED_KEY, as_text, failed_record
+from workers.context import SINGLE_JOBS, as_text, failed_record
 from workers.teachers.accounting import restore_spend
 
 log = logging.getLogger("distillq.controller")
 
 Send = Callable[[str, list[Any], str], None]  # (task name, args, task id)
 
-INFLIGHT = "dq:{run_id}:inflight"
-# re-sends of the jobs of decided cycles, whose in-flight entries the controller has dropped
-RESENDS = "dq:{run_id}:resends"
 # KEYS: in-flight table, started table, re-send count; ARGV: started-field prefix, job keys.
 # Removes the jobs' entries and adds the re-sends of those it removed (idempotent).
 FORGET_LUA = """
@@ -62,7 +60,6 @@ if total > 0 then
 end
 return total
 """
-LOCK = "dq:{run_id}:lock"
 SEND_BATCH = 500  # sends recorded in the in-flight table, then made, this many at a time
 
 

@@ -21,18 +21,18 @@ import redis
 from celery import Celery
 
 from distillq.errors import DistillqError, InvalidInputError, SpecError
+from distillq.keys import EVENTS_KEY, LOCK, RUNS_KEY
 from distillq.runstate import TERMINAL
-from orchestrator.controller import LOCK, Controller
+from orchestrator.controller import Controller
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.runs import check_run_id, check_storage
 from storage.store import ShardStore
 from workers.app import ROUTES
-from workers.context import EVENTS_KEY, as_text
+from workers.context import as_text
 from workers.flower import publish_options
 
 log = logging.getLogger("distillq.driver")
 
-RUNS_KEY = "dq:runs"  # hash: run_id -> storage URI, the runs `serve` drives
 LOCK_TTL_MS = 30_000
 
 

@@ -41,16 +41,21 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.controller import INFLIGHT, RESENDS
-from orchestrator.driver import RUNS_KEY
+from distillq.keys import (
+    ENDPOINT_STATS_KEY,
+    INFLIGHT,
+    RATELIMIT_KEYS,
+    RATELIMIT_PREFIX,
+    RESENDS,
+    RUNS_KEY,
+    SPEND_KEY,
+)
 from orchestrator.runs import load_manifest, spend
 from storage.store import ShardStore
 from workers.app import QUEUES
-from workers.teachers.accounting import ENDPOINT_STATS_KEY, SPEND_KEY
 
 log = logging.getLogger("distillq.metrics")
 
-RATELIMIT_PREFIX = "dq:rl:"  # workers.teachers.ratelimit.endpoint_namespace
 ENDPOINT_LABELS = ["endpoint", "host", "model"]
 JOB_STATES = ("planned", "committed", "failed", "in_flight", "waiting")
 RUN_STATES = ("running", "done", "failed", "cancelled")
@@ -204,7 +209,7 @@ class DistillqCollector(Collector):
             if "rpm" in stats:
                 limit.add_metric([*labels, "requests_per_minute"], _float(stats["rpm"]))
                 limit.add_metric([*labels, "tokens_per_minute"], _float(stats["tpm"]))
-            req, tok, cd = self.client.mget(f"{ns}:req", f"{ns}:tok", f"{ns}:cool")
+            req, tok, cd = self.client.mget(*(key.format(namespace=ns) for key in RATELIMIT_KEYS))
             backlog.add_metric([*labels, "requests"], max(0.0, _float(req) - now))
             backlog.add_metric([*labels, "tokens"], max(0.0, _float(tok) - now))
             cool.add_metric(labels, max(0.0, _float(cd) - now))

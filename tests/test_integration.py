@@ -61,7 +61,7 @@ def _drive_distributed(tmp_path: Path, corpus: Path, redis_url: str, name: str,
                        kill_mid_cycle: bool) -> ShardStore:
     import redis as redis_lib
 
-    from workers.context import TEACHER_URL_KEY
+    from distillq.keys import TEACHER_URL_KEY
 
     env = run_env(REDIS_URL=redis_url)
     spec = write_spec(tmp_path, corpus, name,

@@ -16,10 +16,9 @@ import redis
 from composekit import free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from distillq.keys import INFLIGHT, RESENDS, RUNS_KEY
 from distillq.plans import write_plan
 from distillq.spec import parse_spec
-from orchestrator.controller import INFLIGHT, RESENDS
-from orchestrator.driver import RUNS_KEY
 from orchestrator.metrics import DistillqCollector
 from orchestrator.runs import create_run
 from storage.store import ShardStore

@@ -15,10 +15,10 @@ import pytest
 import redis
 
 from distillq.errors import PermanentError
+from distillq.keys import EVENTS_KEY
 from storage.schemas import EXAMPLES
 from storage.store import ShardStore
 from workers.app import configure
-from workers.context import EVENTS_KEY
 
 SPEC = {"dataset": {"train": "unused.csv"}, "teacher": {"kind": "sim"}}
 JOB = "c01-0000"

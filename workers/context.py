@@ -20,12 +20,9 @@ from typing import Any
 import redis
 
 from distillq.errors import PermanentError
+from distillq.keys import EVENTS_KEY, STARTED_KEY, TEACHER_URL_KEY
 from distillq.spec import RunSpec, parse_spec
 from storage.store import ShardStore
-
-EVENTS_KEY = "dq:{run_id}:events"
-# Where the embedded simulated teacher listens for a run (overrides teacher.base_url).
-TEACHER_URL_KEY = "dq:{run_id}:teacher_url"
 
 
 @dataclass(frozen=True)
@@ -122,7 +119,6 @@ def teacher_base_url(client: redis.Redis, store: Any, run_id: str) -> str | None
     return str(saved["base_url"]) if saved and saved.get("base_url") else None
 
 
-STARTED_KEY = "dq:{run_id}:started"  # send key → 1 once a worker has begun one of its sends
 
 
 def send_key(task_id: str) -> str:

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.throughput.run import start_sim, write_pool
+from distillq.keys import TEACHER_URL_KEY
 from distillq.plans import write_plan
 from distillq.spec import parse_spec, spec_to_dict
 from orchestrator.embedded import EmbeddedRedis
 from storage.store import ShardStore
-from workers.context import TEACHER_URL_KEY
 
 RAMP_S = 5.0
 

@@ -39,13 +39,13 @@ from typing import Any
 import redis
 import yaml
 
+from distillq.keys import RATELIMIT_PREFIX, TEACHER_URL_KEY
 from distillq.plans import write_plan
 from distillq.spec import load_spec
 from orchestrator.embedded import EmbeddedRedis, WorkerPool
 from orchestrator.planning import Planner
 from orchestrator.runs import create_run
 from storage.store import ShardStore
-from workers.context import TEACHER_URL_KEY
 
 BANKING77 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "banking77"
 LABELS = 6
@@ -118,7 +118,7 @@ def measure(n: int, cycle: int, folder: Path, url: str, store: ShardStore, run_i
     jobs = max(20, math.ceil(expected * (args.seconds + args.warmup)))
     job_ids = plan_cycle(store, run_id, cycle, jobs, args, spec, taxonomy)
     client = redis.Redis.from_url(url)
-    for key in client.scan_iter(match="dq:rl:*"):  # each point starts with an idle limiter
+    for key in client.scan_iter(match=f"{RATELIMIT_PREFIX}*"):  # each point starts with an idle limiter
         client.delete(key)
     env = {**os.environ, "REDIS_URL": url, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "DISTILLQ_WORKDIR": str(folder / "work")}

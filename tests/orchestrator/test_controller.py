@@ -334,8 +334,8 @@ def test_a_decided_cycle_leaves_the_in_flight_and_started_tables(
         setup: Any, redis_client: redis.Redis) -> None:
     """The tables read each tick hold the current cycle's jobs; the re-sends of decided
     cycles are kept as a count (the ``distillq_job_resends`` metric counts the whole run)."""
-    from orchestrator.controller import INFLIGHT, RESENDS, key_cycle
-    from workers.context import STARTED_KEY
+    from distillq.keys import INFLIGHT, RESENDS, STARTED_KEY
+    from orchestrator.controller import key_cycle
 
     ctl, sent, clock = setup(loop={"max_cycles": 3, "patience": 3})
     ctl.tick()
@@ -368,7 +368,7 @@ def test_dropping_a_decided_cycle_twice_counts_its_resends_once(
         setup: Any, redis_client: redis.Redis) -> None:
     """Two controllers (or a retried EXEC) dropping the same snapshot: the re-sends are
     counted by the entries actually removed, once."""
-    from orchestrator.controller import INFLIGHT, RESENDS
+    from distillq.keys import INFLIGHT, RESENDS
 
     ctl, _, _ = setup()
     table = INFLIGHT.format(run_id="r1")

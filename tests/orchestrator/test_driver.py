@@ -63,7 +63,8 @@ def test_serve_fails_and_unregisters_a_run_that_cannot_be_driven(
 ) -> None:
     """A permanent error in a tick (here: a manifest whose spec no longer validates) fails
     the run and frees its slot, instead of a traceback every poll for ever."""
-    from orchestrator.driver import RUNS_KEY, _serve_one
+    from distillq.keys import RUNS_KEY
+    from orchestrator.driver import _serve_one
     from workers.app import app
 
     store = _run_with_broken_spec(tmp_path)
@@ -81,7 +82,8 @@ def test_serve_unregisters_a_broken_run_even_when_its_manifest_cannot_say_so(
     """The manifest write that would mark the run failed fails too (a read-only mount): the
     manifest still says running, which must not pass for a resume and register it again."""
     from distillq.errors import StorageError
-    from orchestrator.driver import RUNS_KEY, _serve_one
+    from distillq.keys import RUNS_KEY
+    from orchestrator.driver import _serve_one
     from workers.app import app
 
     store = _run_with_broken_spec(tmp_path)
@@ -103,7 +105,8 @@ def test_serve_keeps_a_run_that_resume_reopened_while_its_last_tick_ended_it(
     """A tick reads the run as failed; before serve unregisters it, `resume` writes the
     manifest back to running and registers the run. serve must leave it registered, or
     nobody drives the resumed run."""
-    from orchestrator.driver import RUNS_KEY, RunLock, _serve_one
+    from distillq.keys import RUNS_KEY
+    from orchestrator.driver import RunLock, _serve_one
     from workers.app import app
 
     spec = make_spec(tmp_path)

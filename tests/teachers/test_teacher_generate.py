@@ -9,9 +9,10 @@ import pytest
 import redis
 
 from distillq.errors import BudgetExceededError
+from distillq.keys import SPEND_KEY
 from storage.schemas import EXAMPLES
 from tests.teachers.conftest import LABELS, SimFactory, make_job, make_spec, sim_stats
-from workers.teachers.accounting import SPEND_KEY, read_spend, record_spend
+from workers.teachers.accounting import read_spend, record_spend
 from workers.teachers.errors import TeacherTransientError
 from workers.teachers.generate import generate_job
 

@@ -30,10 +30,8 @@ from typing import Any
 import redis
 
 from distillq.errors import BudgetExceededError
+from distillq.keys import ENDPOINT_STATS_KEY, SPEND_KEY
 from distillq.spec import BudgetSpec, PriceSpec
-
-SPEND_KEY = "dq:{run_id}:spend"
-ENDPOINT_STATS_KEY = "{namespace}:stats"
 
 # Process-wide counters ("retry:<reason>", "failure:<reason>", "reject:<reason>"), for logs
 # and metrics; per-job counts live in the job's Tally.

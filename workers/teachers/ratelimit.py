@@ -43,6 +43,8 @@ import redis
 import redis.asyncio
 import redis.asyncio.connection as aconn
 
+from distillq.keys import RATELIMIT_KEYS, RATELIMIT_PREFIX
+
 # KEYS: req TAT, tok TAT, cool-down-until.  ARGV[1]: the time now ('' : the Redis server's
 # clock, as in production), ARGV[2]: mode, then mode-specific numbers.
 LUA = """
@@ -130,7 +132,7 @@ def async_twin(client: redis.Redis) -> redis.asyncio.Redis | None:
 def endpoint_namespace(base_url: str, model: str) -> str:
     """Redis key prefix of one endpoint: the same for every process that uses it."""
     digest = hashlib.sha256(f"{base_url.rstrip('/')}|{model}".encode()).hexdigest()[:16]
-    return f"dq:rl:{digest}"
+    return f"{RATELIMIT_PREFIX}{digest}"
 
 
 class GlobalRateLimiter:
@@ -152,7 +154,7 @@ class GlobalRateLimiter:
                  sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
         self.namespace = namespace
         self.rpm, self.tpm = float(rpm), float(tpm)
-        self._keys = [f"{namespace}:req", f"{namespace}:tok", f"{namespace}:cool"]
+        self._keys = [key.format(namespace=namespace) for key in RATELIMIT_KEYS]
         self._script = client.register_script(LUA)
         self._client = client
         self._burst_s = burst_s

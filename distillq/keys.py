@@ -1,0 +1,23 @@
+"""Every Redis key distillq uses, in one place. Redis holds only what can be rebuilt from
+storage or lost without harm (docs/architecture.md): the queues, the in-flight table, locks,
+counters and the run registry. ``{run_id}`` and ``{namespace}`` are filled with ``str.format``.
+"""
+
+from __future__ import annotations
+
+# the runs `serve` drives: hash run_id -> storage URI
+RUNS_KEY = "dq:runs"
+
+# per run
+LOCK = "dq:{run_id}:lock"  # the controller that drives the run (driver.RunLock)
+INFLIGHT = "dq:{run_id}:inflight"  # job key -> its sends: the controller's in-flight table
+RESENDS = "dq:{run_id}:resends"  # re-sends of decided cycles' jobs, entries dropped
+STARTED_KEY = "dq:{run_id}:started"  # send key -> 1 once a worker began that send
+EVENTS_KEY = "dq:{run_id}:events"  # list: a worker committed; the controller wakes
+TEACHER_URL_KEY = "dq:{run_id}:teacher_url"  # where the embedded sim teacher listens
+SPEND_KEY = "dq:{run_id}:spend"  # hash: teacher tokens, cost and requests so far
+
+# per teacher endpoint: namespace = RATELIMIT_PREFIX + a hash of base URL and model
+RATELIMIT_PREFIX = "dq:rl:"
+RATELIMIT_KEYS = ("{namespace}:req", "{namespace}:tok", "{namespace}:cool")  # 2 TATs, cool
+ENDPOINT_STATS_KEY = "{namespace}:stats"  # hash: requests, attempts, tokens, retries...

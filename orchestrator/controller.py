@@ -27,12 +27,12 @@ import redis
 from distillq.errors import BudgetExceededError
 from distillq.keys import INFLIGHT, RESENDS, STARTED_KEY
 from distillq.plans import write_plan
+from distillq.queues import ATTRIBUTE, GENERATE, PREPARE_TEACHER, ROUTES, TEST, TRAIN
 from distillq.runstate import TERMINAL, cancel_pending
 from distillq.spec import RunSpec, parse_spec
 from orchestrator.planning import Planner
 from orchestrator.runs import cycle_stats, load_manifest, spend
 from storage.store import ShardStore
-from workers.app import ROUTES
 from workers.context import SINGLE_JOBS, as_text, failed_record
 from workers.teachers.accounting import restore_spend
 
@@ -131,7 +131,7 @@ class Controller:
             self.progress.phase = "train"
             if self._gave_up(cycle, "train"):
                 return
-            self._ensure("distillq.train", [self.run_id, cycle, self.store.uri],
+            self._ensure(TRAIN, [self.run_id, cycle, self.store.uri],
                          f"c{cycle:02d}/train", self._spec.loop.train_deadline_s)
 
     @property
@@ -172,7 +172,7 @@ class Controller:
         self.progress.failed, self.progress.phase = len(failed), "generate"
         for job in jobs:
             if job not in committed and job not in failed and cycle > 0:
-                self._ensure("distillq.generate", [self.run_id, cycle, job, self.store.uri],
+                self._ensure(GENERATE, [self.run_id, cycle, job, self.store.uri],
                              f"c{cycle:02d}/gen/{job}", self._spec.loop.generate_deadline_s)
         # Jobs the run's budget refused are not failures: the loop stops after this cycle.
         refused = self._budget_refused(cycle, failed)
@@ -233,14 +233,14 @@ class Controller:
             if self._spec.attribution.kind == "classifier" and self._spec.attribution.finetune:
                 if self._gave_up(0, "prepare_teacher"):
                     return False
-                self._ensure("distillq.prepare_teacher", [self.run_id, self.store.uri],
+                self._ensure(PREPARE_TEACHER, [self.run_id, self.store.uri],
                              "teacher", self._spec.loop.attribute_deadline_s)
                 return False
         done = set(self.store.list_jobs(self.run_id, cycle, "attributed"))
         self.progress.attributed = len(done & generated)
         missing = sorted(generated - done - self._failed(cycle, "attribute"))
         for job in missing:
-            self._ensure("distillq.attribute", [self.run_id, cycle, job, self.store.uri],
+            self._ensure(ATTRIBUTE, [self.run_id, cycle, job, self.store.uri],
                          f"c{cycle:02d}/attr/{job}", self._spec.loop.attribute_deadline_s)
         return not missing
 
@@ -425,7 +425,7 @@ class Controller:
             self.progress = CycleProgress(best, phase="test")
             if self._gave_up(best, "test"):
                 return str(self.manifest["status"])
-            self._ensure("distillq.test", [self.run_id, best, self.store.uri], "test",
+            self._ensure(TEST, [self.run_id, best, self.store.uri], "test",
                          self._spec.loop.train_deadline_s)
             return str(self.manifest["status"])
         return self._finish("done", str(self.manifest["final"]["reason"]))

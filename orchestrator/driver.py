@@ -22,12 +22,12 @@ from celery import Celery
 
 from distillq.errors import DistillqError, InvalidInputError, SpecError
 from distillq.keys import EVENTS_KEY, LOCK, RUNS_KEY
+from distillq.queues import ROUTES
 from distillq.runstate import TERMINAL
 from orchestrator.controller import Controller
 from orchestrator.heartbeat import Heartbeat
 from orchestrator.runs import check_run_id, check_storage
 from storage.store import ShardStore
-from workers.app import ROUTES
 from workers.context import as_text
 from workers.flower import publish_options
 

@@ -50,9 +50,9 @@ from distillq.keys import (
     RUNS_KEY,
     SPEND_KEY,
 )
+from distillq.queues import QUEUES
 from orchestrator.runs import load_manifest, spend
 from storage.store import ShardStore
-from workers.app import QUEUES
 
 log = logging.getLogger("distillq.metrics")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
+from distillq.queues import ROUTES
 from orchestrator.embedded import LocalCluster
 from workers.app import (
-    ROUTES,
     TIME_LIMITS,
     VISIBILITY_TIMEOUT,
     BrokerSettings,

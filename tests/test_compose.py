@@ -130,7 +130,8 @@ def test_simulated_teacher_arguments_parse_and_the_compose_spec_points_at_it(
 
 def test_workers_serve_existing_queues_and_every_queue_is_served(
         compose: dict[str, Any]) -> None:
-    from workers.app import QUEUES, ROUTES, BrokerSettings, celery_config
+    from distillq.queues import QUEUES, ROUTES
+    from workers.app import BrokerSettings, celery_config
 
     configured = {q.name for q in celery_config(BrokerSettings("redis://x"))["task_queues"]}
     served: set[str] = set()

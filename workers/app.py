@@ -48,23 +48,14 @@ from urllib.parse import parse_qs, urlsplit
 from celery import Celery, Task
 from kombu import Queue
 
+from distillq.queues import QUEUES, ROUTES
 from workers.flower import publish_options
-
-QUEUES = ("generate", "attribute", "train")
 
 # Hard time limits per queue (seconds); the visibility timeout sits above the largest.
 TIME_LIMITS = {"generate": 30 * 60, "attribute": 2 * 3600, "train": 6 * 3600}
 SOFT_MARGIN_S = 60  # the soft limit comes this much before the hard one
 VISIBILITY_TIMEOUT = max(TIME_LIMITS.values()) + 3600
 
-ROUTES = {
-    "distillq.generate": {"queue": "generate"},
-    "distillq.ping": {"queue": "generate"},
-    "distillq.prepare_teacher": {"queue": "attribute"},
-    "distillq.attribute": {"queue": "attribute"},
-    "distillq.train": {"queue": "train"},
-    "distillq.test": {"queue": "train"},
-}
 
 
 def task_time_limits(task_name: str) -> dict[str, int]:

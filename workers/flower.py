@@ -20,13 +20,15 @@ import ast
 import re
 from typing import Any
 
+from distillq.queues import ATTRIBUTE, GENERATE, PREPARE_TEACHER, TEST, TRAIN
+
 _SECRET = re.compile(r"(?i)(://[^/@\s]*:)[^@\s]*@|((?:secret|key|token|password)[^=&]*=)[^&\s]*")
 _ID_ARGS = {
-    "distillq.generate": ("run", "cycle", "job"),
-    "distillq.attribute": ("run", "cycle", "job"),
-    "distillq.train": ("run", "cycle"),
-    "distillq.test": ("run", "cycle"),
-    "distillq.prepare_teacher": ("run",),
+    GENERATE: ("run", "cycle", "job"),
+    ATTRIBUTE: ("run", "cycle", "job"),
+    TRAIN: ("run", "cycle"),
+    TEST: ("run", "cycle"),
+    PREPARE_TEACHER: ("run",),
 }
 _DESCRIBED = re.compile(r"^(?:run|cycle|job)=\S*(?: (?:run|cycle|job)=\S*)*$")
 HIDDEN = "…"

@@ -26,6 +26,7 @@ from celery import Task
 
 from distillq.errors import PermanentError, TransientError
 from distillq.plans import read_job
+from distillq.queues import ATTRIBUTE, GENERATE, PING, PREPARE_TEACHER, TEST, TRAIN
 from distillq.runstate import run_ended
 from workers.app import SOFT_MARGIN_S, TIME_LIMITS, app, redis_url, task_time_limits
 from workers.context import (
@@ -154,7 +155,7 @@ def _short(result: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in result.items() if isinstance(v, int | float | str))
 
 
-@app.task(name="distillq.ping", **task_time_limits("distillq.ping"))
+@app.task(name=PING, **task_time_limits(PING))
 def ping(payload: str = "ping", reply_to: str | None = None) -> str:
     """A no-op round trip, for health checks and broker benchmarks (``reply_to``: a Redis
     list the payload is pushed to, so the sender can time the round trip)."""
@@ -163,7 +164,7 @@ def ping(payload: str = "ping", reply_to: str | None = None) -> str:
     return payload
 
 
-@app.task(**_options("distillq.generate"))
+@app.task(**_options(GENERATE))
 def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> dict[str, Any]:
     def body(ctx: RunContext) -> dict[str, Any]:
         if ctx.store.has(run_id, cycle, "generated", job_id):
@@ -192,7 +193,7 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
     return _run_job(self, "generate", storage, run_id, cycle, job_id, body)
 
 
-@app.task(**_options("distillq.prepare_teacher"))
+@app.task(**_options(PREPARE_TEACHER))
 def prepare_teacher(self: Task, run_id: str, storage: str) -> dict[str, Any]:
     def body(ctx: RunContext) -> dict[str, Any]:
         from workers.attribution.job import prepare_teacher as prepare
@@ -208,7 +209,7 @@ def prepare_teacher(self: Task, run_id: str, storage: str) -> dict[str, Any]:
                     SINGLE_JOBS["prepare_teacher"], body)
 
 
-@app.task(**_options("distillq.attribute"))
+@app.task(**_options(ATTRIBUTE))
 def attribute(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> dict[str, Any]:
     def body(ctx: RunContext) -> dict[str, Any]:
         if ctx.store.has(run_id, cycle, "attributed", job_id):
@@ -235,7 +236,7 @@ def attribute(self: Task, run_id: str, cycle: int, job_id: str, storage: str) ->
     return _run_job(self, "attribute", storage, run_id, cycle, job_id, body)
 
 
-@app.task(**_options("distillq.train"))
+@app.task(**_options(TRAIN))
 def train(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
     def body(ctx: RunContext) -> dict[str, Any]:
         from workers.training.cycle import train_cycle
@@ -246,7 +247,7 @@ def train(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
     return _run_job(self, "train", storage, run_id, cycle, SINGLE_JOBS["train"], body)
 
 
-@app.task(**_options("distillq.test"))
+@app.task(**_options(TEST))
 def test(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
     def body(ctx: RunContext) -> dict[str, Any]:
         from workers.training.cycle import evaluate_on_test

@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import redis
 
+from distillq.queues import PING
 from distillq.spec import parse_spec
 from orchestrator.controller import Controller
 from orchestrator.datasets import Labelled
@@ -108,14 +109,14 @@ def bench_pings(url: str, n: int, tmp: Path) -> dict[str, float]:
         cluster.wait_ready()
         t0 = time.perf_counter()
         for i in range(n):
-            app.send_task("distillq.ping", args=[str(i), "bench:replies"], queue="generate")
+            app.send_task(PING, args=[str(i), "bench:replies"], queue="generate")
         while client.llen("bench:replies") < n:
             time.sleep(0.01)
         bulk = time.perf_counter() - t0
         seq = []
         for i in range(200):
             t1 = time.perf_counter()
-            app.send_task("distillq.ping", args=[str(i), "bench:one"], queue="generate")
+            app.send_task(PING, args=[str(i), "bench:one"], queue="generate")
             client.blpop(["bench:one"], timeout=10)
             seq.append(time.perf_counter() - t1)
     finally:

@@ -34,6 +34,7 @@ from typing import Any
 from bench.throughput.run import start_sim, write_pool
 from distillq.keys import TEACHER_URL_KEY
 from distillq.plans import write_plan
+from distillq.queues import GENERATE
 from distillq.spec import parse_spec, spec_to_dict
 from orchestrator.embedded import EmbeddedRedis
 from storage.store import ShardStore
@@ -102,7 +103,7 @@ def measure(app: Any, client: Any, store: ShardStore, variant: dict[str, Any],
     url, run_id = variant["url"], variant["run_id"]
     client.set(TEACHER_URL_KEY.format(run_id=run_id), url)
     for job_id in store.read_json(run_id, "cycle=1/plan.json")["jobs"]:
-        app.send_task("distillq.generate", args=[run_id, 1, job_id, store.uri],
+        app.send_task(GENERATE, args=[run_id, 1, job_id, store.uri],
                       queue="generate")
     time.sleep(RAMP_S)
     before, t0 = sim_stats(url), time.monotonic()
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
         print(f"workers up after {wait_for_workers(app, workers):.0f}s", file=sys.stderr)
         rows = []
         for v in variants:
-            app.control.rate_limit("distillq.generate", v["celery_rate"], reply=True,
+            app.control.rate_limit(GENERATE, v["celery_rate"], reply=True,
                                    timeout=5.0)
             rows.append(measure(app, client, store, v, args.seconds))
             time.sleep(3)  # let the purged variant's last tasks drain

@@ -41,6 +41,7 @@ import yaml
 
 from distillq.keys import RATELIMIT_PREFIX, TEACHER_URL_KEY
 from distillq.plans import write_plan
+from distillq.queues import GENERATE
 from distillq.spec import load_spec
 from orchestrator.embedded import EmbeddedRedis, WorkerPool
 from orchestrator.planning import Planner
@@ -137,7 +138,7 @@ def measure(n: int, cycle: int, folder: Path, url: str, store: ShardStore, run_i
         base_requests = sim_requests(sim_url)
         t0 = time.monotonic()
         for job in job_ids:
-            app.send_task("distillq.generate", args=[run_id, cycle, job, store.uri],
+            app.send_task(GENERATE, args=[run_id, cycle, job, store.uri],
                           task_id=f"{run_id}:c{cycle:02d}/gen/{job}:1", queue="generate")
         done: dict[str, float] = {}
         arrivals: list[float] = []  # one time per request the teacher received

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from distillq import paths
+
 PLAN_CHUNK = 1000
 
 
@@ -22,10 +24,10 @@ def write_plan(store: JsonStore, run_id: str, cycle: int,
     """Job payloads in chunks of ``PLAN_CHUNK`` (a task reads one chunk), then plan.json."""
     for start in range(0, len(jobs), PLAN_CHUNK):
         chunk = {job["job_id"]: job for job in jobs[start : start + PLAN_CHUNK]}
-        store.write_json(run_id, f"cycle={cycle}/jobs/part-{start // PLAN_CHUNK:05d}.json", chunk)
+        store.write_json(run_id, paths.jobs_chunk(cycle, start // PLAN_CHUNK), chunk)
     plan = {"cycle": cycle, "chunk": PLAN_CHUNK, "jobs": [job["job_id"] for job in jobs],
             "examples": sum(int(job["n_examples"]) for job in jobs)}
-    store.write_json(run_id, f"cycle={cycle}/plan.json", plan)
+    store.write_json(run_id, paths.plan(cycle), plan)
     return plan
 
 
@@ -35,13 +37,13 @@ def read_job(store: JsonStore, run_id: str, cycle: int, job_id: str) -> dict[str
     prefix, _, index = job_id.partition("-")
     if prefix == f"c{cycle:02d}" and index.isdigit():
         chunk = store.read_json(
-            run_id, f"cycle={cycle}/jobs/part-{int(index) // PLAN_CHUNK:05d}.json")
+            run_id, paths.jobs_chunk(cycle, int(index) // PLAN_CHUNK))
         if chunk is not None and job_id in chunk:
             return chunk[job_id]
-    plan = store.read_json(run_id, f"cycle={cycle}/plan.json")
+    plan = store.read_json(run_id, paths.plan(cycle))
     if plan is None or job_id not in plan["jobs"]:
         return None
     index_in_plan = plan["jobs"].index(job_id)
     chunk = store.read_json(
-        run_id, f"cycle={cycle}/jobs/part-{index_in_plan // plan['chunk']:05d}.json")
+        run_id, paths.jobs_chunk(cycle, index_in_plan // plan['chunk']))
     return None if chunk is None else chunk.get(job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distillq import paths
 from distillq.plans import JsonStore
 
 TERMINAL = ("done", "failed", "cancelled")
@@ -19,7 +20,7 @@ def cancel_pending(store: JsonStore, run_id: str, manifest: dict[str, Any]) -> b
 def run_ended(store: JsonStore, run_id: str) -> str:
     """Why the run no longer wants its jobs (done, failed, cancelled, or a cancel asked for),
     else ""."""
-    manifest = store.read_json(run_id, "manifest.json") or {}
+    manifest = store.read_json(run_id, paths.MANIFEST) or {}
     if manifest.get("status") in TERMINAL:
         return f"the run is {manifest['status']}"
     return "the run is being cancelled" if cancel_pending(store, run_id, manifest) else ""

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from distillq import paths
 from distillq.errors import EXIT_FAILED, InvalidInputError
 from distillq.keys import INFLIGHT, RESENDS, RUNS_KEY, STARTED_KEY, TEACHER_URL_KEY
 from distillq.spec import RunSpec, load_spec
@@ -90,7 +91,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         # only a stopped run's manifest is written: a running one may be mid-tick in a
         # controller that writes its own copy back (and a pending cancel must stay pending)
         manifest["resumed_at"] = time.time()
-        store.write_json(run_id, "manifest.json", manifest)
+        store.write_json(run_id, paths.MANIFEST, manifest)
     if client is not None:
 
         client.hset(RUNS_KEY, run_id, store.uri)
@@ -202,7 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
     for run_id in store.list_runs():
-        manifest = store.read_json(run_id, "manifest.json") or {}
+        manifest = store.read_json(run_id, paths.MANIFEST) or {}
         decisions = manifest.get("decisions", [])
         last = f"{decisions[-1]['metric']}={decisions[-1]['value']:.4f}" if decisions else "-"
         print(f"{run_id:40s} {manifest.get('status', '?'):10s} cycles={len(decisions):<3d} {last}")
@@ -253,7 +254,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if cycle is None:
         final = manifest.get("final") or _best_so_far(manifest)
         cycle = int(final["best_cycle"])
-    if not store.has_dir(args.run_id, f"cycle={cycle}/student"):
+    if not store.has_dir(args.run_id, paths.student(cycle)):
         raise InvalidInputError(f"run {args.run_id} has no committed student for cycle {cycle}")
     out = Path(args.dir)
     if out.exists() and not out.is_dir():

@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from distillq import paths
 from distillq.errors import BudgetExceededError
 from distillq.keys import INFLIGHT, RESENDS, STARTED_KEY
 from distillq.plans import write_plan
@@ -119,7 +120,7 @@ class Controller:
     def _drive_cycle(self, cycle: int) -> None:
         self.progress = CycleProgress(cycle)
         self._forget_before(cycle)
-        report = self.store.read_json(self.run_id, f"cycle={cycle}/eval.json")
+        report = self.store.read_json(self.run_id, paths.eval_report(cycle))
         if report is not None:
             self.progress.trained, self.progress.phase = True, "decide"
             self._decide(cycle, report)
@@ -145,9 +146,9 @@ class Controller:
             return ["seed"]
         if cycle in self._plans:
             return self._plans[cycle]
-        plan = self.store.read_json(self.run_id, f"cycle={cycle}/plan.json")
+        plan = self.store.read_json(self.run_id, paths.plan(cycle))
         if plan is None:
-            previous = self.store.read_json(self.run_id, f"cycle={cycle - 1}/eval.json") or {}
+            previous = self.store.read_json(self.run_id, paths.eval_report(cycle - 1)) or {}
             planner = Planner(self._spec.generation, list(self.manifest["taxonomy"]),
                               self._fewshot_pool(), seed=self._spec.dataset.sample_seed)
             plan = write_plan(self.store, self.run_id, cycle, planner.plan(cycle, previous))
@@ -211,7 +212,7 @@ class Controller:
         """End the loop in ``cycle`` without training it: the best cycle so far is final."""
         best = int(self.manifest["decisions"][-1]["best_cycle"])
         self.manifest["final"] = {"best_cycle": best, "reason": reason}
-        self.store.write_json(self.run_id, "manifest.json", self.manifest)
+        self.store.write_json(self.run_id, paths.MANIFEST, self.manifest)
         log.info("run=%s cycle=%d stopped: %s; best cycle %d", self.run_id, cycle, reason, best)
 
     def _restore_spend(self, cycle: int) -> None:
@@ -248,7 +249,7 @@ class Controller:
         """Jobs of this kind recorded as failed permanently (one folder listing)."""
         prefix = f"{kind}-"
         return {n[len(prefix):-len(".json")] for n in
-                self.store.list_names(self.run_id, f"cycle={cycle}/failed")
+                self.store.list_names(self.run_id, paths.failed_dir(cycle))
                 if n.startswith(prefix) and n.endswith(".json")}
 
     # ---- sending -------------------------------------------------------------------------
@@ -391,7 +392,7 @@ class Controller:
         decisions.append(decision)
         if reason:
             self.manifest["final"] = {"best_cycle": best_cycle, "reason": reason}
-        self.store.write_json(self.run_id, "manifest.json", self.manifest)
+        self.store.write_json(self.run_id, paths.MANIFEST, self.manifest)
         log.info("run=%s cycle=%d %s=%.4f best=c%d → %s%s", self.run_id, cycle, loop.metric,
                  value, best_cycle, decision["action"], f" ({reason})" if reason else "")
 
@@ -434,7 +435,7 @@ class Controller:
         self.manifest["status"] = status
         self.manifest["stop_reason"] = reason
         self.manifest["finished_at"] = self.clock()
-        self.store.write_json(self.run_id, "manifest.json", self.manifest)
+        self.store.write_json(self.run_id, paths.MANIFEST, self.manifest)
         log.info("run=%s %s: %s", self.run_id, status, reason)
         return status
 

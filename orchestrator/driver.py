@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from celery import Celery
 
+from distillq import paths
 from distillq.errors import DistillqError, InvalidInputError, SpecError
 from distillq.keys import EVENTS_KEY, LOCK, RUNS_KEY
 from distillq.queues import ROUTES
@@ -267,10 +268,10 @@ def _mark_failed(store: ShardStore, run_id: str, reason: str) -> bool:
     may be the broken part); the run is unregistered either way, and `resume` can retry it.
     True if the manifest now says so."""
     try:
-        manifest = store.read_json(run_id, "manifest.json")
+        manifest = store.read_json(run_id, paths.MANIFEST)
         if isinstance(manifest, dict):
             manifest.update(status="failed", stop_reason=reason, finished_at=time.time())
-            store.write_json(run_id, "manifest.json", manifest)
+            store.write_json(run_id, paths.MANIFEST, manifest)
             return True
     except (DistillqError, OSError) as exc:
         log.error("run=%s could not be marked failed: %s", run_id, exc)
@@ -282,7 +283,7 @@ def _running_in(storages: tuple[str, ...]) -> dict[str, str]:
     for uri in storages:
         store = ShardStore(uri)
         for run_id in store.list_runs():
-            manifest = store.read_json(run_id, "manifest.json") or {}
+            manifest = store.read_json(run_id, paths.MANIFEST) or {}
             if manifest.get("status") not in TERMINAL:
                 found[run_id] = store.uri
     return found
@@ -352,7 +353,7 @@ def _unregister(client: redis.Redis, run_id: str, store: ShardStore,
     if not recheck:
         return
     try:
-        manifest = store.read_json(run_id, "manifest.json")
+        manifest = store.read_json(run_id, paths.MANIFEST)
     except (DistillqError, OSError) as exc:  # storage gone: `resume` cannot have written it
         log.warning("run=%s: manifest unreadable after it ended (%s)", run_id, exc)
         return

@@ -41,6 +41,7 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from distillq import paths
 from distillq.keys import (
     ENDPOINT_STATS_KEY,
     INFLIGHT,
@@ -161,11 +162,11 @@ class DistillqCollector(Collector):
             g["best"].add_metric([run_id, last["metric"]], float(last["best_value"]))
 
     def _jobs(self, store: ShardStore, run_id: str, cycle: int) -> dict[str, int]:
-        plan = store.read_json(run_id, f"cycle={cycle}/plan.json") or {"jobs": []}
+        plan = store.read_json(run_id, paths.plan(cycle)) or {"jobs": []}
         planned = set(plan["jobs"])
         committed = planned & set(store.list_jobs(run_id, cycle, "generated"))
         failed = {n[len("generate-"):-len(".json")]
-                  for n in store.list_names(run_id, f"cycle={cycle}/failed")
+                  for n in store.list_names(run_id, paths.failed_dir(cycle))
                   if n.startswith("generate-") and n.endswith(".json")} & (planned - committed)
         prefix = f"c{cycle:02d}/gen/"
         sent = {_s(k)[len(prefix):] for k in self.client.hkeys(INFLIGHT.format(run_id=run_id))

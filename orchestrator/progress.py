@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
+from distillq import paths
 from orchestrator.controller import Controller, CycleProgress
 from orchestrator.runs import load_manifest, spend
 from storage.store import ShardStore
@@ -51,7 +52,7 @@ class Progress:
         manifest = load_manifest(self.store, self.run_id)
         self._print_decisions(manifest)
         cycle = len(manifest["decisions"])
-        plan = self.store.read_json(self.run_id, f"cycle={cycle}/plan.json") or {"jobs": []}
+        plan = self.store.read_json(self.run_id, paths.plan(cycle)) or {"jobs": []}
         jobs = set(plan["jobs"]) or ({"seed"} if cycle == 0 else set())
         done = set(self.store.list_jobs(self.run_id, cycle, "generated")) & jobs
         attributed = set(self.store.list_jobs(self.run_id, cycle, "attributed")) & jobs

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from distillq import paths
 from orchestrator.runs import cycle_stats, load_manifest  # noqa: E402
 from storage.store import ShardStore  # noqa: E402
 from workers.context import ATTRIBUTION_QUALITY_FILE  # noqa: E402
@@ -32,7 +33,7 @@ SIM_NOTE = ("> **Simulated teacher.** This run's teacher was distillq's simulate
 def _evals(store: ShardStore, run_id: str, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for d in manifest["decisions"]:
-        report = store.read_json(run_id, f"cycle={d['cycle']}/eval.json")
+        report = store.read_json(run_id, paths.eval_report(d['cycle']))
         if report:
             out.append(report)
     return out
@@ -52,7 +53,7 @@ def _teacher_totals(store: ShardStore, run_id: str, n_cycles: int) -> list[dict[
         row = {k: sum(float(s.get(k, 0) or 0) for s in stats)
                for k in ("examples", "requests", "tokens_in", "tokens_out", "cost", "latency_s")}
         row["cycle"] = cycle
-        failed = store.list_names(run_id, f"cycle={cycle}/failed")
+        failed = store.list_names(run_id, paths.failed_dir(cycle))
         row["failed"] = sum(n.startswith("generate-") for n in failed)
         row["failed_attribute"] = sum(n.startswith("attribute-") for n in failed)
         rows.append(row)
@@ -242,7 +243,7 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
     test = store.read_json(run_id, "test.json") or {}
     # a failed or cancelled run also spent on the cycle it stopped in (no decision yet)
     unfinished = manifest.get("status") != "done" and store.read_json(
-        run_id, f"cycle={len(manifest['decisions'])}/plan.json") is not None
+        run_id, paths.plan(len(manifest['decisions']))) is not None
     rows = _teacher_totals(store, run_id, len(manifest["decisions"]) + int(unfinished))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from distillq import paths
 from distillq.errors import InvalidInputError
 from distillq.spec import RunSpec, spec_to_dict, validate_run_id
 from orchestrator.datasets import Labelled, load_and_split
@@ -105,7 +106,7 @@ def create_run(spec: RunSpec, store: ShardStore | None = None) -> str:
     if spec.student.cache_dir is not None:
         check_cache_dir(spec.student.cache_dir)
     store = store or ShardStore(spec.storage)
-    if store.read_json(run_id, "manifest.json") is not None:
+    if store.read_json(run_id, paths.MANIFEST) is not None:
         raise InvalidInputError(f"run {run_id!r} already exists in {spec.storage}")
     split = load_and_split(spec.dataset)  # raises InvalidInputError before any write
     store.write_table(run_id, "val", examples_table(split.val, run_id, 0, "seed", "val", "val"))
@@ -125,13 +126,13 @@ def create_run(spec: RunSpec, store: ShardStore | None = None) -> str:
         "counts": {"seed_train": len(split.seed_train), "val": len(split.val),
                    "pool": len(split.pool), "test": len(split.test or [])},
     }
-    store.write_json(run_id, "manifest.json", manifest)
+    store.write_json(run_id, paths.MANIFEST, manifest)
     return run_id
 
 
 def load_manifest(store: ShardStore, run_id: str) -> dict[str, Any]:
     check_run_id(run_id)
-    manifest = store.read_json(run_id, "manifest.json")
+    manifest = store.read_json(run_id, paths.MANIFEST)
     if manifest is None:
         raise InvalidInputError(f"no run {run_id!r} in {store.root}")
     return dict(manifest)
@@ -150,7 +151,7 @@ def spend(store: ShardStore, run_id: str, upto_cycle: int) -> dict[str, float]:
 def cycle_stats(store: ShardStore, run_id: str, cycle: int) -> list[dict[str, Any]]:
     out = []
     for job_id in store.list_jobs(run_id, cycle, "generated"):
-        stats = store.read_json(run_id, f"cycle={cycle}/jobstats/{job_id}.json")
+        stats = store.read_json(run_id, paths.jobstats(cycle, job_id))
         if stats:
             out.append(stats)
     return out
@@ -166,7 +167,7 @@ def reopen_failed_jobs(store: ShardStore, run_id: str, cycle: int,
     ``cycle=<c>/failed-before-resume/`` (kept for the record) and then removed, so the
     controller sends the job again. Safe to repeat after a crash between the copy and the
     removal. Returns the names reopened."""
-    folder = f"cycle={cycle}/failed"
+    folder = paths.failed_dir(cycle)
     names = [n for n in store.list_names(run_id, folder) if n.endswith(".json")
              and (kinds is None or n.startswith(tuple(f"{k}-" for k in kinds)))]
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from distillq import paths
 from distillq.errors import PermanentError
 from distillq.keys import EVENTS_KEY, STARTED_KEY, TEACHER_URL_KEY
 from distillq.spec import RunSpec, parse_spec
@@ -49,7 +50,7 @@ def run_context(storage: str, run_id: str) -> RunContext:
         if key in _ctx_cache:
             return _ctx_cache[key]
     store = open_store(storage)
-    manifest = store.read_json(run_id, "manifest.json")
+    manifest = store.read_json(run_id, paths.MANIFEST)
     if manifest is None:
         raise PermanentError(f"run {run_id!r} has no manifest in {storage}")
     spec = parse_spec(manifest["spec"], f"manifest of {run_id}")
@@ -94,7 +95,7 @@ SINGLE_JOBS = {"train": "train", "test": "test", "prepare_teacher": "teacher"}
 
 def failed_record(cycle: int, kind: str, job_id: str) -> str:
     """Where a job's permanent failure is recorded in its run (workers and controller)."""
-    return f"cycle={cycle}/failed/{kind}-{job_id}.json"
+    return paths.failed_record(cycle, kind, job_id)
 
 
 TEACHER_URL_FILE = "teacher_url.json"

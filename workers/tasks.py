@@ -24,6 +24,7 @@ from typing import Any
 import redis.exceptions
 from celery import Task
 
+from distillq import paths
 from distillq.errors import PermanentError, TransientError
 from distillq.plans import read_job
 from distillq.queues import ATTRIBUTE, GENERATE, PING, PREPARE_TEACHER, TEST, TRAIN
@@ -186,7 +187,7 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
             base_url=teacher_base_url(client, ctx.store, run_id),
             deadline_s=GENERATE_DEADLINE_S,
         )
-        ctx.store.write_json(run_id, f"cycle={cycle}/jobstats/{job_id}.json", result.stats)
+        ctx.store.write_json(run_id, paths.jobstats(cycle, job_id), result.stats)
         ctx.store.commit(run_id, cycle, "generated", job_id, result.table)
         return {"examples": result.table.num_rows}
 

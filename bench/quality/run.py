@@ -44,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from distillq import paths
+
 ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT.parent / "shared" / "data" / "banking77"
 RESULTS = ROOT / "bench" / "quality" / "results"
@@ -251,7 +253,7 @@ def run_system(row: Row, spec: dict[str, Any], work: Path, seed: int) -> dict[st
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("REDIS_URL", None)
     store = ShardStore(spec["storage"])
-    before = store.read_json(run_id, "manifest.json")
+    before = store.read_json(run_id, paths.MANIFEST)
     status = before.get("status") if before else None
     command = (["run", str(path), "--quiet"] if status is None
                else ["resume", run_id, "--storage", str(spec["storage"])])
@@ -279,9 +281,9 @@ def test_by_cycle(store: Any, run_id: str, manifest: dict[str, Any],
     texts, labels = test.column("text").to_pylist(), test.column("label").to_pylist()
     out = []
     for decision in manifest["decisions"]:
-        folder = scratch / run_id / f"cycle={decision['cycle']}"
+        folder = scratch / run_id / paths.cycle_dir(decision['cycle'])
         shutil.rmtree(folder, ignore_errors=True)
-        if not store.get_dir(run_id, f"cycle={decision['cycle']}/student", folder):
+        if not store.get_dir(run_id, paths.student(decision['cycle']), folder):
             raise RuntimeError(f"run {run_id} has no student for cycle {decision['cycle']}")
         clf = Classifier.load(folder, "cpu")
         out.append(round(float(report(clf.labels, clf.label_ids(labels),
@@ -296,7 +298,7 @@ def measure(store: Any, run_id: str, wall: float, resumed: bool,
     validation and test scores per cycle, training time per cycle."""
     from orchestrator.runs import spend
 
-    manifest = _json(store, run_id, "manifest.json")
+    manifest = _json(store, run_id, paths.MANIFEST)
     if resumed:  # resumed or already done: creation to finish, pauses included
         wall = float(manifest["finished_at"]) - float(manifest["created_at"])
     test = _json(store, run_id, "test.json")
@@ -304,7 +306,7 @@ def measure(store: Any, run_id: str, wall: float, resumed: bool,
     # the seed as training reads it (duplicate texts dropped), like the kept cycle's set
     seed_n = store.training_set(run_id, 0).num_rows
     added = store.training_set(run_id, best).num_rows - seed_n
-    evals = [_json(store, run_id, f"cycle={d['cycle']}/eval.json")
+    evals = [_json(store, run_id, paths.eval_report(d['cycle']))
              for d in manifest["decisions"]]
     cost = spend(store, run_id, len(manifest["decisions"]) - 1)
     # The validation metric the controller decided on, per cycle: guided generation is steered
@@ -770,7 +772,7 @@ def fill_cell(path: Path, store_root: Path, work: Path) -> bool:
         return False
     store = ShardStore(str(store_root))
     run_id = f"row{cell['row']}-seed{cell['seed']}"
-    manifest = store.read_json(run_id, "manifest.json")
+    manifest = store.read_json(run_id, paths.MANIFEST)
     if not manifest or manifest.get("status") != "done":
         print(f"[quality] {path.name}: no finished run {run_id} in {store_root}", flush=True)
         return False

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.throughput.run import start_sim, write_pool
+from distillq import paths
 from distillq.keys import TEACHER_URL_KEY
 from distillq.plans import write_plan
 from distillq.queues import GENERATE
@@ -57,7 +58,7 @@ def create_run(store: ShardStore, run_id: str, labels: list[str], rpm: int, limi
                     "max_elapsed_s": 600},
         "generation": {"examples_per_request": 4},
     })
-    store.write_json(run_id, "manifest.json", {"run_id": run_id, "spec": spec_to_dict(spec),
+    store.write_json(run_id, paths.MANIFEST, {"run_id": run_id, "spec": spec_to_dict(spec),
                                                "taxonomy": labels, "status": "running",
                                                "decisions": []})
     jobs = [{"job_id": f"c01-{i:05d}", "mode": "sharded", "n_examples": 4,

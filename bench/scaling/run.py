@@ -39,6 +39,7 @@ from typing import Any
 import redis
 import yaml
 
+from distillq import paths
 from distillq.keys import RATELIMIT_PREFIX, TEACHER_URL_KEY
 from distillq.plans import write_plan
 from distillq.queues import GENERATE
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(str(write_spec(folder, args)))
         store = ShardStore(spec.storage)
         run_id = create_run(spec, store)
-        manifest = store.read_json(run_id, "manifest.json") or {}
+        manifest = store.read_json(run_id, paths.MANIFEST) or {}
         taxonomy = list(manifest["taxonomy"])
         server = EmbeddedRedis(folder / "redis")
         sim = None

@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from distillq import paths
 from distillq.errors import PermanentError, TransientError
 from distillq.spec import AttributionSpec, RunSpec
 from storage.schemas import ATTRIBUTIONS
@@ -45,7 +46,7 @@ def _needs_finetune(spec: AttributionSpec) -> bool:
 
 
 def _taxonomy(store: ShardStore, run_id: str) -> list[str]:
-    manifest = store.read_json(run_id, "manifest.json")
+    manifest = store.read_json(run_id, paths.MANIFEST)
     if not manifest or not manifest.get("taxonomy"):
         raise PermanentError(f"run {run_id} has no manifest with a taxonomy")
     return list(manifest["taxonomy"])

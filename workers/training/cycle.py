@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from distillq import paths
 from distillq.errors import InvalidInputError, PermanentError
 from distillq.spec import RunSpec
 from distillq.split import check_steer_split, steer_mask
@@ -45,10 +46,10 @@ log = logging.getLogger(__name__)
 def train_cycle(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
                 workdir: Path | str) -> dict[str, Any]:
     """Train cycle ``cycle``'s student, evaluate it on validation, write ``eval.json``."""
-    done: dict[str, Any] | None = store.read_json(run_id, f"cycle={cycle}/eval.json")
+    done: dict[str, Any] | None = store.read_json(run_id, paths.eval_report(cycle))
     if done is not None:
         return done
-    scratch = Path(workdir) / run_id / f"cycle={cycle}"
+    scratch = Path(workdir) / run_id / paths.cycle_dir(cycle)
     labels = taxonomy(store, run_id)
     train_t = store.training_set(run_id, cycle)
     val_t, steer_t = validation_parts(spec, store.read_table(run_id, "val"))
@@ -76,7 +77,7 @@ def train_cycle(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
                            **report(labels, clf.label_ids(_col(steer_t, "label")), steer_pred)}
         store.commit(run_id, cycle, "predictions", "steer",
                      predictions_table(steer_t, steer_pred, clf.labels, run_id, cycle, "steer"))
-    store.write_json(run_id, f"cycle={cycle}/eval.json", result)
+    store.write_json(run_id, paths.eval_report(cycle), result)
     shutil.rmtree(scratch, ignore_errors=True)
     return result
 
@@ -123,7 +124,7 @@ def evaluate_on_test(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
 
 def export_student(store: ShardStore, run_id: str, cycle: int, out_dir: Path | str) -> Path:
     """Copy cycle ``cycle``'s student to ``out_dir`` (from_pretrained / pipeline ready)."""
-    if not store.get_dir(run_id, f"cycle={cycle}/student", out_dir):
+    if not store.get_dir(run_id, paths.student(cycle), out_dir):
         raise InvalidInputError(f"run {run_id} has no committed student for cycle {cycle}")
     return Path(out_dir)
 
@@ -132,7 +133,7 @@ def export_student(store: ShardStore, run_id: str, cycle: int, out_dir: Path | s
 
 def taxonomy(store: ShardStore, run_id: str) -> list[str]:
     """The run's label list, in the order the student's outputs use."""
-    manifest = store.read_json(run_id, "manifest.json")
+    manifest = store.read_json(run_id, paths.MANIFEST)
     if manifest is None or not manifest.get("taxonomy"):
         raise PermanentError(f"run {run_id} has no manifest with a taxonomy")
     return list(manifest["taxonomy"])
@@ -160,7 +161,7 @@ def _rationales(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
 def _student(spec: RunSpec, store: ShardStore, run_id: str, cycle: int, data: TrainData,
              scratch: Path) -> Checkpoint:
     """The cycle's committed student if an earlier delivery got that far, else train one."""
-    if store.has_dir(run_id, f"cycle={cycle}/student"):
+    if store.has_dir(run_id, paths.student(cycle)):
         log.info("run=%s cycle=%d student already committed: evaluating it", run_id, cycle)
         return Checkpoint.load(_fetch_student(store, run_id, cycle, scratch / "student"))
     cfg = TrainConfig.from_spec(
@@ -168,7 +169,7 @@ def _student(spec: RunSpec, store: ShardStore, run_id: str, cycle: int, data: Tr
         init_from=_warm_start(spec, store, run_id, cycle, scratch),
     )
     ckpt = train(cfg, data)
-    store.put_dir(ckpt.output_dir, run_id, f"cycle={cycle}/student")
+    store.put_dir(ckpt.output_dir, run_id, paths.student(cycle))
     return ckpt
 
 
@@ -176,7 +177,7 @@ def _warm_start(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
                 scratch: Path) -> Path | None:
     if not spec.student.warm_start or cycle == 0:
         return None
-    if not store.has_dir(run_id, f"cycle={cycle - 1}/student"):
+    if not store.has_dir(run_id, paths.student(cycle - 1)):
         return None
     return _fetch_student(store, run_id, cycle - 1, scratch / "warm")
 
@@ -184,7 +185,7 @@ def _warm_start(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
 def _fetch_student(store: ShardStore, run_id: str, cycle: int, folder: Path) -> Path:
     """A fresh local copy of a committed student in ``folder``; PermanentError if none."""
     shutil.rmtree(folder, ignore_errors=True)
-    if not store.get_dir(run_id, f"cycle={cycle}/student", folder):
+    if not store.get_dir(run_id, paths.student(cycle), folder):
         raise PermanentError(f"run {run_id} has no committed student for cycle {cycle}")
     return folder
 

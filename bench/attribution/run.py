@@ -41,9 +41,10 @@ from typing import Any
 
 import torch
 
+from distillq.words import split_words
 from workers.attribution import METHODS, Attributor, ClassifierTeacher
 from workers.attribution.teachers import Batch, Encoding, eager_attention, length_batches
-from workers.attribution.words import piece_words, split_words, word_scores
+from workers.attribution.words import piece_words, word_scores
 
 BANKING77 = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77" / "train.csv"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from distillq.words import split_words
 from workers.attribution import CausalLMTeacher, attribute
-from workers.attribution.words import split_words
 
 TEXTS = ["Why is my PIN blocked?", "My new card has not arrived yet.",
          "The exchange rate you used was wrong!"]

@@ -10,10 +10,10 @@ import pytest
 
 from distillq.errors import PermanentError, TransientError
 from distillq.spec import RunSpec
+from distillq.words import split_words
 from storage.schemas import ATTRIBUTIONS, EXAMPLES
 from storage.store import ShardStore
 from workers.attribution import job
-from workers.attribution.words import split_words
 
 RUN = "run-attr"
 

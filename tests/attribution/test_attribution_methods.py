@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from distillq.errors import InvalidInputError
+from distillq.words import split_words
 from workers.attribution import (
     METHODS,
     Attribution,
@@ -20,7 +21,6 @@ from workers.attribution import (
 )
 from workers.attribution.methods import MethodOptions, get_method
 from workers.attribution.quality import deletion_test, rationale_quality
-from workers.attribution.words import split_words
 
 TOL = 1e-4
 TOP_K = 2

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from distillq.words import split_words
 from workers.attribution import Attributor, RationaleRule
 from workers.attribution.methods import MethodOptions, input_x_gradient
 from workers.attribution.quality import delete_words, label_overlap, label_words, words_match
-from workers.attribution.words import piece_words, split_words, word_scores
+from workers.attribution.words import piece_words, word_scores
 
 
 def test_split_words_keeps_hyphens_and_apostrophes_and_drops_punctuation() -> None:

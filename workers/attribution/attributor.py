@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from distillq.words import split_words
 from workers.attribution.methods import AttentionMode, Method, MethodOptions, get_method
 from workers.attribution.teachers import Encoding, Target, Teacher, length_batches
-from workers.attribution.words import RationaleRule, piece_words, split_words, word_scores
+from workers.attribution.words import RationaleRule, piece_words, word_scores
 
 
 @dataclass(frozen=True)

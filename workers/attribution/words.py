@@ -1,21 +1,19 @@
-"""Words, not word pieces: split a text into words, sum piece scores per word, pick rationales.
+"""Words, not word pieces: sum piece scores per word, pick rationales.
 
-Words come from the text itself (``WORD_RE``: runs of letters/digits joined by ``-`` or an
-apostrophe, so "top-up" and "don't" are one word each), never from a tokenizer's pre-tokeniser,
-so a classifier teacher and a causal-LM teacher give the same words for the same text. A word
-piece belongs to the word its character span overlaps most; pieces outside every word (special
+The words are ``distillq.words.split_words``'s (shared with the student's rationale-aware
+training), never a tokenizer's pre-tokeniser, so a classifier teacher and a causal-LM teacher
+give the same words for the same text. A word piece belongs to the word its character span overlaps most; pieces outside every word (special
 tokens, punctuation, prompt tokens) are dropped. A word's score is the sum of its pieces' scores
 (for integrated gradients that keeps completeness: word scores still add up to the score change).
 """
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-WORD_RE = re.compile(r"\w+(?:[-'’]\w+)*")
+from distillq.words import Word
 
 # Function words only. Negations and particles that carry meaning ("not", "no", "up", "out",
 # "off", "down", "over") are deliberately absent: "top up" and "cash out" are what a banking
@@ -33,18 +31,6 @@ too very just also as until while because
 i'm i've i'd i'll you're you've you'd you'll he's she's it's we're we've they're they've
 that's there's what's let's
 """.split())
-
-
-@dataclass(frozen=True)
-class Word:
-    text: str
-    start: int
-    end: int
-
-
-def split_words(text: str) -> list[Word]:
-    """The words of ``text`` with their character spans, in order."""
-    return [Word(m.group(), m.start(), m.end()) for m in WORD_RE.finditer(text)]
 
 
 def is_stopword(word: str) -> bool:

@@ -26,8 +26,8 @@ from transformers import (
 )
 
 from distillq.errors import InvalidInputError
+from distillq.words import WORD_RE
 from workers.assets import resolve_model
-from workers.attribution.words import WORD_RE
 from workers.training.config import LABELS_FILE
 
 

@@ -185,11 +185,11 @@ def _wait(exc: TeacherTransientError, attempt: int) -> float:
 
 
 class _StopBeforeDelay(stop_base):
-    """Stop before a wait that would end at or after ``cap`` seconds since this was made, on
+    """Stop before a wait that would end at or after ``cap`` seconds after ``started``, on
     ``clock`` (tenacity's ``stop_before_delay`` reads its own clock, which tests cannot set)."""
 
-    def __init__(self, clock: Callable[[], float], cap: float):
-        self.clock, self.cap, self.started = clock, cap, clock()
+    def __init__(self, clock: Callable[[], float], cap: float, started: float):
+        self.clock, self.cap, self.started = clock, cap, started
 
     def past(self, wait: float) -> bool:
         return self.clock() - self.started + wait >= self.cap
@@ -242,11 +242,12 @@ class ChatClient:
         body = self.payload(messages, max_tokens, seed)
         estimate_in = estimate_tokens(messages)
         estimate = estimate_in + min(max_tokens, expected_output_tokens or max_tokens)
-        out_of_time = _StopBeforeDelay(self.clock, self.teacher.max_elapsed_s)
+        started = self.clock()
         try:
             try:  # the first attempt has no retry machinery: almost every request succeeds
                 return await self._attempt(body, estimate_in, estimate, attempts)
             except TeacherTransientError as exc:
+                out_of_time = _StopBeforeDelay(self.clock, self.teacher.max_elapsed_s, started)
                 wait = _wait(exc, 1)
                 if self.teacher.max_attempts <= 1 or out_of_time.past(wait):
                     raise

@@ -1,6 +1,7 @@
 """Where a run keeps its documents in storage, relative to ``<root>/<run_id>/`` (the layout in
-docs/architecture.md). Shards are placed by storage itself (``storage.layout``); everything
-else a run reads or writes is named here, once."""
+docs/architecture.md). Shards are placed by storage itself (``storage.layout``). The documents
+named here are those several modules share; a few others (``cancel.json``, ``test.json``,
+``teacher/``) are still named where they are written and read."""
 
 from __future__ import annotations
 

@@ -93,7 +93,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
         manifest["resumed_at"] = time.time()
         store.write_json(run_id, paths.MANIFEST, manifest)
     if client is not None:
-
         client.hset(RUNS_KEY, run_id, store.uri)
         print(f"run {run_id} handed back to `orchestrator serve`")
         return 0
@@ -170,7 +169,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     client = _redis_from_env()  # reached before the run is written
     store = ShardStore(check_storage(spec.storage))
     run_id = create_run(spec, store)
-
     client.hset(RUNS_KEY, run_id, store.uri)
     print(run_id)
     return 0

@@ -57,7 +57,6 @@ SOFT_MARGIN_S = 60  # the soft limit comes this much before the hard one
 VISIBILITY_TIMEOUT = max(TIME_LIMITS.values()) + 3600
 
 
-
 def task_time_limits(task_name: str) -> dict[str, int]:
     """``time_limit`` and ``soft_time_limit`` of a task, from its queue's ``TIME_LIMITS``.
     Enforced by the prefork pool only (see the module docstring)."""

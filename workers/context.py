@@ -120,8 +120,6 @@ def teacher_base_url(client: redis.Redis, store: Any, run_id: str) -> str | None
     return str(saved["base_url"]) if saved and saved.get("base_url") else None
 
 
-
-
 def send_key(task_id: str) -> str:
     """The controller's task ids are ``<run>:<job key>:<send number>``: the part that names
     the job, whichever send of it a worker got."""

@@ -103,7 +103,7 @@ def measure(app: Any, client: Any, store: ShardStore, variant: dict[str, Any],
     """Fill the queue with one run's jobs, then count the teacher's answers in the window."""
     url, run_id = variant["url"], variant["run_id"]
     client.set(TEACHER_URL_KEY.format(run_id=run_id), url)
-    for job_id in store.read_json(run_id, "cycle=1/plan.json")["jobs"]:
+    for job_id in store.read_json(run_id, paths.plan(1))["jobs"]:
         app.send_task(GENERATE, args=[run_id, 1, job_id, store.uri],
                       queue="generate")
     time.sleep(RAMP_S)

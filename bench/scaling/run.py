@@ -120,7 +120,8 @@ def measure(n: int, cycle: int, folder: Path, url: str, store: ShardStore, run_i
     jobs = max(20, math.ceil(expected * (args.seconds + args.warmup)))
     job_ids = plan_cycle(store, run_id, cycle, jobs, args, spec, taxonomy)
     client = redis.Redis.from_url(url)
-    for key in client.scan_iter(match=f"{RATELIMIT_PREFIX}*"):  # each point starts with an idle limiter
+    # each point starts with an idle limiter
+    for key in client.scan_iter(match=f"{RATELIMIT_PREFIX}*"):
         client.delete(key)
     env = {**os.environ, "REDIS_URL": url, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "DISTILLQ_WORKDIR": str(folder / "work")}

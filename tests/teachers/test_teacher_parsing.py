@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from distillq.errors import TransientError
 from tests.teachers.conftest import LABELS, make_spec
-from workers.teachers.errors import MalformedOutputError, TransientError
+from workers.teachers.errors import MalformedOutputError
 from workers.teachers.parsing import Parsed, Validator, extract_items, parse_answer
 
 GOOD = '{"examples": [{"text": "Where is my new card?", "label": "card_arrival"}]}'

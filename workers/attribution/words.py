@@ -2,9 +2,10 @@
 
 The words are ``distillq.words.split_words``'s (shared with the student's rationale-aware
 training), never a tokenizer's pre-tokeniser, so a classifier teacher and a causal-LM teacher
-give the same words for the same text. A word piece belongs to the word its character span overlaps most; pieces outside every word (special
-tokens, punctuation, prompt tokens) are dropped. A word's score is the sum of its pieces' scores
-(for integrated gradients that keeps completeness: word scores still add up to the score change).
+give the same words for the same text. A word piece belongs to the word its character span
+overlaps most; pieces outside every word (special tokens, punctuation, prompt tokens) are
+dropped. A word's score is the sum of its pieces' scores (for integrated gradients that keeps
+completeness: word scores still add up to the score change).
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def job_prompts(spec: RunSpec, job: dict[str, Any], taxonomy: list[str]) -> list
 
 
 class _Spend:
-    """The run's spend counter (``accounting.SPEND_KEY``), added to as each answer returns.
+    """The run's spend counter (``distillq.keys.SPEND_KEY``), added to as each answer returns.
 
     ``add`` runs on the runtime loop and sends from a thread (the loop never blocks on Redis);
     what a Redis error kept from being sent stays pending, for the next ``add`` or ``flush``.

@@ -137,7 +137,7 @@ def rationale_tags(
     """Per-token targets (1 = a word piece of a rationale word) and the mask of tokens to score.
 
     Words are found in the text as the attribution teacher finds them (``WORD_RE`` of
-    ``workers.attribution.words``: "top-up" is one word) and compared case-insensitively; every
+    ``distillq.words``: "top-up" is one word) and compared case-insensitively; every
     token whose character span overlaps a rationale word is tagged, so any tokenizer that gives
     offsets works. Examples without rationales (None) and special or padding tokens (offset
     (0, 0)) are masked out.

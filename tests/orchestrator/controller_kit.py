@@ -80,13 +80,18 @@ def commit_jobs(ctl: Controller, cycle: int, job_ids: list[str]) -> None:
                          examples_table(data, "r1", cycle, "teacher", job, job))
 
 
-def failed_in_cycle_one(setup: Any) -> tuple[Controller, list[Sent], Clock, str]:
-    """A run failed by one permanently failed generate job of cycle 1 (no failure tolerated)."""
-    ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
+def plan_cycle_one(ctl: Controller) -> None:
+    """Cycle 0's training sent and evaluated at 0.5, decided, and cycle 1 planned and sent."""
     ctl.tick()
     write_eval(ctl, 0, 0.5)
     ctl.tick()
     ctl.tick()
+
+
+def failed_in_cycle_one(setup: Any) -> tuple[Controller, list[Sent], Clock, str]:
+    """A run failed by one permanently failed generate job of cycle 1 (no failure tolerated)."""
+    ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
+    plan_cycle_one(ctl)
     job = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"][0]
     ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", {"error": "boom"})
     assert ctl.tick() == "failed"

@@ -16,6 +16,7 @@ from controller_kit import (
     failed_in_cycle_one,
     make_spec,
     mark_sends_started,
+    plan_cycle_one,
     write_eval,
 )
 
@@ -73,10 +74,7 @@ def test_full_loop_plans_generates_trains_and_stops_on_patience(setup: Any) -> N
 
 def test_replanning_is_deterministic_after_a_restart(setup: Any, redis_client: Any) -> None:
     ctl, sent, clock = setup()
-    ctl.tick()
-    write_eval(ctl, 0, 0.5)
-    ctl.tick()
-    ctl.tick()
+    plan_cycle_one(ctl)
     first = ctl.store.read_json("r1", "cycle=1/plan.json")
     redis_client.flushall()  # a lost Redis: everything uncommitted is sent again, same ids
     sent.clear()
@@ -108,10 +106,7 @@ BUDGET = {"error_type": "BudgetExceededError",
 
 def _into_cycle_one(setup: Any, **over: Any) -> tuple[Controller, list[Any], list[str]]:
     ctl, sent, _ = setup(generation={"tolerated_failure_fraction": 0.0}, **over)
-    ctl.tick()
-    write_eval(ctl, 0, 0.5)
-    ctl.tick()
-    ctl.tick()
+    plan_cycle_one(ctl)
     return ctl, sent, ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"]
 
 
@@ -193,10 +188,7 @@ def test_a_lost_spend_counter_is_restored_from_storage_before_a_cycle(
 def test_a_job_that_never_answers_is_failed_after_max_sends(
         setup: Any, redis_client: redis.Redis) -> None:
     ctl, sent, clock = setup()
-    ctl.tick()
-    write_eval(ctl, 0, 0.5)
-    ctl.tick()
-    ctl.tick()
+    plan_cycle_one(ctl)
     n_jobs = len(sent) - 1
     for _ in range(3):
         mark_sends_started(redis_client, sent)  # taken by a worker that then dies, say
@@ -221,20 +213,14 @@ def test_every_send_is_recorded_before_it_is_made(
             unrecorded.append(key)
 
     ctl = Controller(store, redis_client, "r1", send, clock=Clock())
-    ctl.tick()
-    write_eval(ctl, 0, 0.5)
-    ctl.tick()
-    ctl.tick()
+    plan_cycle_one(ctl)
     assert len(store.read_json("r1", "cycle=1/plan.json")["jobs"]) >= 10
     assert unrecorded == []
 
 
 def test_a_tick_that_fails_the_run_sends_nothing(setup: Any, redis_client: redis.Redis) -> None:
     ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
-    ctl.tick()
-    write_eval(ctl, 0, 0.5)
-    ctl.tick()
-    ctl.tick()
+    plan_cycle_one(ctl)
     mark_sends_started(redis_client, sent)
     job = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"][0]
     ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", {"error": "boom"})

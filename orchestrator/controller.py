@@ -34,7 +34,7 @@ from distillq.spec import RunSpec, parse_spec
 from orchestrator.planning import Planner
 from orchestrator.runs import cycle_stats, load_manifest, spend
 from storage.store import ShardStore
-from workers.context import SINGLE_JOBS, as_text, failed_record
+from workers.context import SINGLE_JOBS, as_text
 from workers.teachers.accounting import restore_spend
 
 log = logging.getLogger("distillq.controller")
@@ -197,7 +197,7 @@ class Controller:
         for job in sorted(failed):
             if (cycle, job) not in self._refusals:
                 record = self.store.read_json(self.run_id,
-                                              failed_record(cycle, "generate", job)) or {}
+                                              paths.failed_record(cycle, "generate", job)) or {}
                 # records written before error_type existed: the error text's class name
                 error_type = (record.get("error_type")
                               or str(record.get("error", "")).partition(":")[0])
@@ -356,7 +356,7 @@ class Controller:
         good (a permanent error, or its retries used up): fail the run now, not after the
         job's deadline. ``orchestrator resume`` gives it another chance."""
         record = self.store.read_json(self.run_id,
-                                      failed_record(cycle, kind, SINGLE_JOBS[kind]))
+                                      paths.failed_record(cycle, kind, SINGLE_JOBS[kind]))
         if record is None:
             return False
         self._finish("failed", f"{kind} of cycle {cycle} failed: {record.get('error', '?')}")
@@ -366,7 +366,7 @@ class Controller:
         kind = task.split(".")[-1]
         cycle = args[1] if len(args) > 2 else 0
         job = args[2] if len(args) > 3 else SINGLE_JOBS.get(kind, kind)
-        self.store.write_json(self.run_id, failed_record(cycle, kind, job),
+        self.store.write_json(self.run_id, paths.failed_record(cycle, kind, job),
                               {"kind": kind, "job_id": job, "error_type": "NoResult",
                                "error": f"no result after {sends} sends"})
         if kind in ("train", "test", "prepare_teacher"):

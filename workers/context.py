@@ -93,11 +93,6 @@ def workdir(run_id: str, storage: str) -> Path:
 SINGLE_JOBS = {"train": "train", "test": "test", "prepare_teacher": "teacher"}
 
 
-def failed_record(cycle: int, kind: str, job_id: str) -> str:
-    """Where a job's permanent failure is recorded in its run (workers and controller)."""
-    return paths.failed_record(cycle, kind, job_id)
-
-
 TEACHER_URL_FILE = "teacher_url.json"
 ATTRIBUTION_QUALITY_FILE = "attribution_quality.json"  # rationale quality, once per run
 

@@ -5,8 +5,8 @@ commit, and returns early when that output is already committed. Any error but a
 PermanentError (transient ones, connection errors and timeouts — Redis's own included — and
 unexpected ones) is retried with exponential backoff and jitter, ``max_retries`` times. A
 PermanentError — a missing or malformed run manifest included — and an error that has used up
-its retries are recorded in storage (``failed_record``: ``cycle=<c>/failed/<kind>-<job>.json``,
-as the controller reads them, so it can decide without Redis), the controller is notified,
+its retries are recorded in storage (``distillq.paths.failed_record``:
+``cycle=<c>/failed/<kind>-<job>.json``, as the controller reads them, so it can decide without Redis), the controller is notified,
 and the job fails.
 
 Each task has its queue's time limits (``workers.app.task_time_limits``); the prefork pool
@@ -34,7 +34,6 @@ from workers.context import (
     ATTRIBUTION_QUALITY_FILE,
     SINGLE_JOBS,
     RunContext,
-    failed_record,
     mark_started,
     notify,
     open_store,
@@ -99,7 +98,7 @@ def _record_failure(storage: str, run_id: str, kind: str, cycle: int, job_id: st
     the error's class in ``error_type`` (the controller tells budget refusals apart by it); a
     storage error here is logged, never raised over the job's own error."""
     try:
-        open_store(storage).write_json(run_id, failed_record(cycle, kind, job_id),
+        open_store(storage).write_json(run_id, paths.failed_record(cycle, kind, job_id),
                                        {"kind": kind, "job_id": job_id,
                                         "error_type": type(failure).__name__,
                                         "error": error})

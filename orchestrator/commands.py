@@ -17,6 +17,7 @@ import redis
 from distillq import paths
 from distillq.errors import EXIT_FAILED, InvalidInputError
 from distillq.keys import INFLIGHT, RESENDS, RUNS_KEY, STARTED_KEY, TEACHER_URL_KEY
+from distillq.runstate import TERMINAL
 from distillq.spec import RunSpec, load_spec
 from orchestrator.cli import state_dir, stop_flag
 from orchestrator.runs import check_run_id, check_storage, create_run, load_manifest
@@ -214,7 +215,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     store = _store(args)
     manifest = load_manifest(store, check_run_id(args.run_id))
     with Progress(store, args.run_id) as progress:
-        while manifest["status"] not in ("done", "failed", "cancelled"):
+        while manifest["status"] not in TERMINAL:
             progress.refresh()
             time.sleep(1.0)
             manifest = load_manifest(store, args.run_id)
@@ -226,7 +227,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     store = _store(args)
     manifest = load_manifest(store, check_run_id(args.run_id))
-    if manifest["status"] in ("done", "failed", "cancelled"):
+    if manifest["status"] in TERMINAL:
         print(f"run {args.run_id} is already {manifest['status']}: nothing to cancel")
         return 0
     store.write_json(args.run_id, "cancel.json", {"at": time.time()})

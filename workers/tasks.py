@@ -6,8 +6,8 @@ PermanentError (transient ones, connection errors and timeouts — Redis's own i
 unexpected ones) is retried with exponential backoff and jitter, ``max_retries`` times. A
 PermanentError — a missing or malformed run manifest included — and an error that has used up
 its retries are recorded in storage (``distillq.paths.failed_record``:
-``cycle=<c>/failed/<kind>-<job>.json``, as the controller reads them, so it can decide without Redis), the controller is notified,
-and the job fails.
+``cycle=<c>/failed/<kind>-<job>.json``, as the controller reads them, so it can decide without
+Redis), the controller is notified, and the job fails.
 
 Each task has its queue's time limits (``workers.app.task_time_limits``); the prefork pool
 enforces them, the threads pool (generate) does not, so ``generate_job`` gets a deadline of its

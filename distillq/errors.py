@@ -6,6 +6,7 @@
         ├── InvalidInputError   bad spec, dataset, run id or URI — the CLI exits 2
         │   └── SpecError       the run spec, with every problem by field
         ├── StorageError        a path outside the root, a corrupt shard
+        │   └── ManifestError   a run's manifest.json that is not a valid manifest
         └── BudgetExceededError a token or cost cap of the run is reached
 
 Everyone imports them from here; the teachers add their own leaves
@@ -38,6 +39,10 @@ class InvalidInputError(PermanentError):
 
 class StorageError(PermanentError):
     """Storage refused an operation or holds something unreadable."""
+
+
+class ManifestError(StorageError):
+    """A run's manifest in storage is not a valid manifest; the message names each problem."""
 
 
 class SpecError(InvalidInputError):

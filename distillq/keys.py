@@ -5,6 +5,14 @@ counters and the run registry. ``{run_id}`` and ``{namespace}`` are filled with 
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def as_text(value: Any) -> str:
+    """A Redis reply (bytes unless the client decodes) as text."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
 # the runs `serve` drives: hash run_id -> storage URI
 RUNS_KEY = "dq:runs"
 

@@ -1,11 +1,18 @@
 """Where a run keeps its documents in storage, relative to ``<root>/<run_id>/`` (the layout in
-docs/architecture.md). Shards are placed by storage itself (``storage.layout``). The documents
-named here are those several modules share; a few others (``cancel.json``, ``test.json``,
-``teacher/``) are still named where they are written and read."""
+docs/architecture.md). Shards are placed by storage itself (``storage.layout``); every other
+document a run holds is named here and nowhere else."""
 
 from __future__ import annotations
 
 MANIFEST = "manifest.json"  # the spec, the taxonomy, the controller's decisions, the status
+CANCEL = "cancel.json"  # `orchestrator cancel` asked the run to stop (``at``)
+TEST_RESULT = "test.json"  # the best cycle's student on the test split
+TEACHER_DIR = "teacher"  # the attribution teacher, fine-tuned on the seed (committed folder)
+TEACHER_STATE = "teacher/training_state.json"  # how that fine-tuning went
+TEACHER_URL = "teacher_url.json"  # where a teacher started beside the run answers
+ATTRIBUTION_QUALITY = "attribution_quality.json"  # rationale quality, once per run
+CONTROLLER_MARK = "controller.json"  # the driving controller's mark (orchestrator.runlock)
+REPORT_DIR = "report"  # the run report (Markdown, plots)
 
 
 def cycle_dir(cycle: int) -> str:
@@ -42,5 +49,10 @@ def failed_dir(cycle: int) -> str:
 
 
 def failed_record(cycle: int, kind: str, job_id: str) -> str:
-    """A job that failed for good: ``error_type``, ``error``."""
+    """A job that failed for good: ``error_type``, ``error`` (``distillq.jobs.JobId`` names it)."""
     return f"cycle={cycle}/failed/{kind}-{job_id}.json"
+
+
+def failed_before_resume(cycle: int, name: str, stamp: str) -> str:
+    """A failure record ``orchestrator resume`` cleared (``name`` is its file's, less .json)."""
+    return f"cycle={cycle}/failed-before-resume/{name}.{stamp}.json"

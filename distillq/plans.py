@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from distillq import paths
+from distillq.jobs import plan_index
 
 PLAN_CHUNK = 1000
 
@@ -32,12 +33,11 @@ def write_plan(store: JsonStore, run_id: str, cycle: int,
 
 
 def read_job(store: JsonStore, run_id: str, cycle: int, job_id: str) -> dict[str, Any] | None:
-    """One job's payload, from its chunk. Job ids are ``c<cycle>-<index>``, so the chunk is
-    known without reading plan.json (a 100k-job plan is megabytes)."""
-    prefix, _, index = job_id.partition("-")
-    if prefix == f"c{cycle:02d}" and index.isdigit():
-        chunk = store.read_json(
-            run_id, paths.jobs_chunk(cycle, int(index) // PLAN_CHUNK))
+    """One job's payload, from its chunk. A plan name (``distillq.jobs.plan_name``) gives its
+    position, so the chunk is known without reading plan.json (a 100k-job plan is megabytes)."""
+    index = plan_index(cycle, job_id)
+    if index is not None:
+        chunk = store.read_json(run_id, paths.jobs_chunk(cycle, index // PLAN_CHUNK))
         if chunk is not None and job_id in chunk:
             return chunk[job_id]
     plan = store.read_json(run_id, paths.plan(cycle))

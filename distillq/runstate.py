@@ -3,24 +3,27 @@ last resume. Read by the controller every tick and by a worker before it pays fo
 
 from __future__ import annotations
 
-from typing import Any
-
 from distillq import paths
+from distillq.manifest import Manifest, read_manifest
 from distillq.plans import JsonStore
 
-TERMINAL = ("done", "failed", "cancelled")
 
-
-def cancel_pending(store: JsonStore, run_id: str, manifest: dict[str, Any]) -> bool:
+def cancel_pending(store: JsonStore, manifest: Manifest) -> bool:
     """Whether ``orchestrator cancel`` asked the run to stop (after its last resume)."""
-    cancel = store.read_json(run_id, "cancel.json")
-    return cancel is not None and cancel.get("at", 0) > manifest.get("resumed_at", 0)
+    cancel = store.read_json(manifest.run_id, paths.CANCEL)
+    return cancel is not None and cancel.get("at", 0) > (manifest.resumed_at or 0)
+
+
+def request_cancel(store: JsonStore, run_id: str, at: float) -> None:
+    store.write_json(run_id, paths.CANCEL, {"at": at})
 
 
 def run_ended(store: JsonStore, run_id: str) -> str:
     """Why the run no longer wants its jobs (done, failed, cancelled, or a cancel asked for),
-    else ""."""
-    manifest = store.read_json(run_id, paths.MANIFEST) or {}
-    if manifest.get("status") in TERMINAL:
-        return f"the run is {manifest['status']}"
-    return "the run is being cancelled" if cancel_pending(store, run_id, manifest) else ""
+    else "" (also for a run with no manifest: the task itself reports that)."""
+    manifest = read_manifest(store, run_id)
+    if manifest is None:
+        return ""
+    if manifest.ended:
+        return f"the run is {manifest.status}"
+    return "the run is being cancelled" if cancel_pending(store, manifest) else ""

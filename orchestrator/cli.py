@@ -11,12 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 from redis import exceptions as redis_errors
 
@@ -27,6 +23,7 @@ from distillq.errors import (
     DistillqError,
     InvalidInputError,
 )
+from orchestrator import commands
 
 DEFAULT_STORAGE = "runs"
 
@@ -107,8 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("httpx", "urllib3", "filelock", "kombu", "celery", "amqp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from orchestrator import commands
-
     handler: Callable[[argparse.Namespace], int] = getattr(commands, f"cmd_{args.command}")
     try:
         return handler(args)
@@ -128,24 +123,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(__name__).exception("%s failed", args.command)
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
-
-
-def stop_flag() -> Callable[[], bool]:
-    """A flag set by SIGTERM (SIGINT raises KeyboardInterrupt as usual)."""
-    event = threading.Event()
-
-    def handle(_signum: int, _frame: Any) -> None:
-        event.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handle)
-    return event.is_set
-
-
-def state_dir(storage: str, run_id: str) -> Path:
-    """Local scratch for the embedded cluster (socket, logs, sim pool)."""
-    base = Path(storage) if "://" not in storage else Path.home() / ".cache" / "distillq"
-    return base / ".local" / run_id
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,23 +6,39 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import redis
 
 from distillq import paths
 from distillq.errors import EXIT_FAILED, InvalidInputError
 from distillq.keys import INFLIGHT, RESENDS, RUNS_KEY, STARTED_KEY, TEACHER_URL_KEY
-from distillq.runstate import TERMINAL
+from distillq.manifest import Manifest, read_manifest, save_manifest
+from distillq.runstate import request_cancel
 from distillq.spec import RunSpec, load_spec
-from orchestrator.cli import state_dir, stop_flag
-from orchestrator.runs import check_run_id, check_storage, create_run, load_manifest
+from orchestrator.driver import drive, serve
+from orchestrator.embedded import LocalCluster, state_dir
+from orchestrator.metrics import start_metrics_server
+from orchestrator.progress import Progress
+from orchestrator.report import summary_lines, write_report
+from orchestrator.runs import (
+    check_run_id,
+    check_storage,
+    create_run,
+    load_manifest,
+    reopen_failed_jobs,
+    summarize,
+)
 from storage.store import ShardStore
-from workers.context import TEACHER_URL_FILE
+from workers.app import app, configure
 
 log = logging.getLogger("distillq.cli")
 
@@ -39,8 +55,6 @@ def _redis_from_env(ping: bool = True) -> redis.Redis:
         client = redis.Redis.from_url(url)
     except ValueError as exc:  # the message never includes a password
         raise InvalidInputError(f"REDIS_URL is not a Redis URL: {exc}") from None
-    from workers.app import configure
-
     configure(url)
     if ping:
         client.ping()
@@ -65,19 +79,16 @@ def cmd_resume(args: argparse.Namespace) -> int:
     sent again (their records kept under ``failed-before-resume/``) and, under ``serve``, a
     fresh in-flight table; a done run is refused. Nothing is written before the manifest's
     spec parses and (with ``REDIS_URL``) Redis answers."""
-    from distillq.spec import parse_spec
-    from orchestrator.runs import reopen_failed_jobs
-
     store = _store(args)
     run_id = check_run_id(args.run_id)
     manifest = load_manifest(store, run_id)
-    if manifest["status"] == "done":
+    if manifest.status == "done":
         raise InvalidInputError(f"run {run_id} is done: there is nothing to resume "
                                 f"(`orchestrator report {run_id}` writes its report)")
-    spec = parse_spec(manifest["spec"], f"manifest of {run_id}")
+    spec = manifest.run_spec()
     client = _redis_from_env() if os.environ.get("REDIS_URL") else None
-    if manifest["status"] in ("failed", "cancelled"):
-        cycle = len(manifest["decisions"])
+    if manifest.status in ("failed", "cancelled"):
+        cycle = manifest.cycle
         reopened = reopen_failed_jobs(store, run_id, cycle)
         for earlier in range(cycle):  # the teacher (cycle 0) and the final test (best cycle)
             reopened += reopen_failed_jobs(store, run_id, earlier, ("prepare_teacher", "test"))
@@ -87,12 +98,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         if client is not None:  # sends counted before the failure start again from zero
             client.delete(INFLIGHT.format(run_id=run_id), STARTED_KEY.format(run_id=run_id),
                           RESENDS.format(run_id=run_id))
-        manifest["status"] = "running"
-        manifest.pop("stop_reason", None)
         # only a stopped run's manifest is written: a running one may be mid-tick in a
         # controller that writes its own copy back (and a pending cancel must stay pending)
-        manifest["resumed_at"] = time.time()
-        store.write_json(run_id, paths.MANIFEST, manifest)
+        manifest.reopen(time.time())
+        save_manifest(store, manifest)
     if client is not None:
         client.hset(RUNS_KEY, run_id, store.uri)
         print(f"run {run_id} handed back to `orchestrator serve`")
@@ -100,13 +109,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _run_embedded(spec, store, run_id, quiet=False)
 
 
-def _run_embedded(spec: RunSpec, store: ShardStore, run_id: str, quiet: bool) -> int:
-    from orchestrator.driver import drive
-    from orchestrator.embedded import LocalCluster
-    from orchestrator.progress import Progress
-    from orchestrator.report import write_report
-    from workers.app import configure
+def stop_flag() -> Callable[[], bool]:
+    """A flag set by SIGTERM (SIGINT raises KeyboardInterrupt as usual)."""
+    event = threading.Event()
 
+    def handle(_signum: int, _frame: Any) -> None:
+        event.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handle)
+    return event.is_set
+
+
+def _run_embedded(spec: RunSpec, store: ShardStore, run_id: str, quiet: bool) -> int:
     local = state_dir(spec.storage, run_id)
     cluster = LocalCluster(local, os.environ.get("REDIS_URL"))
     sim: subprocess.Popen[bytes] | None = None
@@ -117,7 +132,7 @@ def _run_embedded(spec: RunSpec, store: ShardStore, run_id: str, quiet: bool) ->
         if spec.teacher.kind == "sim":
             sim, sim_url = start_sim_process(spec, store, run_id, local)
             client.set(TEACHER_URL_KEY.format(run_id=run_id), sim_url)
-            store.write_json(run_id, TEACHER_URL_FILE, {"base_url": sim_url})
+            store.write_json(run_id, paths.TEACHER_URL, {"base_url": sim_url})
         cluster.wait_ready()
         with Progress(store, run_id, quiet=quiet) as progress:
             status = drive(store, client, run_id, app, on_tick=progress.update,
@@ -143,8 +158,6 @@ def start_sim_process(spec: RunSpec, store: ShardStore, run_id: str,
     """The simulated teacher as its own process, answering from the run's pool."""
     local.mkdir(parents=True, exist_ok=True)
     pool = local / "pool.parquet"
-    import pyarrow.parquet as pq
-
     pq.write_table(store.read_table(run_id, "pool").select(["text", "label"]), pool)
     sim = spec.teacher.sim
     cmd = [sys.executable, "-m", "workers.teachers.sim", "--pool", str(pool),
@@ -177,12 +190,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     client = _redis_from_env(ping=False)  # serve waits out an unreachable Redis
-    from orchestrator.driver import serve
-    from workers.app import app
-
     if args.metrics_port:
-        from orchestrator.metrics import start_metrics_server
-
         start_metrics_server(client, args.metrics_port)
     log.info("serving runs from %s", os.environ.get("REDIS_URL", "").split("@")[-1])
     serve(client, app, poll_s=args.poll, should_stop=stop_flag(), storages=tuple(args.storage))
@@ -193,8 +201,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     if not args.run_id:
         return cmd_list(args)
-    from orchestrator.controller import summarize
-
     print(json.dumps(summarize(_store(args), check_run_id(args.run_id)), indent=2))
     return 0
 
@@ -202,20 +208,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
     for run_id in store.list_runs():
-        manifest = store.read_json(run_id, paths.MANIFEST) or {}
-        decisions = manifest.get("decisions", [])
-        last = f"{decisions[-1]['metric']}={decisions[-1]['value']:.4f}" if decisions else "-"
-        print(f"{run_id:40s} {manifest.get('status', '?'):10s} cycles={len(decisions):<3d} {last}")
+        manifest = read_manifest(store, run_id)
+        if manifest is None:  # removed since it was listed
+            continue
+        decisions = manifest.decisions
+        last = f"{decisions[-1].metric}={decisions[-1].value:.4f}" if decisions else "-"
+        print(f"{run_id:40s} {manifest.status:10s} cycles={len(decisions):<3d} {last}")
     return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from orchestrator.progress import Progress
-
     store = _store(args)
     manifest = load_manifest(store, check_run_id(args.run_id))
     with Progress(store, args.run_id) as progress:
-        while manifest["status"] not in TERMINAL:
+        while not manifest.ended:
             progress.refresh()
             time.sleep(1.0)
             manifest = load_manifest(store, args.run_id)
@@ -227,17 +233,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     store = _store(args)
     manifest = load_manifest(store, check_run_id(args.run_id))
-    if manifest["status"] in TERMINAL:
-        print(f"run {args.run_id} is already {manifest['status']}: nothing to cancel")
+    if manifest.ended:
+        print(f"run {args.run_id} is already {manifest.status}: nothing to cancel")
         return 0
-    store.write_json(args.run_id, "cancel.json", {"at": time.time()})
+    request_cancel(store, args.run_id, time.time())
     print(f"run {args.run_id}: cancel requested; no new jobs will be sent")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator.report import write_report
-
     store = _store(args)
     load_manifest(store, check_run_id(args.run_id))
     path = write_report(store, args.run_id, out_dir=Path(args.out) if args.out else None)
@@ -249,10 +253,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     store = _store(args)
     manifest = load_manifest(store, check_run_id(args.run_id))
-    cycle = args.cycle
-    if cycle is None:
-        final = manifest.get("final") or _best_so_far(manifest)
-        cycle = int(final["best_cycle"])
+    cycle = args.cycle if args.cycle is not None else _best_so_far(manifest)
     if not store.has_dir(args.run_id, paths.student(cycle)):
         raise InvalidInputError(f"run {args.run_id} has no committed student for cycle {cycle}")
     out = Path(args.dir)
@@ -261,22 +262,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise InvalidInputError(f"export: {out} is not empty; pass --force to replace it "
                                 "(everything in it is removed)")
-    from workers.training.cycle import export_student
+    from workers.training.cycle import export_student  # deferred: torch, transformers
 
     export_student(store, args.run_id, cycle, Path(args.dir))
     print(f"exported the cycle {cycle} student of {args.run_id} to {args.dir}")
     return 0
 
 
-def _best_so_far(manifest: dict[str, Any]) -> dict[str, Any]:
-    decisions = manifest.get("decisions", [])
-    if not decisions:
-        raise InvalidInputError(f"run {manifest['run_id']} has no trained student yet")
-    return {"best_cycle": decisions[-1]["best_cycle"]}
+def _best_so_far(manifest: Manifest) -> int:
+    best = manifest.best_so_far()
+    if best is None:
+        raise InvalidInputError(f"run {manifest.run_id} has no trained student yet")
+    return best
 
 
 def _print_summary(store: ShardStore, run_id: str) -> None:
-    from orchestrator.report import summary_lines
-
     for line in summary_lines(store, run_id):
         print(line)

@@ -1,41 +1,32 @@
-"""Driving runs: the controller loop, its Redis lock, and the Celery sender.
+"""Driving runs: the controller loop of one run (``drive``) or of every submitted run
+(``serve``), and the Celery sender.
 
 A tick happens at once when a worker reports a job done (an event on the run's Redis list) and
 otherwise every ``poll_s`` seconds, so no cycle waits out a polling interval. One controller
-drives a run at a time: it holds ``dq:{run}:lock`` (a token with expiry, refreshed every tick).
+drives a run at a time: it holds the run lock (``orchestrator.runlock``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
-import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import redis
 from celery import Celery
 
-from distillq import paths
-from distillq.errors import DistillqError, InvalidInputError, SpecError
-from distillq.keys import EVENTS_KEY, LOCK, RUNS_KEY
+from distillq.errors import DistillqError, InvalidInputError, ManifestError, SpecError
+from distillq.keys import EVENTS_KEY, RUNS_KEY, as_text
+from distillq.manifest import TERMINAL, read_manifest, save_manifest
 from distillq.queues import ROUTES
-from distillq.runstate import TERMINAL
 from orchestrator.controller import Controller
-from orchestrator.heartbeat import Heartbeat
+from orchestrator.runlock import LockKeeper, RunLock
 from orchestrator.runs import check_run_id, check_storage
 from storage.store import ShardStore
-from workers.context import as_text
 from workers.flower import publish_options
 
 log = logging.getLogger("distillq.driver")
-
-LOCK_TTL_MS = 30_000
-
 
 def celery_sender(app: Celery) -> Callable[[str, list[Any], str], None]:
     def send(task: str, args: list[Any], task_id: str) -> None:
@@ -43,136 +34,6 @@ def celery_sender(app: Celery) -> Callable[[str, list[Any], str], None]:
                       **publish_options(task, args))  # ids only in events and Flower
 
     return send
-
-
-def _pid_namespace() -> str:
-    """Where a pid means this process's own kind of pid: host name, kernel boot and PID
-    namespace. Two containers may share a host name (and a boot); their PID namespaces differ,
-    so neither judges the other's pids. Where /proc is missing, the host name alone."""
-    place = socket.gethostname()
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-        ns = os.readlink("/proc/self/ns/pid").strip("pid:[]")
-    except OSError:
-        return place
-    return f"{place}~{boot}~{ns}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class RunLock:
-    """``SET key token NX PX ttl``; refreshed only by its holder (compare-and-set in Lua).
-
-    The token names its holder (``place:pid:random``, the place being host name, kernel boot
-    and PID namespace). A holder that died in *this* place (its pid is gone) is taken over at
-    once, so a controller restarted after a crash resumes without waiting out the TTL; a holder
-    anywhere else (another host, or another container with the same host name) is trusted until
-    its lock expires.
-    """
-
-    _REFRESH = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-                "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
-    _STEAL = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-              "return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) else return 0 end")
-    _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-                "return redis.call('del', KEYS[1]) else return 0 end")
-
-    def __init__(self, client: redis.Redis, run_id: str, ttl_ms: int = LOCK_TTL_MS,
-                 store: ShardStore | None = None):
-        self.client, self.key, self.ttl = client, LOCK.format(run_id=run_id), ttl_ms
-        self.token = f"{_pid_namespace()}:{os.getpid()}:{secrets.token_hex(8)}"
-        # with the run's storage: also kept from controllers on other Redis servers
-        self.mark = Heartbeat(store, client, run_id, self.token, ttl_ms) \
-            if store is not None else None
-
-    def acquire(self) -> bool:
-        """True if this holder may tick: the Redis lock is its, and (with a storage) no
-        controller on another Redis drives the run (``orchestrator.heartbeat``)."""
-        if not self._acquire_in_redis():
-            return False
-        return self.mark is None or self.mark.clear()
-
-    def _acquire_in_redis(self) -> bool:
-        if self.client.set(self.key, self.token, nx=True, px=self.ttl):
-            return True
-        if self.client.eval(self._REFRESH, 1, self.key, self.token, self.ttl):
-            return True
-        return self._take_over_dead_holder()
-
-    def _take_over_dead_holder(self) -> bool:
-        raw = self.client.get(self.key)
-        if raw is None:
-            return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl))
-        holder = as_text(raw)
-        place, _, rest = holder.partition(":")
-        pid = rest.partition(":")[0]
-        if place != _pid_namespace() or not pid.isdigit() or _pid_alive(int(pid)):
-            return False
-        log.warning("lock %s: holder %s is dead; taking over", self.key, holder)
-        return bool(self.client.eval(self._STEAL, 1, self.key, holder, self.token, self.ttl))
-
-    def refresh(self) -> bool:
-        """Extend the lock if this holder still has it (never takes a free or foreign one),
-        and then renew its mark in storage."""
-        held = bool(self.client.eval(self._REFRESH, 1, self.key, self.token, self.ttl))
-        if held and self.mark is not None:
-            try:
-                self.mark.beat()
-            except Exception as exc:  # the keeper thread must go on refreshing
-                log.warning("lock %s: controller mark not renewed: %s", self.key, exc)
-        return held
-
-    def release(self) -> None:
-        try:
-            self.client.eval(self._RELEASE, 1, self.key, self.token)
-        finally:
-            if self.mark is not None:
-                self.mark.stop()
-
-
-class LockKeeper:
-    """Refreshes the locks a process holds every third of their TTL from a background thread,
-    so a long tick (planning 100k jobs takes over a minute) never outlives its lock and lets a
-    second controller in. Used as a context manager around a controller loop. The price: a
-    tick that hangs for good keeps its run's lock until its process is stopped (a dead process
-    on the same host is taken over at once, one elsewhere after the TTL)."""
-
-    def __init__(self, locks: dict[str, RunLock], ttl_ms: int = LOCK_TTL_MS):
-        self.locks, self.every = locks, ttl_ms / 3000.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="lock-keeper", daemon=True)
-
-    def __enter__(self) -> LockKeeper:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self.refresh_all()
-
-    def refresh_all(self) -> None:
-        """One round: refresh every lock held now (a Redis error is logged, not raised)."""
-        try:
-            held = tuple(self.locks.values())
-        except RuntimeError:  # the dict changed under us: next round
-            return
-        for lock in held:
-            try:
-                lock.refresh()
-            except redis.RedisError as exc:
-                log.warning("lock %s not refreshed: %s", lock.key, exc)
 
 
 def wait_for_events(client: redis.Redis, run_ids: list[str], timeout: float) -> int:
@@ -268,10 +129,10 @@ def _mark_failed(store: ShardStore, run_id: str, reason: str) -> bool:
     may be the broken part); the run is unregistered either way, and `resume` can retry it.
     True if the manifest now says so."""
     try:
-        manifest = store.read_json(run_id, paths.MANIFEST)
-        if isinstance(manifest, dict):
-            manifest.update(status="failed", stop_reason=reason, finished_at=time.time())
-            store.write_json(run_id, paths.MANIFEST, manifest)
+        manifest = read_manifest(store, run_id)
+        if manifest is not None:
+            manifest.finish("failed", reason, time.time())
+            save_manifest(store, manifest)
             return True
     except (DistillqError, OSError) as exc:
         log.error("run=%s could not be marked failed: %s", run_id, exc)
@@ -283,8 +144,12 @@ def _running_in(storages: tuple[str, ...]) -> dict[str, str]:
     for uri in storages:
         store = ShardStore(uri)
         for run_id in store.list_runs():
-            manifest = store.read_json(run_id, paths.MANIFEST) or {}
-            if manifest.get("status") not in TERMINAL:
+            try:
+                manifest = read_manifest(store, run_id)
+            except ManifestError as exc:  # not ours to mend: the run is left out, and said so
+                log.error("run=%s not driven: %s", run_id, exc)
+                continue
+            if manifest is not None and not manifest.ended:
                 found[run_id] = store.uri
     return found
 
@@ -324,8 +189,9 @@ def _serve_one(client: redis.Redis, run_id: str, uri: str, app: Celery,
         status = ctl.tick()
     except redis.RedisError:
         raise
-    except SpecError as exc:  # the manifest's spec no longer validates: retrying will not
-        # mend it (a missing manifest or a storage error may be a mount that comes back)
+    except (SpecError, ManifestError) as exc:  # the manifest (or its spec) no longer
+        # validates: retrying will not mend it (a missing manifest or a storage error may be
+        # a mount that comes back)
         log.error("run=%s failed permanently: %s", run_id, exc)
         recorded = _mark_failed(ctl.store, run_id, f"controller: {exc}")
         status = "failed"
@@ -353,12 +219,12 @@ def _unregister(client: redis.Redis, run_id: str, store: ShardStore,
     if not recheck:
         return
     try:
-        manifest = store.read_json(run_id, paths.MANIFEST)
+        manifest = read_manifest(store, run_id)
     except (DistillqError, OSError) as exc:  # storage gone: `resume` cannot have written it
         log.warning("run=%s: manifest unreadable after it ended (%s)", run_id, exc)
         return
-    status = manifest.get("status") if isinstance(manifest, dict) else None
-    if status is not None and status not in TERMINAL:
-        log.info("run=%s was resumed as it ended (%s): registered again", run_id, status)
+    if manifest is not None and not manifest.ended:
+        log.info("run=%s was resumed as it ended (%s): registered again", run_id,
+                 manifest.status)
         client.hset(RUNS_KEY, run_id, store.uri)
         known[run_id] = store.uri

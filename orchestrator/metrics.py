@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, get_args
 
 import redis
 from prometheus_client import start_http_server
@@ -42,6 +42,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from distillq import paths
+from distillq.jobs import failed_names, key_prefix
 from distillq.keys import (
     ENDPOINT_STATS_KEY,
     INFLIGHT,
@@ -50,7 +51,9 @@ from distillq.keys import (
     RESENDS,
     RUNS_KEY,
     SPEND_KEY,
+    as_text,
 )
+from distillq.manifest import Status
 from distillq.queues import QUEUES
 from orchestrator.runs import load_manifest, spend
 from storage.store import ShardStore
@@ -59,16 +62,12 @@ log = logging.getLogger("distillq.metrics")
 
 ENDPOINT_LABELS = ["endpoint", "host", "model"]
 JOB_STATES = ("planned", "committed", "failed", "in_flight", "waiting")
-RUN_STATES = ("running", "done", "failed", "cancelled")
-
-
-def _s(raw: Any) -> str:
-    return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+RUN_STATES: tuple[str, ...] = get_args(Status)
 
 
 def _float(raw: Any, default: float = 0.0) -> float:
     try:
-        return float(_s(raw))
+        return float(as_text(raw))
     except (TypeError, ValueError):
         return default
 
@@ -87,7 +86,7 @@ class DistillqCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._queues()
-        runs = {_s(k): _s(v) for k, v in self.client.hgetall(RUNS_KEY).items()}
+        runs = {as_text(k): as_text(v) for k, v in self.client.hgetall(RUNS_KEY).items()}
         yield from self._runs(runs)
         yield from self._endpoints()
 
@@ -134,10 +133,10 @@ class DistillqCollector(Collector):
     def _run(self, store: ShardStore, run_id: str, g: dict[str, GaugeMetricFamily]) -> None:
         manifest = load_manifest(store, run_id)
         for status in RUN_STATES:
-            g["status"].add_metric([run_id, status], float(manifest["status"] == status))
-        decisions = manifest["decisions"]
+            g["status"].add_metric([run_id, status], float(manifest.status == status))
+        decisions = manifest.decisions
         # the cycle in progress; once the loop has stopped, the last one that ran
-        cycle = len(decisions) - 1 if manifest.get("final") else len(decisions)
+        cycle = len(decisions) - 1 if manifest.final else len(decisions)
         g["cycle"].add_metric([run_id], float(cycle))
         for state, value in self._jobs(store, run_id, cycle).items():
             g["jobs"].add_metric([run_id, state], float(value))
@@ -149,7 +148,7 @@ class DistillqCollector(Collector):
         resends = sum(max(0, int(_float(_sends(v))) - 1) for v in inflight)
         resends += int(_float(forgotten or 0))
         g["resends"].add_metric([run_id], float(resends))
-        live = {_s(k): _float(v) for k, v in
+        live = {as_text(k): _float(v) for k, v in
                 self.client.hgetall(SPEND_KEY.format(run_id=run_id)).items()}
         spent = live or spend(store, run_id, cycle)
         g["tokens"].add_metric([run_id, "in"], spent.get("tokens_in", 0.0))
@@ -158,19 +157,18 @@ class DistillqCollector(Collector):
         g["requests"].add_metric([run_id], spent.get("requests", 0.0))
         if decisions:
             last = decisions[-1]
-            g["metric"].add_metric([run_id, last["metric"]], float(last["value"]))
-            g["best"].add_metric([run_id, last["metric"]], float(last["best_value"]))
+            g["metric"].add_metric([run_id, last.metric], last.value)
+            g["best"].add_metric([run_id, last.metric], last.best_value)
 
     def _jobs(self, store: ShardStore, run_id: str, cycle: int) -> dict[str, int]:
         plan = store.read_json(run_id, paths.plan(cycle)) or {"jobs": []}
         planned = set(plan["jobs"])
         committed = planned & set(store.list_jobs(run_id, cycle, "generated"))
-        failed = {n[len("generate-"):-len(".json")]
-                  for n in store.list_names(run_id, paths.failed_dir(cycle))
-                  if n.startswith("generate-") and n.endswith(".json")} & (planned - committed)
-        prefix = f"c{cycle:02d}/gen/"
-        sent = {_s(k)[len(prefix):] for k in self.client.hkeys(INFLIGHT.format(run_id=run_id))
-                if _s(k).startswith(prefix)}
+        failed = failed_names(store.list_names(run_id, paths.failed_dir(cycle)),
+                              "generate") & (planned - committed)
+        prefix = key_prefix("generate", cycle)
+        sent = {as_text(k)[len(prefix):] for k in self.client.hkeys(INFLIGHT.format(run_id=run_id))
+                if as_text(k).startswith(prefix)}
         in_flight = (sent & planned) - committed - failed
         return {"planned": len(planned), "committed": len(committed), "failed": len(failed),
                 "in_flight": len(in_flight),
@@ -180,7 +178,7 @@ class DistillqCollector(Collector):
     def _namespaces(self) -> set[str]:
         found = set()
         for key in self.client.scan_iter(match=f"{RATELIMIT_PREFIX}*", count=500):
-            ns, _, suffix = _s(key).rpartition(":")
+            ns, _, suffix = as_text(key).rpartition(":")
             if suffix in ("req", "tok", "cool", "stats"):
                 found.add(ns)
         return found
@@ -204,7 +202,7 @@ class DistillqCollector(Collector):
                                        "by reason", labels=[*ENDPOINT_LABELS, "reason"])
         now = self._now()
         for ns in sorted(self._namespaces()):
-            stats = {_s(k): _s(v) for k, v in
+            stats = {as_text(k): as_text(v) for k, v in
                      self.client.hgetall(ENDPOINT_STATS_KEY.format(namespace=ns)).items()}
             labels = [ns[len(RATELIMIT_PREFIX):], stats.get("host", ""), stats.get("model", "")]
             if "rpm" in stats:
@@ -229,7 +227,7 @@ class DistillqCollector(Collector):
 
 def _sends(raw: Any) -> Any:
     try:
-        return json.loads(_s(raw)).get("sends", 0)
+        return json.loads(as_text(raw)).get("sends", 0)
     except (ValueError, AttributeError):
         return 0
 

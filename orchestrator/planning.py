@@ -11,7 +11,7 @@ Three modes (``generation.mode``):
 
 Jobs hold at most ``examples_per_request`` examples; a class's quota becomes several jobs
 ("parts"), each with a different slice of its examples. Job ids are deterministic:
-``c{cycle:02d}-{k:04d}`` in a fixed order, so re-planning a cycle gives the same jobs.
+``distillq.jobs.plan_name(cycle, k)`` in a fixed order, so re-planning a cycle gives the same jobs.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import random
 from collections import defaultdict
 from typing import Any, TypeVar
 
+from distillq.jobs import plan_name
 from distillq.spec import GenerationSpec
 
 PAIR_SHARE = 0.25  # share of a sharded cycle's examples that targets confused pairs
@@ -135,7 +136,7 @@ class Planner:
         for part in range(n_parts):
             n = min(per, quota - part * per)
             job = self._job(cycle, labels, n, part, n_parts, report)
-            job["job_id"] = f"c{cycle:02d}-{first + part:04d}"
+            job["job_id"] = plan_name(cycle, first + part)
             jobs.append(job)
         return jobs
 

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichProgress
 
 from distillq import paths
+from distillq.manifest import Manifest
 from orchestrator.controller import Controller, CycleProgress
 from orchestrator.runs import load_manifest, spend
 from storage.store import ShardStore
@@ -43,7 +44,8 @@ class Progress:
         self.bars.stop()
 
     def update(self, controller: Controller) -> None:
-        self._print_decisions(controller.manifest)
+        if controller.manifest is not None:
+            self._print_decisions(controller.manifest)
         if controller.progress is not None:
             self._show(controller.progress)
 
@@ -51,7 +53,7 @@ class Progress:
         """For ``watch``: progress from storage alone (no controller in this process)."""
         manifest = load_manifest(self.store, self.run_id)
         self._print_decisions(manifest)
-        cycle = len(manifest["decisions"])
+        cycle = manifest.cycle
         plan = self.store.read_json(self.run_id, paths.plan(cycle)) or {"jobs": []}
         jobs = set(plan["jobs"]) or ({"seed"} if cycle == 0 else set())
         done = set(self.store.list_jobs(self.run_id, cycle, "generated")) & jobs
@@ -73,15 +75,15 @@ class Progress:
             self.tasks[name] = self.bars.add_task(name, total=max(total, 1))
         self.bars.update(self.tasks[name], completed=done, total=max(total, 1))
 
-    def _print_decisions(self, manifest: dict[str, Any]) -> None:
-        for d in manifest.get("decisions", [])[self.decided:]:
-            spent = spend(self.store, self.run_id, d["cycle"])
+    def _print_decisions(self, manifest: Manifest) -> None:
+        for d in manifest.decisions[self.decided:]:
+            spent = spend(self.store, self.run_id, d.cycle)
             tokens = int(spent["tokens_in"] + spent["tokens_out"])
-            note = f" — stop: {d['reason']}" if d["action"] == "stop" else ""
-            self._say(f"cycle {d['cycle']}: val {d['metric']}={d['value']:.4f} "
-                      f"(best c{d['best_cycle']}={d['best_value']:.4f}) teacher tokens={tokens} "
+            note = f" — stop: {d.reason}" if d.action == "stop" else ""
+            self._say(f"cycle {d.cycle}: val {d.metric}={d.value:.4f} "
+                      f"(best c{d.best_cycle}={d.best_value:.4f}) teacher tokens={tokens} "
                       f"cost={spent['cost']:.4f}{note}")
-        self.decided = len(manifest.get("decisions", []))
+        self.decided = manifest.cycle
 
     def _say(self, text: str) -> None:
         elapsed = time.monotonic() - self.t0

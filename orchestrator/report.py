@@ -21,29 +21,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from distillq import paths
+from distillq.manifest import Manifest
 from orchestrator.runs import cycle_stats, load_manifest  # noqa: E402
 from storage.store import ShardStore  # noqa: E402
-from workers.context import ATTRIBUTION_QUALITY_FILE  # noqa: E402
 
 SIM_NOTE = ("> **Simulated teacher.** This run's teacher was distillq's simulated teacher: it "
             "answers from a held-out pool of real labelled examples (an oracle), not an LLM. "
             "Teacher quality, tokens, latency and cost below are those of the simulation.")
 
 
-def _evals(store: ShardStore, run_id: str, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def _evals(store: ShardStore, run_id: str, manifest: Manifest) -> list[dict[str, Any]]:
     out = []
-    for d in manifest["decisions"]:
-        report = store.read_json(run_id, paths.eval_report(d['cycle']))
+    for d in manifest.decisions:
+        report = store.read_json(run_id, paths.eval_report(d.cycle))
         if report:
             out.append(report)
     return out
 
 
-def best_eval(manifest: dict[str, Any], evals: list[dict[str, Any]]) -> dict[str, Any]:
+def best_eval(manifest: Manifest, evals: list[dict[str, Any]]) -> dict[str, Any]:
     """The kept cycle's evaluation: the final one, or for a run stopped early (failed,
     cancelled: no final) the best so far — not simply the last cycle evaluated."""
-    decided = manifest.get("final") or (manifest["decisions"] or [{}])[-1]
-    return next((e for e in evals if e["cycle"] == decided.get("best_cycle")), evals[-1])
+    best = manifest.best_so_far()
+    return next((e for e in evals if e["cycle"] == best), evals[-1])
 
 
 def _teacher_totals(store: ShardStore, run_id: str, n_cycles: int) -> list[dict[str, float]]:
@@ -190,15 +190,15 @@ def _steer_note(spec: dict[str, Any], evals: list[dict[str, Any]]) -> list[str]:
             f"{steer.get('n', '?')} alone."]
 
 
-def _markdown(manifest: dict[str, Any], evals: list[dict[str, Any]], test: dict[str, Any],
+def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, Any],
               rows: list[dict[str, float]], plots: list[str],
               quality: dict[str, Any] | None = None) -> str:
-    spec = manifest["spec"]
-    lines = [f"# distillq run `{manifest['run_id']}`", ""]
+    spec = manifest.spec
+    lines = [f"# distillq run `{manifest.run_id}`", ""]
     if spec["teacher"]["kind"] == "sim":
         lines += [SIM_NOTE, ""]
-    final = manifest.get("final") or {}
-    lines += [f"Status: **{manifest['status']}** — {manifest.get('stop_reason', '')}",
+    final_best = manifest.final.best_cycle if manifest.final is not None else None
+    lines += [f"Status: **{manifest.status}** — {manifest.stop_reason or ''}",
               f"Teacher: `{spec['teacher']['model']}` ({spec['teacher']['kind']}); student: "
               f"`{spec['student']['model']}`; generation mode: {spec['generation']['mode']}.",
               *_steer_note(spec, evals),
@@ -210,7 +210,7 @@ def _markdown(manifest: dict[str, Any], evals: list[dict[str, Any]], test: dict[
                      f"{e.get('macro_f1', 0):.4f} | {e.get('weighted_f1', 0):.4f} | "
                      f"{e.get('loss', 0):.4f} |")
     if test:
-        lines += ["", f"## Test (best cycle {final.get('best_cycle')})", "",
+        lines += ["", f"## Test (best cycle {final_best})", "",
                   f"accuracy {test.get('accuracy', 0):.4f}, macro-F1 "
                   f"{test.get('macro_f1', 0):.4f}, weighted-F1 {test.get('weighted_f1', 0):.4f}"
                   f" on {test.get('n', test.get('support', '?'))} examples."]
@@ -240,11 +240,11 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
     """Render the report into storage (and ``out_dir``); return where report.md is."""
     manifest = load_manifest(store, run_id)
     evals = _evals(store, run_id, manifest)
-    test = store.read_json(run_id, "test.json") or {}
+    test = store.read_json(run_id, paths.TEST_RESULT) or {}
     # a failed or cancelled run also spent on the cycle it stopped in (no decision yet)
-    unfinished = manifest.get("status") != "done" and store.read_json(
-        run_id, paths.plan(len(manifest['decisions']))) is not None
-    rows = _teacher_totals(store, run_id, len(manifest["decisions"]) + int(unfinished))
+    unfinished = manifest.status != "done" and store.read_json(
+        run_id, paths.plan(manifest.cycle)) is not None
+    rows = _teacher_totals(store, run_id, manifest.cycle + int(unfinished))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         plots = []
@@ -252,14 +252,14 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
             plots.append(_plot_metrics(evals, folder))
             plots.append(_plot_per_class(evals[0], best_eval(manifest, evals), folder))
         # the same cycles as the spend table: a stopped run's unfinished cycle included
-        counts = _generated_counts(store, run_id, len(manifest["decisions"]) + int(unfinished))
+        counts = _generated_counts(store, run_id, manifest.cycle + int(unfinished))
         if counts:
             plots.append(_plot_generated(counts, folder))
         if rows:
             plots.append(_plot_cost(rows, folder))
-        quality = store.read_json(run_id, ATTRIBUTION_QUALITY_FILE)
+        quality = store.read_json(run_id, paths.ATTRIBUTION_QUALITY)
         (folder / "report.md").write_text(_markdown(manifest, evals, test, rows, plots, quality))
-        where = store.put_dir(folder, run_id, "report")  # a local path, or bucket/key
+        where = store.put_dir(folder, run_id, paths.REPORT_DIR)  # a local path, or bucket/key
         if out_dir is not None:
             shutil.copytree(folder, out_dir, dirs_exist_ok=True)
     if "://" in store.uri:  # s3://bucket/key, without the URI's query (endpoint, ...)
@@ -269,12 +269,12 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
 
 def summary_lines(store: ShardStore, run_id: str) -> list[str]:
     manifest = load_manifest(store, run_id)
-    lines = [f"run {run_id}: {manifest['status']} ({manifest.get('stop_reason', '')})"]
-    if manifest["spec"]["teacher"]["kind"] == "sim":
+    lines = [f"run {run_id}: {manifest.status} ({manifest.stop_reason or ''})"]
+    if manifest.spec["teacher"]["kind"] == "sim":
         lines.append("teacher: SIMULATED (answers from a pool of real labelled examples)")
-    for d in manifest["decisions"]:
-        lines.append(f"  cycle {d['cycle']}: val {d['metric']} {d['value']:.4f}")
-    test = store.read_json(run_id, "test.json")
+    for d in manifest.decisions:
+        lines.append(f"  cycle {d.cycle}: val {d.metric} {d.value:.4f}")
+    test = store.read_json(run_id, paths.TEST_RESULT)
     if test:
         lines.append(f"  test (cycle {test.get('cycle')}): macro-F1 {test.get('macro_f1', 0):.4f}"
                      f", accuracy {test.get('accuracy', 0):.4f}")

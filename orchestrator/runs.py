@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from distillq import paths
 from distillq.errors import InvalidInputError
+from distillq.manifest import Manifest, read_manifest, save_manifest
 from distillq.spec import RunSpec, spec_to_dict, validate_run_id
 from orchestrator.datasets import Labelled, load_and_split
 from storage.schemas import EXAMPLES
@@ -116,26 +117,34 @@ def create_run(spec: RunSpec, store: ShardStore | None = None) -> str:
                           examples_table(split.test, run_id, 0, "test", "test", "test"))
     seed = examples_table(split.seed_train, run_id, 0, "seed", "seed", "seed")
     store.commit(run_id, 0, "generated", "seed", seed)
-    manifest = {
-        "run_id": run_id,
-        "spec": spec_to_dict(spec),
-        "taxonomy": split.taxonomy,
-        "created_at": time.time(),
-        "status": "running",
-        "decisions": [],
-        "counts": {"seed_train": len(split.seed_train), "val": len(split.val),
-                   "pool": len(split.pool), "test": len(split.test or [])},
-    }
-    store.write_json(run_id, paths.MANIFEST, manifest)
+    save_manifest(store, Manifest(
+        run_id=run_id, spec=spec_to_dict(spec), taxonomy=split.taxonomy, created_at=time.time(),
+        counts={"seed_train": len(split.seed_train), "val": len(split.val),
+                "pool": len(split.pool), "test": len(split.test or [])}))
     return run_id
 
 
-def load_manifest(store: ShardStore, run_id: str) -> dict[str, Any]:
-    check_run_id(run_id)
-    manifest = store.read_json(run_id, paths.MANIFEST)
+def load_manifest(store: ShardStore, run_id: str) -> Manifest:
+    """The manifest of a run named on the command line (InvalidInputError: no such run)."""
+    manifest = read_manifest(store, check_run_id(run_id))
     if manifest is None:
         raise InvalidInputError(f"no run {run_id!r} in {store.root}")
-    return dict(manifest)
+    return manifest
+
+
+def summarize(store: ShardStore, run_id: str) -> dict[str, Any]:
+    """What ``status`` shows: per-cycle metric and spend, the status and the final choice."""
+    manifest = load_manifest(store, run_id)
+    cycles = []
+    for d in manifest.decisions:
+        stats = cycle_stats(store, run_id, d.cycle) if d.cycle else []
+        cycles.append({"cycle": d.cycle, "value": d.value, "action": d.action,
+                       "examples": sum(int(s.get("examples", 0) or 0) for s in stats),
+                       "cost": sum(float(s.get("cost", 0) or 0) for s in stats)})
+    final = manifest.final.model_dump() if manifest.final is not None else None
+    return {"run_id": run_id, "status": manifest.status,
+            "metric": manifest.spec["loop"]["metric"], "cycles": cycles, "final": final,
+            "stop_reason": manifest.stop_reason, "teacher": manifest.spec["teacher"]["kind"]}
 
 
 def spend(store: ShardStore, run_id: str, upto_cycle: int) -> dict[str, float]:
@@ -157,14 +166,11 @@ def cycle_stats(store: ShardStore, run_id: str, cycle: int) -> list[dict[str, An
     return out
 
 
-FAILED_BEFORE_RESUME = "failed-before-resume"
-
-
 def reopen_failed_jobs(store: ShardStore, run_id: str, cycle: int,
                        kinds: tuple[str, ...] | None = None) -> list[str]:
     """Give the permanently failed jobs of ``cycle`` (of these ``kinds``, default all) another
     chance (``orchestrator resume``): each ``cycle=<c>/failed/<name>.json`` is copied to
-    ``cycle=<c>/failed-before-resume/`` (kept for the record) and then removed, so the
+    ``paths.failed_before_resume`` (kept for the record) and then removed, so the
     controller sends the job again. Safe to repeat after a crash between the copy and the
     removal. Returns the names reopened."""
     folder = paths.failed_dir(cycle)
@@ -174,7 +180,7 @@ def reopen_failed_jobs(store: ShardStore, run_id: str, cycle: int,
     for name in names:
         record = store.read_json(run_id, f"{folder}/{name}")
         if record is not None:
-            store.write_json(run_id, f"cycle={cycle}/{FAILED_BEFORE_RESUME}/"
-                             f"{name.removesuffix('.json')}.{stamp}.json", record)
+            store.write_json(run_id, paths.failed_before_resume(
+                cycle, name.removesuffix(".json"), stamp), record)
         store.delete_json(run_id, f"{folder}/{name}")
     return [n.removesuffix(".json") for n in names]

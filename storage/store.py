@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from distillq import paths
 from distillq.errors import StorageError, TransientError
 from storage import layout
 from storage.backends import MARKER, FolderChanged, open_backend, swap_in
@@ -191,7 +192,7 @@ class ShardStore:
     def list_runs(self) -> list[str]:
         """Runs that have a manifest, sorted."""
         return [n for n in self._b.names("")
-                if layout.is_name(n) and self._b.exists(f"{n}/manifest.json")]
+                if layout.is_name(n) and self._b.exists(f"{n}/{paths.MANIFEST}")]
 
     # ---- folders (checkpoints, reports) ------------------------------------------------------
     def has_dir(self, run_id: str, relpath: str) -> bool:

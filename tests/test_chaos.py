@@ -26,10 +26,10 @@ import redis
 from runkit import env as run_env
 from runkit import orchestrator, start_sim, wait_for, write_spec
 
+from distillq import paths
 from distillq.errors import DistillqError
 from orchestrator.embedded import LocalCluster
 from storage.store import ShardStore
-from workers.context import TEACHER_URL_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -184,7 +184,7 @@ def _chaos_run(tmp_path: Path, corpus: Path, srv: RedisServer) -> tuple[ShardSto
     assert sub.returncode == 0, sub.stderr
     store = ShardStore(str(tmp_path / "store"))
     sim, url = start_sim(store, "chaos", tmp_path)
-    store.write_json("chaos", TEACHER_URL_FILE, {"base_url": url})
+    store.write_json("chaos", paths.TEACHER_URL, {"base_url": url})
     cluster = LocalCluster(tmp_path / "cluster", srv.url,
                            pools=(("generate", "threads", 4), ("generate", "threads", 4),
                                   ("train", "prefork", 1)))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from manifestkit import decision, write_manifest
 
 from distillq.errors import EXIT_ERROR, EXIT_INVALID
 from orchestrator.cli import main
@@ -16,9 +17,8 @@ from storage import ShardStore
 def _run_with_student(root: Path, version: str = "v1") -> ShardStore:
     """A finished run whose cycle-0 student is committed (a stand-in checkpoint)."""
     store = ShardStore(root)
-    store.write_json("r", "manifest.json", {
-        "run_id": "r", "status": "done", "decisions": [{"cycle": 0, "best_cycle": 0}],
-        "final": {"best_cycle": 0, "reason": "max_cycles=0 reached"}})
+    write_manifest(store, "r", status="done", decisions=[decision(0, 0)],
+                   final={"best_cycle": 0, "reason": "max_cycles=0 reached"})
     src = root.parent / f"student-{version}"
     src.mkdir()
     (src / "config.json").write_text(json.dumps({"version": version}))

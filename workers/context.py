@@ -20,9 +20,10 @@ from typing import Any
 import redis
 
 from distillq import paths
-from distillq.errors import PermanentError
-from distillq.keys import EVENTS_KEY, STARTED_KEY, TEACHER_URL_KEY
-from distillq.spec import RunSpec, parse_spec
+from distillq.jobs import sent_job
+from distillq.keys import EVENTS_KEY, STARTED_KEY, TEACHER_URL_KEY, as_text
+from distillq.manifest import require_manifest
+from distillq.spec import RunSpec
 from storage.store import ShardStore
 
 
@@ -50,16 +51,9 @@ def run_context(storage: str, run_id: str) -> RunContext:
         if key in _ctx_cache:
             return _ctx_cache[key]
     store = open_store(storage)
-    manifest = store.read_json(run_id, paths.MANIFEST)
-    if manifest is None:
-        raise PermanentError(f"run {run_id!r} has no manifest in {storage}")
-    spec = parse_spec(manifest["spec"], f"manifest of {run_id}")
-    ctx = RunContext(
-        store=store,
-        run_id=run_id,
-        spec=spec,
-        taxonomy=tuple(manifest["taxonomy"]),
-    )
+    manifest = require_manifest(store, run_id)  # ManifestError / SpecError: permanent
+    ctx = RunContext(store=store, run_id=run_id, spec=manifest.run_spec(),
+                     taxonomy=tuple(manifest.taxonomy))
     with _ctx_lock:
         _ctx_cache[key] = ctx
     return ctx
@@ -89,19 +83,6 @@ def workdir(run_id: str, storage: str) -> Path:
     return path
 
 
-# The job id under which a run's one-per-cycle (or per-run) jobs record a failure.
-SINGLE_JOBS = {"train": "train", "test": "test", "prepare_teacher": "teacher"}
-
-
-TEACHER_URL_FILE = "teacher_url.json"
-ATTRIBUTION_QUALITY_FILE = "attribution_quality.json"  # rationale quality, once per run
-
-
-def as_text(value: Any) -> str:
-    """A Redis reply (bytes unless the client decodes) as text."""
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
 def teacher_base_url(client: redis.Redis, store: Any, run_id: str) -> str | None:
     """Where a run's (simulated) teacher answers when it was started beside the run: the Redis
     key, else the copy in storage (Redis may have been flushed); None: the spec's base_url."""
@@ -111,15 +92,8 @@ def teacher_base_url(client: redis.Redis, store: Any, run_id: str) -> str | None
         raw = None
     if raw:
         return as_text(raw)
-    saved = store.read_json(run_id, TEACHER_URL_FILE)
+    saved = store.read_json(run_id, paths.TEACHER_URL)
     return str(saved["base_url"]) if saved and saved.get("base_url") else None
-
-
-def send_key(task_id: str) -> str:
-    """The controller's task ids are ``<run>:<job key>:<send number>``: the part that names
-    the job, whichever send of it a worker got."""
-    head, _, last = task_id.rpartition(":")
-    return head if head and last.isdigit() else task_id
 
 
 def mark_started(client: redis.Redis, run_id: str, task_id: str | None) -> None:
@@ -128,7 +102,7 @@ def mark_started(client: redis.Redis, run_id: str, task_id: str | None) -> None:
     if not task_id:
         return
     try:
-        client.hset(STARTED_KEY.format(run_id=run_id), send_key(task_id), 1)
+        client.hset(STARTED_KEY.format(run_id=run_id), sent_job(task_id), 1)
     except redis.RedisError:
         pass
 

@@ -98,6 +98,7 @@ def public_task(task: dict[str, Any]) -> dict[str, Any]:
 
 def install_api_filter() -> None:
     """Make Flower's task API (list and info) go through ``public_task``. Idempotent."""
+    # deferred: Flower (and tornado) are loaded only in the Flower process, never by a worker
     from flower.api import tasks as api
     from flower.utils import tasks as utils
     from tornado import web

@@ -5,9 +5,12 @@ commit, and returns early when that output is already committed. Any error but a
 PermanentError (transient ones, connection errors and timeouts — Redis's own included — and
 unexpected ones) is retried with exponential backoff and jitter, ``max_retries`` times. A
 PermanentError — a missing or malformed run manifest included — and an error that has used up
-its retries are recorded in storage (``distillq.paths.failed_record``:
+its retries are recorded in storage (``distillq.jobs.JobId.failed_record``:
 ``cycle=<c>/failed/<kind>-<job>.json``, as the controller reads them, so it can decide without
 Redis), the controller is notified, and the job fails.
+
+The attribution and training modules import torch and transformers (seconds): a task imports
+them when it first runs, so the generate workers and the controller's process never do.
 
 Each task has its queue's time limits (``workers.app.task_time_limits``); the prefork pool
 enforces them, the threads pool (generate) does not, so ``generate_job`` gets a deadline of its
@@ -26,13 +29,12 @@ from celery import Task
 
 from distillq import paths
 from distillq.errors import PermanentError, TransientError
+from distillq.jobs import JobId
 from distillq.plans import read_job
 from distillq.queues import ATTRIBUTE, GENERATE, PING, PREPARE_TEACHER, TEST, TRAIN
 from distillq.runstate import run_ended
 from workers.app import SOFT_MARGIN_S, TIME_LIMITS, app, redis_url, task_time_limits
 from workers.context import (
-    ATTRIBUTION_QUALITY_FILE,
-    SINGLE_JOBS,
     RunContext,
     mark_started,
     notify,
@@ -42,6 +44,7 @@ from workers.context import (
     teacher_base_url,
     workdir,
 )
+from workers.teachers.generate import generate_job
 
 log = logging.getLogger("distillq.tasks")
 
@@ -74,15 +77,6 @@ def _options(name: str) -> dict[str, Any]:
     return {"name": name, "bind": True, **RETRY, **task_time_limits(name)}
 
 
-def _context(storage: str, run_id: str) -> RunContext:
-    """The run's context; a manifest that is there but unreadable is a PermanentError."""
-    try:
-        return run_context(storage, run_id)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PermanentError(f"run {run_id!r}: malformed manifest in {storage}: "
-                             f"{type(exc).__name__}: {exc}") from exc
-
-
 def _retries_used_up(task: Task) -> bool:
     """True when the autoretry of the error being handled would exceed ``max_retries``
     (Celery then re-raises it and the job fails for good)."""
@@ -92,45 +86,48 @@ def _retries_used_up(task: Task) -> bool:
     return int(request.retries or 0) >= int(task.max_retries)
 
 
-def _record_failure(storage: str, run_id: str, kind: str, cycle: int, job_id: str,
-                    failure: BaseException, error: str) -> None:
+def _record_failure(storage: str, run_id: str, job: JobId, failure: BaseException,
+                    error: str) -> None:
     """``cycle=<c>/failed/<kind>-<job>.json``, as the controller's ``_give_up`` writes it, with
     the error's class in ``error_type`` (the controller tells budget refusals apart by it); a
     storage error here is logged, never raised over the job's own error."""
     try:
-        open_store(storage).write_json(run_id, paths.failed_record(cycle, kind, job_id),
-                                       {"kind": kind, "job_id": job_id,
+        open_store(storage).write_json(run_id, job.failed_record,
+                                       {"kind": job.kind, "job_id": job.name,
                                         "error_type": type(failure).__name__,
                                         "error": error})
     except Exception as exc:  # noqa: BLE001 - the job's own error is the one to raise
         log.error("failure of %s(run=%s cycle=%d job=%s) not recorded: %s: %s",
-                  kind, run_id, cycle, job_id, type(exc).__name__, exc)
+                  job.kind, run_id, job.cycle, job.name, type(exc).__name__, exc)
 
 
-def _notify_failure(client: Any, run_id: str, kind: str, cycle: int, job_id: str) -> None:
+def _notify_failure(client: Any, run_id: str, job: JobId) -> None:
     """Wake the controller for a recorded failure; a Redis error here is logged, never raised
     (raised, Celery would retry the whole job, paying the teacher again)."""
     try:
-        notify(client, run_id, {"kind": kind, "cycle": cycle, "job": job_id, "ok": False})
+        notify(client, run_id, _event(job, ok=False))
     except redis.exceptions.RedisError as exc:
         log.warning("failure of %s(run=%s cycle=%d job=%s) recorded but not notified: %s",
-                    kind, run_id, cycle, job_id, exc)
+                    job.kind, run_id, job.cycle, job.name, exc)
 
 
-def _run_job(task: Task, kind: str, storage: str, run_id: str, cycle: int, job_id: str,
+def _event(job: JobId, ok: bool) -> dict[str, Any]:
+    return {"kind": job.kind, "cycle": job.cycle, "job": job.name, "ok": ok}
+
+
+def _run_job(task: Task, job: JobId, storage: str, run_id: str,
              body: Callable[[RunContext], dict[str, Any]]) -> dict[str, Any]:
     """Load the run's context, time the job, log one line; record a permanent failure (or
     retries used up) in storage, and notify the controller either way."""
     t0 = time.perf_counter()
     client = redis_client(redis_url())
-    where = f"run={run_id} cycle={cycle} job={job_id}"
+    kind, where = job.kind, f"run={run_id} cycle={job.cycle} job={job.name}"
     mark_started(client, run_id, task.request.id)
     try:
-        result = body(_context(storage, run_id))
+        result = body(run_context(storage, run_id))
     except PermanentError as exc:
-        _record_failure(storage, run_id, kind, cycle, job_id, exc,
-                        f"{type(exc).__name__}: {exc}")
-        _notify_failure(client, run_id, kind, cycle, job_id)
+        _record_failure(storage, run_id, job, exc, f"{type(exc).__name__}: {exc}")
+        _notify_failure(client, run_id, job)
         log.error("%6.2fs ✗ %s(%s) permanent: %s", time.perf_counter() - t0, kind, where, exc)
         raise
     except Exception as exc:  # transient or unexpected: retried, recorded once given up
@@ -140,13 +137,13 @@ def _run_job(task: Task, kind: str, storage: str, run_id: str, cycle: int, job_i
                             type(exc).__name__, exc, exc_info=True)
             raise  # retried by Celery (autoretry_for)
         retries = int(task.request.retries or 0)
-        _record_failure(storage, run_id, kind, cycle, job_id, exc,
+        _record_failure(storage, run_id, job, exc,
                         f"{type(exc).__name__}: {exc} (gave up after {retries} retries)")
-        _notify_failure(client, run_id, kind, cycle, job_id)
+        _notify_failure(client, run_id, job)
         log.error("%6.2fs ✗ %s(%s) gave up after %d retries: %s", time.perf_counter() - t0,
                   kind, where, retries, exc)
         raise
-    notify(client, run_id, {"kind": kind, "cycle": cycle, "job": job_id, "ok": True})
+    notify(client, run_id, _event(job, ok=True))
     log.info("%6.2fs → %s(%s) %s", time.perf_counter() - t0, kind, where, _short(result))
     return result
 
@@ -174,8 +171,6 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
             log.info("generate(run=%s cycle=%d job=%s) skipped: %s", run_id, cycle, job_id,
                      ended)
             return {"skipped": ended}
-        from workers.teachers.generate import generate_job  # deferred: aiohttp, the client
-
         job = read_job(ctx.store, run_id, cycle, job_id)
         if job is None:
             raise PermanentError(f"job {job_id} is not in the plan of cycle {cycle}")
@@ -190,23 +185,22 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
         ctx.store.commit(run_id, cycle, "generated", job_id, result.table)
         return {"examples": result.table.num_rows}
 
-    return _run_job(self, "generate", storage, run_id, cycle, job_id, body)
+    return _run_job(self, JobId.generate(cycle, job_id), storage, run_id, body)
 
 
 @app.task(**_options(PREPARE_TEACHER))
 def prepare_teacher(self: Task, run_id: str, storage: str) -> dict[str, Any]:
     def body(ctx: RunContext) -> dict[str, Any]:
-        from workers.attribution.job import prepare_teacher as prepare
-        from workers.attribution.job import quality_report
+        from workers.attribution import job  # deferred: torch, transformers
 
-        teacher = prepare(ctx.spec, ctx.store, run_id, workdir(run_id, ctx.store.uri))
-        if ctx.store.read_json(run_id, ATTRIBUTION_QUALITY_FILE) is None:  # once, for the report
-            ctx.store.write_json(run_id, ATTRIBUTION_QUALITY_FILE,
-                                 quality_report(ctx.spec, ctx.store, run_id, workdir(run_id, ctx.store.uri)))
+        work = workdir(run_id, ctx.store.uri)
+        teacher = job.prepare_teacher(ctx.spec, ctx.store, run_id, work)
+        if ctx.store.read_json(run_id, paths.ATTRIBUTION_QUALITY) is None:  # once, for the report
+            ctx.store.write_json(run_id, paths.ATTRIBUTION_QUALITY,
+                                 job.quality_report(ctx.spec, ctx.store, run_id, work))
         return {"teacher": str(teacher)}
 
-    return _run_job(self, "prepare_teacher", storage, run_id, 0,
-                    SINGLE_JOBS["prepare_teacher"], body)
+    return _run_job(self, JobId.single("prepare_teacher"), storage, run_id, body)
 
 
 @app.task(**_options(ATTRIBUTE))
@@ -214,46 +208,45 @@ def attribute(self: Task, run_id: str, cycle: int, job_id: str, storage: str) ->
     def body(ctx: RunContext) -> dict[str, Any]:
         if ctx.store.has(run_id, cycle, "attributed", job_id):
             return {"skipped": "already committed"}
-        from workers.attribution.job import attribute_table
+        from workers.attribution import job  # deferred: torch, transformers
 
+        work = workdir(run_id, ctx.store.uri)
         examples = ctx.store.read_shard(run_id, cycle, "generated", job_id)
-        table = attribute_table(ctx.spec, ctx.store, run_id, examples, workdir(run_id, ctx.store.uri))
+        table = job.attribute_table(ctx.spec, ctx.store, run_id, examples, work)
         ctx.store.commit(run_id, cycle, "attributed", job_id, table)
-        if cycle == 0 and ctx.store.read_json(run_id, ATTRIBUTION_QUALITY_FILE) is None:
+        if cycle == 0 and ctx.store.read_json(run_id, paths.ATTRIBUTION_QUALITY) is None:
             # a teacher used as it is has no prepare_teacher job: the seed's attribute job
             # measures rationale quality once for the report instead (best effort: the
             # shard is committed, so a failure here must not fail or redo the job)
-            from workers.attribution.job import quality_report
-
             try:
-                ctx.store.write_json(run_id, ATTRIBUTION_QUALITY_FILE, quality_report(
-                    ctx.spec, ctx.store, run_id, workdir(run_id, ctx.store.uri)))
+                ctx.store.write_json(run_id, paths.ATTRIBUTION_QUALITY, job.quality_report(
+                    ctx.spec, ctx.store, run_id, work))
             except Exception as exc:  # noqa: BLE001 - reported as missing, job still done
                 log.warning("run=%s rationale quality not measured: %s: %s", run_id,
                             type(exc).__name__, exc)
         return {"examples": table.num_rows}
 
-    return _run_job(self, "attribute", storage, run_id, cycle, job_id, body)
+    return _run_job(self, JobId.attribute(cycle, job_id), storage, run_id, body)
 
 
 @app.task(**_options(TRAIN))
 def train(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
     def body(ctx: RunContext) -> dict[str, Any]:
-        from workers.training.cycle import train_cycle
+        from workers.training.cycle import train_cycle  # deferred: torch, transformers
 
         report = train_cycle(ctx.spec, ctx.store, run_id, cycle, workdir(run_id, ctx.store.uri))
         return {"macro_f1": round(float(report.get("macro_f1", 0.0)), 4)}
 
-    return _run_job(self, "train", storage, run_id, cycle, SINGLE_JOBS["train"], body)
+    return _run_job(self, JobId.single("train", cycle), storage, run_id, body)
 
 
 @app.task(**_options(TEST))
 def test(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
     def body(ctx: RunContext) -> dict[str, Any]:
-        from workers.training.cycle import evaluate_on_test
+        from workers.training.cycle import evaluate_on_test  # deferred: torch, transformers
 
         report = evaluate_on_test(ctx.spec, ctx.store, run_id, cycle,
                                   workdir(run_id, ctx.store.uri))
         return {"macro_f1": round(float(report.get("macro_f1", 0.0)), 4)}
 
-    return _run_job(self, "test", storage, run_id, cycle, SINGLE_JOBS["test"], body)
+    return _run_job(self, JobId.single("test", cycle), storage, run_id, body)

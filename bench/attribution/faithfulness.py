@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from distillq.errors import StorageError
+from storage.store import ShardStore
 from workers.attribution import METHODS, Attributor
 from workers.attribution.quality import rationale_quality
 from workers.attribution.teachers import load_teacher
@@ -71,9 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.limit < 1 or args.draws < 1:
         p.error("--limit and --draws must be at least 1")
-
-    from distillq.errors import StorageError
-    from storage.store import ShardStore
 
     torch.set_num_threads(args.threads)
     store = ShardStore(args.storage)

@@ -40,8 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as torch_profile
 
 from distillq.words import split_words
+from workers.assets import resolve_model
 from workers.attribution import METHODS, Attributor, ClassifierTeacher
 from workers.attribution.teachers import Batch, Encoding, eager_attention, length_batches
 from workers.attribution.words import piece_words, word_scores
@@ -59,9 +62,8 @@ def load_texts(n: int) -> tuple[list[str], list[str], list[str]]:
 
 
 def load_teacher(labels: list[str]) -> ClassifierTeacher:
+    # deferred: transformers takes seconds to import (the --help of this bench does not)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from workers.assets import resolve_model
 
     path = resolve_model("builtin:minilm").path
     torch.manual_seed(0)
@@ -96,9 +98,6 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::ma
 def profile(teacher: ClassifierTeacher, batches: list[Batch], singles: list[Batch],
             repeats: int = 3) -> dict[str, Any]:
     """The batched floor against the one-example floor, and the batched floor's time by op."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
     n = sum(len(b.input_ids) for b in batches)
     batched_s = single_s = float("inf")
     for _ in range(repeats):
@@ -142,7 +141,11 @@ def _captum_forward(teacher: ClassifierTeacher) -> Callable[..., torch.Tensor]:
 def captum_one(teacher: ClassifierTeacher, method: str, enc: Encoding,
                steps: int) -> torch.Tensor:
     """Token scores of one example through captum (attention: one eager forward)."""
-    from captum.attr import InputXGradient, IntegratedGradients, Saliency
+    from captum.attr import (  # deferred: captum, needed only for this comparison
+        InputXGradient,
+        IntegratedGradients,
+        Saliency,
+    )
 
     batch = teacher.collate([enc])
     embeds = teacher.embed(batch)

@@ -33,12 +33,15 @@ from typing import Any
 
 from bench.throughput.run import start_sim, write_pool
 from distillq import paths
+from distillq.jobs import plan_name
 from distillq.keys import TEACHER_URL_KEY
+from distillq.manifest import Manifest, save_manifest
 from distillq.plans import write_plan
 from distillq.queues import GENERATE
 from distillq.spec import parse_spec, spec_to_dict
 from orchestrator.embedded import EmbeddedRedis
 from storage.store import ShardStore
+from workers.app import configure
 
 RAMP_S = 5.0
 
@@ -58,10 +61,9 @@ def create_run(store: ShardStore, run_id: str, labels: list[str], rpm: int, limi
                     "max_elapsed_s": 600},
         "generation": {"examples_per_request": 4},
     })
-    store.write_json(run_id, paths.MANIFEST, {"run_id": run_id, "spec": spec_to_dict(spec),
-                                               "taxonomy": labels, "status": "running",
-                                               "decisions": []})
-    jobs = [{"job_id": f"c01-{i:05d}", "mode": "sharded", "n_examples": 4,
+    save_manifest(store, Manifest(run_id=run_id, spec=spec_to_dict(spec), taxonomy=labels,
+                                  created_at=time.time()))
+    jobs = [{"job_id": plan_name(1, i), "mode": "sharded", "n_examples": 4,
              "target_labels": [labels[i % len(labels)]], "part": i, "report": {},
              "confusions": [], "fewshot": [], "correct": [], "misclassified": [],
              "hard_negatives": []} for i in range(n_jobs)]
@@ -143,8 +145,6 @@ def stop(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def run(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
-    from workers.app import configure
-
     labels = write_pool(tmp / "pool.parquet")
     server = EmbeddedRedis(tmp / "redis")
     app, client, store = configure(server.url), server.client(), ShardStore(str(tmp / "store"))

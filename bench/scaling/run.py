@@ -39,15 +39,18 @@ from typing import Any
 import redis
 import yaml
 
-from distillq import paths
+from distillq.jobs import JobId
 from distillq.keys import RATELIMIT_PREFIX, TEACHER_URL_KEY
+from distillq.manifest import require_manifest
 from distillq.plans import write_plan
-from distillq.queues import GENERATE
+from distillq.queues import ROUTES
 from distillq.spec import load_spec
+from orchestrator.commands import start_sim_process
 from orchestrator.embedded import EmbeddedRedis, WorkerPool
 from orchestrator.planning import Planner
 from orchestrator.runs import create_run
 from storage.store import ShardStore
+from workers.app import app, configure
 
 BANKING77 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "banking77"
 LABELS = 6
@@ -113,8 +116,6 @@ def middle_rate(times: list[float], lo: float = 0.2, hi: float = 0.8) -> float:
 def measure(n: int, cycle: int, folder: Path, url: str, store: ShardStore, run_id: str,
             args: argparse.Namespace, spec: Any, taxonomy: list[str],
             sim_url: str) -> dict[str, Any]:
-    from workers.app import app
-
     per_process = args.concurrency / (args.latency_ms / 1000.0)
     expected = min(n * per_process, args.rpm / 60.0)
     jobs = max(20, math.ceil(expected * (args.seconds + args.warmup)))
@@ -140,8 +141,9 @@ def measure(n: int, cycle: int, folder: Path, url: str, store: ShardStore, run_i
         base_requests = sim_requests(sim_url)
         t0 = time.monotonic()
         for job in job_ids:
-            app.send_task(GENERATE, args=[run_id, cycle, job, store.uri],
-                          task_id=f"{run_id}:c{cycle:02d}/gen/{job}:1", queue="generate")
+            job_id = JobId.generate(cycle, job)
+            app.send_task(job_id.task, args=job_id.args(run_id, store.uri),
+                          task_id=job_id.task_id(run_id, 1), queue=ROUTES[job_id.task]["queue"])
         done: dict[str, float] = {}
         arrivals: list[float] = []  # one time per request the teacher received
         deadline = time.monotonic() + args.seconds * 20 + 120
@@ -181,22 +183,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from workers.app import configure
-
     with tempfile.TemporaryDirectory(prefix="distillq-scaling-") as tmp:
         folder = Path(tmp)
         write_dataset(folder / "data.csv")
         spec = load_spec(str(write_spec(folder, args)))
         store = ShardStore(spec.storage)
         run_id = create_run(spec, store)
-        manifest = store.read_json(run_id, paths.MANIFEST) or {}
-        taxonomy = list(manifest["taxonomy"])
+        taxonomy = require_manifest(store, run_id).taxonomy
         server = EmbeddedRedis(folder / "redis")
         sim = None
         try:
             configure(server.url)
-            from orchestrator.commands import start_sim_process
-
             sim, sim_url = start_sim_process(spec, store, run_id, folder / "sim")
             server.client().set(TEACHER_URL_KEY.format(run_id=run_id), sim_url)
             results = []

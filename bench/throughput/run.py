@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import subprocess
 import sys
@@ -38,8 +39,6 @@ BANKING77 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ba
 
 def write_pool(path: Path) -> list[str]:
     """The sim's pool: Banking77 when it is there, else a small synthetic one."""
-    import csv
-
     if (BANKING77 / "train.csv").exists():
         with open(BANKING77 / "train.csv", encoding="utf-8") as fh:
             rows = [(r["text"], r["category"]) for r in csv.DictReader(fh)]

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from manifestkit import write_manifest
 
+from distillq import paths
 from distillq.errors import PermanentError, TransientError
 from distillq.spec import RunSpec
 from distillq.words import split_words
@@ -44,7 +46,7 @@ def _examples(texts: list[str], labels: list[str], cycle: int = 1) -> pa.Table:
 @pytest.fixture
 def store(tmp_path: Path, tiny) -> ShardStore:
     s = ShardStore(tmp_path / "runs")
-    s.write_json(RUN, "manifest.json", {"taxonomy": list(tiny.teacher.labels)})
+    write_manifest(s, RUN, taxonomy=list(tiny.teacher.labels))
     return s
 
 
@@ -82,9 +84,9 @@ def test_quality_report_on_the_validation_split(tiny, store, tmp_path) -> None:
 
 def test_missing_manifest_and_unprepared_teacher(tiny, tmp_path) -> None:
     empty = ShardStore(tmp_path / "empty")
-    with pytest.raises(PermanentError, match="taxonomy"):
+    with pytest.raises(PermanentError, match="has no manifest"):
         job.teacher_for(_spec(tiny), empty, RUN, tmp_path)
-    empty.write_json(RUN, "manifest.json", {"taxonomy": list(tiny.teacher.labels)})
+    write_manifest(empty, RUN, taxonomy=list(tiny.teacher.labels))
     with pytest.raises(TransientError, match="not prepared"):
         job.teacher_for(_spec(tiny, finetune=True), empty, RUN, tmp_path)
 
@@ -111,18 +113,17 @@ def test_the_seed_attribute_task_measures_quality_for_a_ready_made_teacher(
     writes the run's rationale-quality report (once), which the run report shows."""
     from workers import tasks
     from workers.app import configure
-    from workers.context import ATTRIBUTION_QUALITY_FILE
 
     configure(redis_url)
     monkeypatch.setenv("DISTILLQ_WORKDIR", str(tmp_path / "work"))
     spec = _spec(tiny, method="saliency")
-    store.write_json(RUN, "manifest.json", {"spec": spec.model_dump(mode="json"),
-                                            "taxonomy": list(tiny.teacher.labels)})
+    write_manifest(store, RUN, spec=spec.model_dump(mode="json"),
+                   taxonomy=list(tiny.teacher.labels))
     store.commit(RUN, 0, "generated", "seed", _examples(tiny.texts[:8], tiny.labels[:8], 0))
     store.write_table(RUN, "val", _examples(tiny.texts, tiny.labels, cycle=0))
     result = tasks.attribute.apply(args=[RUN, 0, "seed", store.uri])
     assert result.successful(), result.result
-    report = store.read_json(RUN, ATTRIBUTION_QUALITY_FILE)
+    report = store.read_json(RUN, paths.ATTRIBUTION_QUALITY)
     assert report["method"] == "saliency" and report["deletion"]["n"] > 0
 
 
@@ -158,11 +159,8 @@ def test_with_a_split_validation_the_teacher_stops_on_the_steering_part(
 ) -> None:
     """The teacher's rationales shape the student's data, so with dataset.steer_fraction its
     early stopping sees only the steering part, never the part that selects."""
-    import importlib
 
     from workers.training.cycle import validation_parts
-
-    train_module = importlib.import_module("workers.training.train")  # the module, not train()
 
     half = len(tiny.texts) // 2
     store.commit(RUN, 0, "generated", "seed",
@@ -175,7 +173,7 @@ def test_with_a_split_validation_the_teacher_stops_on_the_steering_part(
         seen.append(list(data.val_texts))
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(job, "train", fake_train)  # the train() the teacher fine-tuning calls
     for fraction in (0.0, 0.5):
         spec = RunSpec(dataset={"train": "unused.csv", "steer_fraction": fraction,
                                 "sample_seed": 4},

@@ -12,6 +12,7 @@ from controller_kit import (
     make_spec,
 )
 
+from distillq.manifest import save_manifest
 from orchestrator.controller import Controller
 from orchestrator.runs import load_manifest
 from storage.store import ShardStore
@@ -41,8 +42,7 @@ def test_resume_sends_the_failed_jobs_of_a_failed_run_again(
     assert again.tick() == "running"
     assert [s.job for s in sent if s.task == "distillq.generate"].count(job) == 1
 
-    ctl.store.write_json("r1", "manifest.json",
-                         {**load_manifest(ctl.store, "r1"), "status": "done"})
+    save_manifest(ctl.store, load_manifest(ctl.store, "r1").model_copy(update={"status": "done"}))
     with pytest.raises(InvalidInputError, match="is done: there is nothing to resume"):
         cmd_resume(args)
 

@@ -43,7 +43,7 @@ def test_full_loop_plans_generates_trains_and_stops_on_patience(setup: Any) -> N
     ctl.tick()
     write_eval(ctl, 0, 0.5)
     ctl.tick()  # decide cycle 0: continue
-    assert load_manifest(ctl.store, "r1")["decisions"][0]["action"] == "continue"
+    assert load_manifest(ctl.store, "r1").to_json()["decisions"][0]["action"] == "continue"
     sent.clear()
     ctl.tick()  # plan cycle 1 and send its generate jobs
     plan = ctl.store.read_json("r1", "cycle=1/plan.json")
@@ -61,7 +61,7 @@ def test_full_loop_plans_generates_trains_and_stops_on_patience(setup: Any) -> N
     assert [s.task for s in sent] == ["distillq.train"] and sent[0].cycle == 1
     write_eval(ctl, 1, 0.4)  # worse: patience 1 is used up
     ctl.tick()
-    manifest = load_manifest(ctl.store, "r1")
+    manifest = load_manifest(ctl.store, "r1").to_json()
     assert manifest["decisions"][-1]["action"] == "stop"
     assert manifest["final"]["best_cycle"] == 0
     sent.clear()
@@ -89,7 +89,7 @@ def test_max_cycles_and_cancel(setup: Any) -> None:
     ctl.tick()
     write_eval(ctl, 0, 0.5)
     ctl.tick()
-    assert load_manifest(ctl.store, "r1")["final"]["reason"].startswith("max_cycles=0")
+    assert load_manifest(ctl.store, "r1").to_json()["final"]["reason"].startswith("max_cycles=0")
     ctl.store.write_json("r1", "cancel.json", {"at": clock.now + 1})
     assert ctl.tick() == "cancelled"
     assert ctl.tick() == "cancelled"
@@ -97,7 +97,7 @@ def test_max_cycles_and_cancel(setup: Any) -> None:
 
 def test_permanent_generation_failures_over_tolerance_fail_the_run(setup: Any) -> None:
     ctl, sent, clock, job = failed_in_cycle_one(setup)
-    assert "failed permanently" in load_manifest(ctl.store, "r1")["stop_reason"]
+    assert "failed permanently" in load_manifest(ctl.store, "r1").to_json()["stop_reason"]
 
 
 BUDGET = {"error_type": "BudgetExceededError",
@@ -126,7 +126,7 @@ def test_a_budget_refusal_stops_the_loop_it_does_not_fail_the_run(setup: Any) ->
     assert [s.task for s in sent] == ["distillq.train"], "what was paid for is trained on"
     write_eval(ctl, 1, 0.6)
     ctl.tick()
-    manifest = load_manifest(ctl.store, "r1")
+    manifest = load_manifest(ctl.store, "r1").to_json()
     assert manifest["decisions"][-1]["action"] == "stop"
     assert manifest["final"] == {"best_cycle": 1, "reason": "budget spent in cycle 1 ("
                                  + BUDGET["error"] + ")"}
@@ -141,7 +141,7 @@ def test_a_cycle_the_budget_refused_entirely_ends_at_the_best_so_far(setup: Any)
         ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", BUDGET)
     sent.clear()
     assert ctl.tick() == "running"
-    manifest = load_manifest(ctl.store, "r1")
+    manifest = load_manifest(ctl.store, "r1").to_json()
     assert manifest["final"]["best_cycle"] == 0 and "budget spent before cycle 1" in \
         manifest["final"]["reason"]
     assert sent == [], "no training of a cycle without data"
@@ -151,7 +151,7 @@ def test_a_cycle_the_budget_refused_entirely_ends_at_the_best_so_far(setup: Any)
     assert ctl.redis.hkeys("dq:r1:inflight") == [b"test"]
     ctl.store.write_json("r1", "test.json", {"cycle": 0, "macro_f1": 0.5})
     assert ctl.tick() == "done"
-    assert "budget spent" in load_manifest(ctl.store, "r1")["stop_reason"]
+    assert "budget spent" in load_manifest(ctl.store, "r1").to_json()["stop_reason"]
 
 
 def test_other_failures_still_count_against_the_tolerance(setup: Any) -> None:
@@ -161,7 +161,7 @@ def test_other_failures_still_count_against_the_tolerance(setup: Any) -> None:
     ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[1]}.json",
                          {"error_type": "TeacherPermanentError", "error": BUDGET["error"]})
     assert ctl.tick() == "failed"
-    assert "1 of" in load_manifest(ctl.store, "r1")["stop_reason"]
+    assert "1 of" in load_manifest(ctl.store, "r1").to_json()["stop_reason"]
 
 
 def test_a_lost_spend_counter_is_restored_from_storage_before_a_cycle(
@@ -280,7 +280,7 @@ def test_gains_below_min_delta_do_not_move_the_baseline(setup: Any) -> None:
             plan = ctl.store.read_json("r1", f"cycle={cycle + 1}/plan.json")
             commit_jobs(ctl, cycle + 1, plan["jobs"])
             ctl.tick()  # send its training
-    decisions = load_manifest(ctl.store, "r1")["decisions"]
+    decisions = load_manifest(ctl.store, "r1").to_json()["decisions"]
     assert [(d["best_cycle"], d["best_value"]) for d in decisions] == [(0, 0.5)] * 3
     assert decisions[-1]["action"] == "stop" and "patience" in decisions[-1]["reason"]
 
@@ -306,7 +306,7 @@ def test_a_run_level_job_a_worker_gave_up_on_fails_the_run_at_once(
     ctl.store.write_json("r1", f"cycle={cycle}/failed/{kind}-{kind}.json",
                          {"kind": kind, "job_id": kind, "error": "RuntimeError: boom"})
     assert ctl.tick() == "failed"
-    reason = load_manifest(ctl.store, "r1")["stop_reason"]
+    reason = load_manifest(ctl.store, "r1").to_json()["stop_reason"]
     assert reason == f"{kind} of cycle 0 failed: RuntimeError: boom"
 
     monkeypatch.setenv("REDIS_URL", redis_url)
@@ -320,8 +320,8 @@ def test_a_decided_cycle_leaves_the_in_flight_and_started_tables(
         setup: Any, redis_client: redis.Redis) -> None:
     """The tables read each tick hold the current cycle's jobs; the re-sends of decided
     cycles are kept as a count (the ``distillq_job_resends`` metric counts the whole run)."""
+    from distillq.jobs import key_cycle
     from distillq.keys import INFLIGHT, RESENDS, STARTED_KEY
-    from orchestrator.controller import key_cycle
 
     ctl, sent, clock = setup(loop={"max_cycles": 3, "patience": 3})
     ctl.tick()
@@ -350,32 +350,6 @@ def test_a_decided_cycle_leaves_the_in_flight_and_started_tables(
     assert int(redis_client.get(RESENDS.format(run_id="r1"))) == len(jobs)
 
 
-def test_dropping_a_decided_cycle_twice_counts_its_resends_once(
-        setup: Any, redis_client: redis.Redis) -> None:
-    """Two controllers (or a retried EXEC) dropping the same snapshot: the re-sends are
-    counted by the entries actually removed, once."""
-    from distillq.keys import INFLIGHT, RESENDS
-
-    ctl, _, _ = setup()
-    table = INFLIGHT.format(run_id="r1")
-    redis_client.hset(table, mapping={
-        "c00/train": json.dumps({"sent_at": 1.0, "sends": 3}),
-        "c01/gen/c01-0000": json.dumps({"sent_at": 1.0, "sends": 2}),
-        "c02/gen/c02-0000": json.dumps({"sent_at": 1.0, "sends": 4}),
-        "teacher": json.dumps({"sent_at": 1.0, "sends": 2})})
-    redis_client.hset("dq:r1:started", mapping={"r1:c01/gen/c01-0000": 1, "r1:c02/train": 1})
-    first = Controller(ctl.store, redis_client, "r1", lambda *a: None)
-    second = Controller(ctl.store, redis_client, "r1", lambda *a: None)
-    first._load_inflight()
-    second._load_inflight()  # the same snapshot
-    first._forget_before(2)
-    second._forget_before(2)
-    assert int(redis_client.get(RESENDS.format(run_id="r1"))) == 2 + 1
-    assert {k.decode() for k in redis_client.hkeys(table)} == {"c02/gen/c02-0000", "teacher"}
-    assert redis_client.hkeys("dq:r1:started") == [b"r1:c02/train"]
-    assert set(second._inflight) == {"c02/gen/c02-0000", "teacher"}
-
-
 def test_a_late_duplicate_marked_started_after_its_cycle_was_dropped_goes_too(
         setup: Any, redis_client: redis.Redis) -> None:
     ctl, sent, clock = setup()
@@ -388,12 +362,3 @@ def test_a_late_duplicate_marked_started_after_its_cycle_was_dropped_goes_too(
     clock.now += 61  # past the deadlines: the started table is read
     ctl.tick()
     assert redis_client.hkeys("dq:r1:started") == []
-
-
-def test_key_cycle() -> None:
-    from orchestrator.controller import key_cycle
-
-    assert key_cycle("c01/gen/c01-0003") == 1 and key_cycle("c12/train") == 12
-    assert key_cycle("c100/attr/c100-0000") == 100
-    assert key_cycle("test") is None and key_cycle("teacher") is None
-    assert key_cycle("cx/train") is None and key_cycle("c/train") is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from controller_kit import (
 )
 from runkit import wait_for
 
+from distillq import paths
+from distillq.manifest import save_manifest
 from orchestrator.runs import create_run, load_manifest
 from storage.store import ShardStore
 
@@ -23,7 +26,7 @@ def test_run_lock_is_exclusive_and_a_dead_local_holder_is_taken_over(redis_clien
     import subprocess
     import sys
 
-    from orchestrator.driver import RunLock
+    from orchestrator.runlock import RunLock
 
     first, second = RunLock(redis_client, "lk"), RunLock(redis_client, "lk")
     assert first.acquire() and first.acquire(), "the holder refreshes its own lock"
@@ -53,8 +56,8 @@ def _run_with_broken_spec(tmp_path: Path) -> ShardStore:
     store = ShardStore(spec.storage)
     create_run(spec, store)
     manifest = load_manifest(store, "r1")
-    manifest["spec"]["student"]["lr"] = -1
-    store.write_json("r1", "manifest.json", manifest)
+    manifest.spec["student"]["lr"] = -1
+    save_manifest(store, manifest)
     return store
 
 
@@ -72,7 +75,7 @@ def test_serve_fails_and_unregisters_a_run_that_cannot_be_driven(
     known = {"r1": store.uri}
     _serve_one(redis_client, "r1", store.uri, app, {}, {}, known)
     assert redis_client.hget(RUNS_KEY, "r1") is None and known == {}
-    after = load_manifest(store, "r1")
+    after = load_manifest(store, "r1").to_json()
     assert after["status"] == "failed" and "lr" in after["stop_reason"]
 
 
@@ -96,7 +99,7 @@ def test_serve_unregisters_a_broken_run_even_when_its_manifest_cannot_say_so(
     known = {"r1": store.uri}
     _serve_one(redis_client, "r1", store.uri, app, {}, {}, known)
     assert redis_client.hget(RUNS_KEY, "r1") is None and known == {}
-    assert load_manifest(store, "r1")["status"] == "running", "as the mount left it"
+    assert load_manifest(store, "r1").to_json()["status"] == "running", "as the mount left it"
 
 
 def test_serve_keeps_a_run_that_resume_reopened_while_its_last_tick_ended_it(
@@ -106,7 +109,8 @@ def test_serve_keeps_a_run_that_resume_reopened_while_its_last_tick_ended_it(
     manifest back to running and registers the run. serve must leave it registered, or
     nobody drives the resumed run."""
     from distillq.keys import RUNS_KEY
-    from orchestrator.driver import RunLock, _serve_one
+    from orchestrator.driver import _serve_one
+    from orchestrator.runlock import RunLock
     from workers.app import app
 
     spec = make_spec(tmp_path)
@@ -118,8 +122,8 @@ def test_serve_keeps_a_run_that_resume_reopened_while_its_last_tick_ended_it(
 
         def tick(self) -> str:
             manifest = load_manifest(store, "r1")
-            manifest["status"] = "running"  # what `resume` writes, then it registers
-            store.write_json("r1", "manifest.json", manifest)
+            manifest.reopen(time.time())  # what `resume` writes, then it registers
+            save_manifest(store, manifest)
             redis_client.hset(RUNS_KEY, "r1", store.uri)
             return "failed"
 
@@ -136,10 +140,7 @@ def test_drive_waits_while_a_controller_on_another_redis_drives_the_run(
 ) -> None:
     """An embedded `resume` (its own Redis) of a run that `serve` drives sends nothing until
     serve's mark in storage is older than the lock's TTL."""
-    import time
-
     from orchestrator import driver
-    from orchestrator.heartbeat import HEARTBEAT_FILE
     from workers.app import app
 
     spec = make_spec(tmp_path)
@@ -153,23 +154,23 @@ def test_drive_waits_while_a_controller_on_another_redis_drives_the_run(
         return next(calls, 2) >= 2
 
     serve_mark = {"token": "serve", "redis": "another-redis", "at": time.time()}
-    store.write_json("r1", HEARTBEAT_FILE, serve_mark)
+    store.write_json("r1", paths.CONTROLLER_MARK, serve_mark)
     assert driver.drive(store, redis_client, "r1", app, poll_s=0.01,
                         should_stop=stop_after_two) == "running"
-    assert sent == [] and store.read_json("r1", HEARTBEAT_FILE) == serve_mark
+    assert sent == [] and store.read_json("r1", paths.CONTROLLER_MARK) == serve_mark
     assert redis_client.get("dq:r1:lock") is None, "the lock is released on the way out"
 
-    store.write_json("r1", HEARTBEAT_FILE, serve_mark | {"at": time.time() - 31})
+    store.write_json("r1", paths.CONTROLLER_MARK, serve_mark | {"at": time.time() - 31})
     calls = iter(range(3))
     driver.drive(store, redis_client, "r1", app, poll_s=0.01, should_stop=stop_after_two)
     assert sent, "the other controller's mark went stale: this one drives the run"
-    assert store.read_json("r1", HEARTBEAT_FILE) is None, "and removes its own mark after"
+    assert store.read_json("r1", paths.CONTROLLER_MARK) is None, "and removes its own mark after"
 
 
 def test_a_lock_keeper_holds_locks_through_a_long_tick(redis_client: redis.Redis) -> None:
     """No race against the TTL: each step is checked on Redis's own expiry, a lock's
     remaining time set by hand, and the keeper's thread counted in rounds."""
-    from orchestrator.driver import LockKeeper, RunLock
+    from orchestrator.runlock import LockKeeper, RunLock
 
     mine = RunLock(redis_client, "long", ttl_ms=60_000)
     assert mine.acquire()

@@ -8,6 +8,9 @@ from typing import Any
 from controller_kit import (
     failed_in_cycle_one,
 )
+from manifestkit import decision
+
+from distillq.manifest import Manifest
 
 
 def test_the_report_of_a_failed_run_counts_the_cycle_it_stopped_in(setup: Any) -> None:
@@ -24,8 +27,10 @@ def test_the_report_plots_the_kept_cycle_not_the_last_one() -> None:
     from orchestrator.report import best_eval
 
     evals = [{"cycle": c} for c in range(3)]
-    decided = [{"cycle": 0, "best_cycle": 0}, {"cycle": 1, "best_cycle": 1},
-               {"cycle": 2, "best_cycle": 1}]
-    assert best_eval({"decisions": decided}, evals)["cycle"] == 1, "stopped early: best so far"
-    assert best_eval({"decisions": decided, "final": {"best_cycle": 0}}, evals)["cycle"] == 0
-    assert best_eval({"decisions": []}, evals)["cycle"] == 2
+    decided = [decision(0, 0), decision(1, 1), decision(2, 1)]
+    run = Manifest(run_id="r", spec={}, taxonomy=["a"], created_at=0.0, decisions=decided)
+    assert best_eval(run, evals)["cycle"] == 1, "stopped early: best so far"
+    run.stop_at(0, "max_cycles=2 reached")
+    assert best_eval(run, evals)["cycle"] == 0
+    assert best_eval(run.model_copy(update={"decisions": [], "final": None}),
+                     evals)["cycle"] == 2

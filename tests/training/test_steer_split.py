@@ -60,7 +60,7 @@ def test_only_the_steering_part_is_mined_and_only_the_rest_selects(
     assert set(preds["steer"].column("example_id").to_pylist()) == steer_ids
     assert set(preds["steer"].column("split").to_pylist()) == {"steer"}
 
-    note = _steer_note(load_manifest(store, "steer")["spec"], [result])
+    note = _steer_note(load_manifest(store, "steer").spec, [result])
     assert "30 validation examples that select" in note[1] and "other 10 alone" in note[1]
 
 
@@ -72,7 +72,7 @@ def test_without_a_steer_fraction_the_whole_split_does_both(tmp_path: Path,
     val = store.read_table("steer", "val")
     select, steer = validation_parts(spec, val)
     assert steer is None and select is val
-    assert _steer_note(load_manifest(store, "steer")["spec"], [{"n": 40}]) == []
+    assert _steer_note(load_manifest(store, "steer").spec, [{"n": 40}]) == []
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.99])

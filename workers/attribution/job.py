@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 
 from distillq import paths
-from distillq.errors import PermanentError, TransientError
+from distillq.errors import TransientError
+from distillq.manifest import require_manifest
 from distillq.spec import AttributionSpec, RunSpec
 from storage.schemas import ATTRIBUTIONS
 from storage.store import ShardStore
@@ -31,10 +32,12 @@ from workers.attribution.attributor import Attribution, Attributor
 from workers.attribution.quality import rationale_quality
 from workers.attribution.teachers import Teacher, load_teacher
 from workers.attribution.words import RationaleRule
+from workers.training.config import TrainConfig, TrainData
+from workers.training.cycle import validation_parts
+from workers.training.train import train
 
 log = logging.getLogger(__name__)
 
-TEACHER_DIR = "teacher"
 TEACHER_PATIENCE = 3  # epochs without a better validation loss before fine-tuning stops
 
 _lock = threading.Lock()
@@ -45,27 +48,20 @@ def _needs_finetune(spec: AttributionSpec) -> bool:
     return spec.kind == "classifier" and spec.finetune
 
 
-def _taxonomy(store: ShardStore, run_id: str) -> list[str]:
-    manifest = store.read_json(run_id, paths.MANIFEST)
-    if not manifest or not manifest.get("taxonomy"):
-        raise PermanentError(f"run {run_id} has no manifest with a taxonomy")
-    return list(manifest["taxonomy"])
-
-
 def prepare_teacher(spec: RunSpec, store: ShardStore, run_id: str, workdir: Path | str) -> str:
     """Fine-tune and commit the classifier teacher if the spec asks for one; say where it is."""
     a = spec.attribution
     if not _needs_finetune(a):
         return a.model  # used as it is
-    where = f"{run_id}/{TEACHER_DIR}"
-    if store.has_dir(run_id, TEACHER_DIR):
+    where = f"{run_id}/{paths.TEACHER_DIR}"
+    if store.has_dir(run_id, paths.TEACHER_DIR):
         return where
     build = Path(workdir) / "teacher-build"
     shutil.rmtree(build, ignore_errors=True)
     t0 = time.perf_counter()
     epochs = Path(workdir) / "teacher-epochs"
     finetune_teacher(spec, store, run_id, build, epochs)
-    store.put_dir(build, run_id, TEACHER_DIR)
+    store.put_dir(build, run_id, paths.TEACHER_DIR)
     # committed: the local copies (a model, and an optimizer state per epoch) are not needed
     shutil.rmtree(build, ignore_errors=True)
     shutil.rmtree(epochs, ignore_errors=True)
@@ -80,10 +76,6 @@ def finetune_teacher(spec: RunSpec, store: ShardStore, run_id: str, out: Path,
     ``out``. Its early stopping sees the validation split, or with ``dataset.steer_fraction``
     only its steering part: the teacher's rationales shape the student's training data, which
     the selecting part must not."""
-    from workers.training.config import TrainConfig, TrainData
-    from workers.training.cycle import validation_parts
-    from workers.training.train import train
-
     a = spec.attribution
     train_t = store.training_set(run_id, 0)
     select_t, steer_t = validation_parts(spec, store.read_table(run_id, "val"))
@@ -91,7 +83,7 @@ def finetune_teacher(spec: RunSpec, store: ShardStore, run_id: str, out: Path,
     data = TrainData(
         texts=train_t.column("text").to_pylist(), labels=train_t.column("label").to_pylist(),
         val_texts=val_t.column("text").to_pylist(), val_labels=val_t.column("label").to_pylist(),
-        label_names=_taxonomy(store, run_id),
+        label_names=require_manifest(store, run_id).taxonomy,
     )
     cfg = TrainConfig(
         output_dir=out, model=a.model, max_length=a.max_length, lr=a.finetune_lr,
@@ -116,14 +108,14 @@ def teacher_for(spec: RunSpec, store: ShardStore, run_id: str, workdir: Path | s
 
 
 def _load_teacher(a: AttributionSpec, store: ShardStore, run_id: str, workdir: Path) -> Teacher:
-    labels = _taxonomy(store, run_id)
+    labels = require_manifest(store, run_id).taxonomy
     if not _needs_finetune(a):
         return load_teacher(a.model, a.kind, labels=labels, device=a.device, dtype=a.dtype,
                             prompt=a.prompt)
     workdir.mkdir(parents=True, exist_ok=True)
     local = Path(tempfile.mkdtemp(prefix="teacher-", dir=workdir))
     try:
-        if not store.get_dir(run_id, TEACHER_DIR, local):
+        if not store.get_dir(run_id, paths.TEACHER_DIR, local):
             raise TransientError(f"run {run_id}: the attribution teacher is not prepared yet")
         return load_teacher(str(local), "classifier", labels=labels, device=a.device,
                             dtype=a.dtype)

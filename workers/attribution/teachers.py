@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from distillq.errors import InvalidInputError
+from workers.assets import resolve_model
 
 Target = str | int
 
@@ -314,9 +315,8 @@ def load_teacher(model: str, kind: str = "classifier", *, labels: Sequence[str] 
                  device: str = "auto", dtype: str = "float32",
                  prompt: str | None = None) -> Teacher:
     """Load a teacher from a local folder or a ``builtin:`` asset (never from a hub)."""
+    # deferred: transformers takes seconds to import, and only a loading worker needs it
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    from workers.assets import resolve_model
 
     ref = resolve_model(model)
     tokenizer = AutoTokenizer.from_pretrained(ref.path, **ref.load_kwargs())

@@ -34,6 +34,7 @@ import pyarrow as pa
 import redis as redis_lib
 
 from distillq.errors import DistillqError, PermanentError
+from distillq.jobs import request_id
 from distillq.spec import PriceSpec, RunSpec
 from storage.schemas import EXAMPLES
 from workers.teachers.accounting import (
@@ -151,11 +152,6 @@ async def _ask(client: ChatClient, prompt: Prompt, record: RequestRecord, tally:
                 raise
             tally.retry("malformed")
     raise AssertionError("unreachable")
-
-
-def request_id(job_id: str, index: int) -> str:
-    """The id of request ``index`` of a job (its seed and its rows' ``prompt_id``)."""
-    return f"{job_id}-r{index:02d}"
 
 
 async def _ask_all(client: ChatClient, prompts: Sequence[Prompt], job_id: str, tally: Tally,

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from distillq import paths
 from distillq.errors import InvalidInputError, PermanentError
+from distillq.manifest import require_manifest
 from distillq.spec import RunSpec
 from distillq.split import check_steer_split, steer_mask
 from storage.schemas import PREDICTIONS
@@ -50,7 +51,7 @@ def train_cycle(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
     if done is not None:
         return done
     scratch = Path(workdir) / run_id / paths.cycle_dir(cycle)
-    labels = taxonomy(store, run_id)
+    labels = require_manifest(store, run_id).taxonomy  # the order of the student's outputs
     train_t = store.training_set(run_id, cycle)
     val_t, steer_t = validation_parts(spec, store.read_table(run_id, "val"))
     data = TrainData(
@@ -98,7 +99,7 @@ def validation_parts(spec: RunSpec, val: pa.Table) -> tuple[pa.Table, pa.Table |
 def evaluate_on_test(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
                      workdir: Path | str) -> dict[str, Any]:
     """Cycle ``cycle``'s student on the test split, plus its latency; writes ``test.json``."""
-    done: dict[str, Any] | None = store.read_json(run_id, "test.json")
+    done: dict[str, Any] | None = store.read_json(run_id, paths.TEST_RESULT)
     if done is not None and done.get("cycle") == cycle:
         return done
     scratch = Path(workdir) / run_id / f"test-cycle={cycle}"
@@ -117,7 +118,7 @@ def evaluate_on_test(spec: RunSpec, store: ShardStore, run_id: str, cycle: int,
     }
     store.commit(run_id, cycle, "predictions", "test",
                  predictions_table(test_t, pred, clf.labels, run_id, cycle, "test"))
-    store.write_json(run_id, "test.json", result)
+    store.write_json(run_id, paths.TEST_RESULT, result)
     shutil.rmtree(scratch, ignore_errors=True)
     return result
 
@@ -130,14 +131,6 @@ def export_student(store: ShardStore, run_id: str, cycle: int, out_dir: Path | s
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-
-def taxonomy(store: ShardStore, run_id: str) -> list[str]:
-    """The run's label list, in the order the student's outputs use."""
-    manifest = store.read_json(run_id, paths.MANIFEST)
-    if manifest is None or not manifest.get("taxonomy"):
-        raise PermanentError(f"run {run_id} has no manifest with a taxonomy")
-    return list(manifest["taxonomy"])
-
 
 def _col(table: pa.Table, name: str) -> list[Any]:
     return table.column(name).to_pylist()

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 def test_the_quality_study_runs_and_writes_its_table(
     tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from bench.quality.run import FINDINGS, main
+    from bench.quality.run import main
+    from bench.quality.study import FINDINGS
 
     out = tmp_path / "quality.md"
     small = ["--data", str(corpus), "--classes", "4", "--seed-size", "80",
@@ -104,7 +105,7 @@ def _cells(**rows: list[tuple[int, float, int]]) -> dict[int, list[dict[str, obj
 
 
 def test_targets_are_always_listed_and_checked_on_shared_seeds() -> None:
-    from bench.quality.run import targets
+    from bench.quality.render import targets
 
     text = "\n".join(targets({}))
     assert text.count("**not checked**") == 3, "every target is listed, even with no rows"
@@ -125,7 +126,7 @@ def test_targets_are_always_listed_and_checked_on_shared_seeds() -> None:
 
 
 def test_the_guided_against_unguided_target_needs_two_seeds_and_beats_twice_the_std() -> None:
-    from bench.quality.run import targets
+    from bench.quality.render import targets
 
     one = targets(_cells(r2=[(0, 0.86, 1600)], r4=[(0, 0.84, 1600), (1, 0.85, 1600)]))
     line = next(x for x in one if x.startswith("- (2) beats (4)"))
@@ -147,7 +148,7 @@ def test_the_guided_against_unguided_target_needs_two_seeds_and_beats_twice_the_
 def test_each_row_meets_the_guided_row_on_the_seeds_both_measured() -> None:
     """A row measured at fewer seeds than (2) is compared with (2)'s cells of those seeds, not
     with (2)'s mean over all of its seeds; rows 0 and 1 get no validation difference."""
-    from bench.quality.run import against_guided
+    from bench.quality.render import against_guided
 
     def cells(*got: tuple[int, float, float]) -> list[dict[str, object]]:
         return [{"seed": s, "macro_f1": t, "val_macro_f1": v} for s, t, v in got]
@@ -188,7 +189,8 @@ def test_each_row_meets_the_guided_row_on_the_seeds_both_measured() -> None:
 
 
 def test_the_notes_follow_the_settings() -> None:
-    from bench.quality.run import _parser, notes
+    from bench.quality.render import notes
+    from bench.quality.study import _parser
 
     args = _parser().parse_args(["--no-warm-start", "--patience", "5", "--seed-size", "80"])
     text = "\n".join(notes(args, {1: [{"seed": 0, "machine": {"cpus": 16, "cuda": "H200",
@@ -217,7 +219,8 @@ def test_unguided_cycles_keep_adding_new_texts(corpus: Path) -> None:
 def test_a_rationale_run_keeps_its_rationale_quality_and_teacher_fit(tmp_path: Path) -> None:
     """Row 7's cell keeps how good its rationales were and how well the white-box teacher
     fit the seed, and the table shows both; a run without rationales adds nothing."""
-    from bench.quality.run import rationale_summary, rationales
+    from bench.quality.render import rationales
+    from bench.quality.runner import rationale_summary
     from storage.store import ShardStore
 
     store = ShardStore(str(tmp_path / "store"))
@@ -245,16 +248,8 @@ def test_a_steer_fraction_names_its_own_protocol_and_says_so() -> None:
     """--steer-fraction: the generating rows get their own protocol (rows 0 and 1 keep theirs;
     the protocols measured before the option keep their names), and the table says which
     validation texts select."""
-    from bench.quality.run import (
-        ROWS,
-        _parser,
-        base_spec,
-        notes,
-        protocol,
-        protocol_id,
-        row_settings,
-        table,
-    )
+    from bench.quality.render import notes, table
+    from bench.quality.study import ROWS, _parser, base_spec, protocol, protocol_id, row_settings
 
     plain, split = _parser().parse_args([]), _parser().parse_args(["--steer-fraction", "0.5"])
     assert protocol_id(protocol(plain)) == "ebc17e772e"
@@ -283,7 +278,8 @@ def test_a_steer_fraction_names_its_own_protocol_and_says_so() -> None:
 def test_a_cell_measured_with_other_row_settings_is_left_out(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]
                                                              ) -> None:
-    from bench.quality.run import ROWS, _parser, load_results, row_settings, save_cell
+    from bench.quality.results import load_results, save_cell
+    from bench.quality.study import ROWS, _parser, row_settings
 
     args = _parser().parse_args([])
     rows = {r.key: r for r in ROWS}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import operator
 import re
 
+from distillq import paths
 from distillq.errors import InvalidInputError
 from storage.schemas import schema_of
 
@@ -69,7 +70,7 @@ def rel_key(run_id: str, relpath: str) -> str:
 
 def kind_key(run_id: str, cycle: int, kind: str) -> str:
     schema_of(kind)  # StorageError for an unknown kind
-    return f"{run_key(run_id)}/cycle={check_cycle(cycle)}/{kind}"
+    return f"{run_key(run_id)}/{paths.cycle_dir(check_cycle(cycle))}/{kind}"
 
 
 def shard_key(run_id: str, cycle: int, kind: str, job_id: str) -> str:

@@ -190,9 +190,9 @@ def test_each_row_meets_the_guided_row_on_the_seeds_both_measured() -> None:
 
 def test_the_notes_follow_the_settings() -> None:
     from bench.quality.render import notes
-    from bench.quality.study import _parser
+    from bench.quality.study import parser
 
-    args = _parser().parse_args(["--no-warm-start", "--patience", "5", "--seed-size", "80"])
+    args = parser().parse_args(["--no-warm-start", "--patience", "5", "--seed-size", "80"])
     text = "\n".join(notes(args, {1: [{"seed": 0, "machine": {"cpus": 16, "cuda": "H200",
                                                                 "torch": "2.13.0"}}]}))
     assert "Every cycle trains its student from MiniLM" in text and "after 5 epochs" in text
@@ -249,9 +249,9 @@ def test_a_steer_fraction_names_its_own_protocol_and_says_so() -> None:
     the protocols measured before the option keep their names), and the table says which
     validation texts select."""
     from bench.quality.render import notes, table
-    from bench.quality.study import ROWS, _parser, base_spec, protocol, protocol_id, row_settings
+    from bench.quality.study import ROWS, base_spec, parser, protocol, protocol_id, row_settings
 
-    plain, split = _parser().parse_args([]), _parser().parse_args(["--steer-fraction", "0.5"])
+    plain, split = parser().parse_args([]), parser().parse_args(["--steer-fraction", "0.5"])
     assert protocol_id(protocol(plain)) == "ebc17e772e"
     assert protocol_id(protocol(split)) != protocol_id(protocol(plain))
     assert protocol(split, generating=False) == protocol(plain, generating=False)
@@ -262,13 +262,13 @@ def test_a_steer_fraction_names_its_own_protocol_and_says_so() -> None:
     rows = {r.key: r for r in ROWS}
     assert "steer_fraction" not in row_settings(split, rows[1])["dataset"]
     assert row_settings(split, rows[1]) == row_settings(plain, rows[1])
-    cold = _parser().parse_args(["--no-warm-start", "--max-cycles", "2"])
+    cold = parser().parse_args(["--no-warm-start", "--max-cycles", "2"])
     assert row_settings(cold, rows[1]) == row_settings(plain, rows[1]), "shared by protocols"
     assert row_settings(cold, rows[2]) != row_settings(plain, rows[2])
     assert row_settings(split, rows[2])["dataset"]["steer_fraction"] == 0.5
     for bad in ("1.0", "-0.1", "half"):
         with pytest.raises(SystemExit):
-            _parser().parse_args(["--steer-fraction", bad])
+            parser().parse_args(["--steer-fraction", bad])
     text = table({}, split, "cmd", "p", "b") + "\n".join(notes(split, {}))
     assert "`dataset.steer_fraction: 0.5` of it steers generation alone" in text
     assert "not row 1's" in text
@@ -279,9 +279,9 @@ def test_a_cell_measured_with_other_row_settings_is_left_out(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]
                                                              ) -> None:
     from bench.quality.results import load_results, save_cell
-    from bench.quality.study import ROWS, _parser, row_settings
+    from bench.quality.study import ROWS, parser, row_settings
 
-    args = _parser().parse_args([])
+    args = parser().parse_args([])
     rows = {r.key: r for r in ROWS}
     settings = {k: row_settings(args, r) for k, r in rows.items()}
     assert settings[7]["attribution"]["method"] == "saliency"

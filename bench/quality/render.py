@@ -16,7 +16,7 @@ from bench.quality.study import (
     NON_GENERATING,
     ROWS,
     TARGET_ADDED,
-    _parser,
+    parser,
     protocol,
     protocol_id,
 )
@@ -98,7 +98,7 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
     lines += ["", *targets(results), "", *notes(args, results)]
     # hand-written: what the study's cells show, and what is next; not for other studies (a
     # quick look on a label subset, say), whose rows 0 and 1 are not the study's
-    study_base = protocol_id(protocol(_parser().parse_args([]), generating=False))
+    study_base = protocol_id(protocol(parser().parse_args([]), generating=False))
     if FINDINGS.is_file() and protocol_id(protocol(args, generating=False)) == study_base:
         lines += ["", FINDINGS.read_text().strip()]
     return "\n".join(lines) + "\n"

@@ -42,7 +42,7 @@ def load_results(folder: Path, base: Path | None = None,
     return results
 
 
-def _write_cell(path: Path, cell: dict[str, Any]) -> None:
+def write_cell(path: Path, cell: dict[str, Any]) -> None:
     """A cell written whole: a temp file, then renamed over the name."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(cell, indent=1) + "\n")
@@ -66,5 +66,5 @@ def save_cell(folder: Path, proto: dict[str, Any], row: Row, seed: int,
                         "torch_threads": torch.get_num_threads(),
                         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available()
                         else None, "python": platform.python_version()}}
-    _write_cell(path, cell)
+    write_cell(path, cell)
     return path

@@ -18,9 +18,10 @@ from typing import Any
 
 import yaml
 
-from bench.quality.results import _write_cell
-from bench.quality.study import METRICS, NON_GENERATING, Row, _merge
+from bench.quality.results import write_cell
+from bench.quality.study import METRICS, NON_GENERATING, Row, merge_spec
 from distillq import paths
+from distillq.manifest import Manifest, read_manifest, require_manifest
 from distillq.spec import parse_spec
 from orchestrator.datasets import load_and_split
 from orchestrator.runs import spend
@@ -51,14 +52,14 @@ def run_system(row: Row, spec: dict[str, Any], work: Path, seed: int) -> dict[st
     """One row through `orchestrator run`; its test metrics, spend and wall time. A run the
     same --work folder already holds is resumed (`orchestrator resume`), or read if done."""
     run_id = f"row{row.key}-seed{seed}"
-    spec = _merge(spec, {**row.spec, "run_id": run_id})
+    spec = merge_spec(spec, {**row.spec, "run_id": run_id})
     path = work / f"{run_id}.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("REDIS_URL", None)
     store = ShardStore(spec["storage"])
-    before = store.read_json(run_id, paths.MANIFEST)
-    status = before.get("status") if before else None
+    before = read_manifest(store, run_id)
+    status = before.status if before is not None else None
     command = (["run", str(path), "--quiet"] if status is None
                else ["resume", run_id, "--storage", str(spec["storage"])])
     t0 = time.monotonic()
@@ -72,7 +73,7 @@ def run_system(row: Row, spec: dict[str, Any], work: Path, seed: int) -> dict[st
                    scratch=work / "scratch")
 
 
-def test_by_cycle(store: Any, run_id: str, manifest: dict[str, Any],
+def test_by_cycle(store: Any, run_id: str, manifest: Manifest,
                   scratch: Path) -> list[float]:
     """Test macro-F1 of every cycle's student, for the findings only: the controller never
     sees it (it keeps the cycle with the best validation score)."""
@@ -80,16 +81,16 @@ def test_by_cycle(store: Any, run_id: str, manifest: dict[str, Any],
     from workers.training import Classifier, report
 
     test = store.read_table(run_id, "test")
-    limit = manifest["spec"]["dataset"].get("test_limit")
+    limit = manifest.spec["dataset"].get("test_limit")
     if limit is not None:
         test = test.slice(0, int(limit))
     texts, labels = test.column("text").to_pylist(), test.column("label").to_pylist()
     out = []
-    for decision in manifest["decisions"]:
-        folder = scratch / run_id / paths.cycle_dir(decision['cycle'])
+    for decision in manifest.decisions:
+        folder = scratch / run_id / paths.cycle_dir(decision.cycle)
         shutil.rmtree(folder, ignore_errors=True)
-        if not store.get_dir(run_id, paths.student(decision['cycle']), folder):
-            raise RuntimeError(f"run {run_id} has no student for cycle {decision['cycle']}")
+        if not store.get_dir(run_id, paths.student(decision.cycle), folder):
+            raise RuntimeError(f"run {run_id} has no student for cycle {decision.cycle}")
         clf = Classifier.load(folder, "cpu")
         out.append(round(float(report(clf.labels, clf.label_ids(labels),
                                       clf.predict(texts))["macro_f1"]), 4))
@@ -101,24 +102,23 @@ def measure(store: Any, run_id: str, wall: float, resumed: bool,
             scratch: Path) -> dict[str, Any]:
     """A finished run's cell, from its storage: test metrics, examples added, spend, the
     validation and test scores per cycle, training time per cycle."""
-    manifest = _json(store, run_id, paths.MANIFEST)
+    manifest = require_manifest(store, run_id)
     if resumed:  # resumed or already done: creation to finish, pauses included
-        wall = float(manifest["finished_at"]) - float(manifest["created_at"])
-    test = _json(store, run_id, "test.json")
+        wall = float(manifest.finished_at or 0.0) - manifest.created_at
+    test = _json(store, run_id, paths.TEST_RESULT)
     best = int(test["cycle"])
     # the seed as training reads it (duplicate texts dropped), like the kept cycle's set
     seed_n = store.training_set(run_id, 0).num_rows
     added = store.training_set(run_id, best).num_rows - seed_n
-    evals = [_json(store, run_id, paths.eval_report(d['cycle']))
-             for d in manifest["decisions"]]
-    cost = spend(store, run_id, len(manifest["decisions"]) - 1)
+    evals = [_json(store, run_id, paths.eval_report(d.cycle)) for d in manifest.decisions]
+    cost = spend(store, run_id, manifest.cycle - 1)
     # The validation metric the controller decided on, per cycle: guided generation is steered
     # by the validation errors, so how far the kept cycle's validation score sits above its
     # test score shows how much of the gain is fitted to those 200 texts.
-    val = [round(float(d["value"]), 4) for d in manifest["decisions"]]
+    val = [round(d.value, 4) for d in manifest.decisions]
     return {**{m: test[m] for m in METRICS}, "val_macro_f1": val[best], "val_by_cycle": val,
             "added": added, "best_cycle": best,
-            "cycles_run": len(manifest["decisions"]),
+            "cycles_run": manifest.cycle,
             "tokens": cost["tokens_in"] + cost["tokens_out"], "cost": cost["cost"],
             "wall_s": wall, "resumed": resumed,
             # training time without pauses; cycle 0 copied from student.cache_dir costs ~0
@@ -131,10 +131,10 @@ def measure(store: Any, run_id: str, wall: float, resumed: bool,
 def rationale_summary(store: Any, run_id: str) -> dict[str, Any]:
     """For a run with teacher rationales (row 7): how good they were (the run's
     attribution_quality.json) and how well the white-box teacher fit the seed."""
-    quality = store.read_json(run_id, "attribution_quality.json")
+    quality = store.read_json(run_id, paths.ATTRIBUTION_QUALITY)
     if not isinstance(quality, dict):
         return {}
-    teacher = store.read_json(run_id, "teacher/training_state.json") or {}
+    teacher = store.read_json(run_id, paths.TEACHER_STATE) or {}
     losses = teacher.get("val_losses") or []
     return {"rationale_quality": quality,
             "teacher_fit": {"epochs_run": teacher.get("epochs_run"),
@@ -197,8 +197,8 @@ def fill_cell(path: Path, store_root: Path, work: Path) -> bool:
         return False
     store = ShardStore(str(store_root))
     run_id = f"row{cell['row']}-seed{cell['seed']}"
-    manifest = store.read_json(run_id, paths.MANIFEST)
-    if not manifest or manifest.get("status") != "done":
+    manifest = read_manifest(store, run_id)
+    if manifest is None or manifest.status != "done":
         print(f"[quality] {path.name}: no finished run {run_id} in {store_root}", flush=True)
         return False
     wall = float(cell["result"]["wall_s"])
@@ -207,10 +207,10 @@ def fill_cell(path: Path, store_root: Path, work: Path) -> bool:
         if abs(float(got[key]) - float(cell["result"][key])) > 1e-9:
             raise RuntimeError(f"{path}: run {run_id} in {store_root} gives {key} "
                                f"{got[key]}, the cell {cell['result'][key]}")
-    got["resumed"] = "resumed_at" in manifest  # the harness did not record it then
+    got["resumed"] = manifest.resumed_at is not None  # the harness did not record it then
     cell["result"] = {**got, "wall_s": wall}
     cell["filled"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    _write_cell(path, cell)
+    write_cell(path, cell)
     return True
 
 

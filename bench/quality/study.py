@@ -71,7 +71,7 @@ TARGET_ADDED = 1600  # target 1: PGKD with at most this many examples added
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = _parser()
+    p = parser()
     args = p.parse_args(argv)
     for name in ("rows", "seeds"):
         try:
@@ -99,7 +99,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     # the description is this module's docstring: the study, as --help shows it
     p = argparse.ArgumentParser(prog="python -m bench.quality.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,10 +167,10 @@ def protocol_id(proto: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(proto, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def merge_spec(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
+        out[key] = merge_spec(out.get(key, {}), value) if isinstance(value, dict) else value
     return out
 
 
@@ -216,9 +216,9 @@ def row_settings(args: argparse.Namespace, row: Row) -> dict[str, Any]:
     cells measured after."""
     generating = row.key not in NON_GENERATING
     if not generating:  # rows 0 and 1 are shared by protocols that differ in these
-        defaults = _parser().parse_args([])
+        defaults = parser().parse_args([])
         args = argparse.Namespace(**{**vars(args), **{k: getattr(defaults, k)
                                                        for k in GENERATION_KEYS}})
     spec = base_spec(args, "<train>", "<test>", 0, Path("<work>") / "<store>",
                      generating=generating)
-    return json.loads(json.dumps(_merge(spec, row.spec), sort_keys=True))
+    return json.loads(json.dumps(merge_spec(spec, row.spec), sort_keys=True))

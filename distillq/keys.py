@@ -17,7 +17,7 @@ def as_text(value: Any) -> str:
 RUNS_KEY = "dq:runs"
 
 # per run
-LOCK = "dq:{run_id}:lock"  # the controller that drives the run (driver.RunLock)
+LOCK = "dq:{run_id}:lock"  # the controller that drives the run (orchestrator.runlock)
 INFLIGHT = "dq:{run_id}:inflight"  # job key -> its sends: the controller's in-flight table
 RESENDS = "dq:{run_id}:resends"  # re-sends of decided cycles' jobs, entries dropped
 STARTED_KEY = "dq:{run_id}:started"  # send key -> 1 once a worker began that send

@@ -6,13 +6,14 @@ token NX PX ttl``, refreshed only by its holder. And the holder's mark in the ru
 not share a Redis. ``LockKeeper`` refreshes both from a background thread, so a tick of any
 length keeps them.
 
-The Redis lock keeps apart only the controllers that share one Redis. An embedded ``orchestrator resume RUN`` (its own Redis) while ``serve`` drives
-the run through a shared one would otherwise give the run two controllers, each sending jobs to
-its own workers. So the lock holder also writes its mark in the run's storage:
-its lock token, the id of its Redis server (``INFO server`` → ``run_id``, new at every start of
-a Redis) and the time. It writes it every third of the lock's TTL, from the thread that keeps
-the lock (``LockKeeper``), so a tick of any length keeps it fresh. A controller that
-finds there a live mark of another holder *through another Redis* waits, as for a lock held.
+The Redis lock keeps apart only the controllers that share one Redis. An embedded
+``orchestrator resume RUN`` (its own Redis) while ``serve`` drives the run through a shared
+one would otherwise give the run two controllers, each sending jobs to its own workers. So
+the lock holder also writes its mark in the run's storage: its lock token, the id of its Redis
+server (``INFO server`` → ``run_id``, new at every start of a Redis) and the time. It writes
+it every third of the lock's TTL, from the thread that keeps the lock (``LockKeeper``), so a
+tick of any length keeps it fresh. A controller that finds there a live mark of another
+holder *through another Redis* waits, as for a lock held.
 
 A mark is live while it keeps changing. One seen for the first time is judged by its writer's
 time (live if less than one TTL old, either way, so a clock ahead does not make a dead mark live
@@ -220,7 +221,8 @@ class StorageMark:
         with self._guard:
             self._active = False
             try:
-                mark = self.store.read_json(self.run_id, paths.CONTROLLER_MARK, invalid_as_missing=True)
+                mark = self.store.read_json(self.run_id, paths.CONTROLLER_MARK,
+                                            invalid_as_missing=True)
                 if isinstance(mark, dict) and mark.get("token") == self.token:
                     self.store.delete_json(self.run_id, paths.CONTROLLER_MARK)
             except (DistillqError, OSError) as exc:  # on the way out; the mark expires anyway
@@ -230,7 +232,8 @@ class StorageMark:
         now, mono = self.clock(), self.monotonic()
         server = self._redis_id()
         try:
-            mark = self.store.read_json(self.run_id, paths.CONTROLLER_MARK, invalid_as_missing=True)
+            mark = self.store.read_json(self.run_id, paths.CONTROLLER_MARK,
+                                        invalid_as_missing=True)
         except (DistillqError, OSError) as exc:  # the tick meets (and reports) it too
             log.warning("run=%s: controller mark unreadable: %s", self.run_id, exc)
             return True

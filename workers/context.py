@@ -98,7 +98,8 @@ def teacher_base_url(client: redis.Redis, store: Any, run_id: str) -> str | None
 
 def mark_started(client: redis.Redis, run_id: str, task_id: str | None) -> None:
     """Tell the controller a job left the queue (a job still queued is not re-sent at its
-    deadline: see ``Controller._ensure``). Best effort: a Redis error is ignored."""
+    deadline: see ``orchestrator.dispatch.Dispatcher.ensure``). Best effort: a Redis error
+    is ignored."""
     if not task_id:
         return
     try:

@@ -88,9 +88,9 @@ def _retries_used_up(task: Task) -> bool:
 
 def _record_failure(storage: str, run_id: str, job: JobId, failure: BaseException,
                     error: str) -> None:
-    """``cycle=<c>/failed/<kind>-<job>.json``, as the controller's ``_give_up`` writes it, with
-    the error's class in ``error_type`` (the controller tells budget refusals apart by it); a
-    storage error here is logged, never raised over the job's own error."""
+    """``cycle=<c>/failed/<kind>-<job>.json``, as the controller writes one for a job it gave
+    up on, with the error's class in ``error_type`` (the controller tells budget refusals
+    apart by it); a storage error here is logged, never raised over the job's own error."""
     try:
         open_store(storage).write_json(run_id, job.failed_record,
                                        {"kind": job.kind, "job_id": job.name,

@@ -17,7 +17,7 @@ cycle) and one prepare-teacher job (cycle 0), named ``train``, ``test`` and ``te
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from distillq import paths, queues
@@ -51,15 +51,28 @@ def request_id(name: str, index: int) -> str:
     return f"{name}-r{index:02d}"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class JobId:
+    """A job; treat it as immutable. The controller makes one per planned job and tick, so it
+    is a slotted class whose key is built once, not a frozen dataclass (twice the cost)."""
+
     kind: str
     cycle: int
     name: str
+    key: str = field(init=False, repr=False, compare=False)  # the in-flight table's key
 
     def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise ValueError(f"unknown job kind {self.kind!r} (one of {', '.join(_KINDS)})")
+        try:
+            part = _KINDS[self.kind][1]
+        except KeyError:
+            raise ValueError(f"unknown job kind {self.kind!r} (one of {', '.join(_KINDS)})") \
+                from None
+        if self.kind in ("test", "prepare_teacher"):  # one per run
+            self.key = part
+        elif self.kind == "train":  # one per cycle
+            self.key = f"c{self.cycle:02d}/{part}"
+        else:
+            self.key = f"c{self.cycle:02d}/{part}/{self.name}"
 
     @classmethod
     def generate(cls, cycle: int, name: str) -> JobId:
@@ -77,15 +90,6 @@ class JobId:
     @property
     def task(self) -> str:
         return _KINDS[self.kind][0]
-
-    @property
-    def key(self) -> str:
-        part = _KINDS[self.kind][1]
-        if self.kind in ("test", "prepare_teacher"):  # one per run
-            return part
-        if self.kind == "train":
-            return f"c{self.cycle:02d}/{part}"
-        return f"{key_prefix(self.kind, self.cycle)}{self.name}"
 
     def task_id(self, run_id: str, send: int) -> str:
         return f"{run_id}:{self.key}:{send}"

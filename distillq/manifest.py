@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distillq import paths
 from distillq.errors import ManifestError
@@ -54,7 +54,7 @@ class Final(_Doc):
 class Manifest(_Doc):
     run_id: str
     spec: dict[str, Any]  # as the user wrote it, normalised (``distillq.spec.spec_to_dict``)
-    taxonomy: list[str]
+    taxonomy: list[str] = Field(min_length=1)
     created_at: float
     status: Status = "running"
     decisions: list[Decision] = []

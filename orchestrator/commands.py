@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import redis
 
 from distillq import paths
-from distillq.errors import EXIT_FAILED, InvalidInputError
+from distillq.errors import EXIT_FAILED, InvalidInputError, ManifestError
 from distillq.keys import INFLIGHT, RESENDS, RUNS_KEY, STARTED_KEY, TEACHER_URL_KEY
 from distillq.manifest import Manifest, read_manifest, save_manifest
 from distillq.runstate import request_cancel
@@ -208,8 +208,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
     for run_id in store.list_runs():
-        manifest = read_manifest(store, run_id)
+        try:
+            manifest = read_manifest(store, run_id)
+        except ManifestError as exc:  # listed, not hidden: `list` is how one finds it
+            print(f"{run_id:40s} {'invalid':10s} {exc}")
+            continue
         if manifest is None:  # removed since it was listed
+            print(f"{run_id:40s} {'?':10s}")
             continue
         decisions = manifest.decisions
         last = f"{decisions[-1].metric}={decisions[-1].value:.4f}" if decisions else "-"

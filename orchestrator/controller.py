@@ -53,7 +53,8 @@ class CycleProgress:
 
 @dataclass
 class Controller:
-    """Drives one run. ``send`` enqueues a Celery task (injected so tests and benches can count)."""
+    """Drives one run. ``send`` enqueues a Celery task (injected so tests and benches can
+    count); it and ``clock`` are handed to the dispatcher when the controller is made."""
 
     store: ShardStore
     redis: redis.Redis
@@ -148,9 +149,14 @@ class Controller:
         failed = self._failed(cycle, "generate") - committed
         self.progress.planned, self.progress.generated = len(jobs), len(committed & set(jobs))
         self.progress.failed, self.progress.phase = len(failed), "generate"
-        for job in jobs:
-            if job not in committed and job not in failed and cycle > 0:
-                self._ensure(JobId.generate(cycle, job), self._spec.loop.generate_deadline_s)
+        if cycle > 0:  # the hot loop of a big cycle: one JobId and one ensure per open job
+            ensure, uri = self.dispatch.ensure, self.store.uri
+            deadline = self._spec.loop.generate_deadline_s
+            for name in jobs:
+                if name not in committed and name not in failed:
+                    job = JobId.generate(cycle, name)
+                    if sends := ensure(job, uri, deadline):
+                        self._give_up(job, sends)
         # Jobs the run's budget refused are not failures: the loop stops after this cycle.
         refused = self._budget_refused(cycle, failed)
         broken = len(failed) - len(refused)
@@ -253,12 +259,14 @@ class Controller:
     def _decide(self, cycle: int, report: dict[str, Any]) -> None:
         loop, budget = self._spec.loop, self._spec.budget
         decisions = self._manifest.decisions
-        refused = self._budget_refused(cycle, self._failed(cycle, "generate"))
+
+        def refusal() -> str:
+            refused = self._budget_refused(cycle, self._failed(cycle, "generate"))
+            return next(iter(refused.values()), "")
+
         decision = decide(loop, budget, decisions[-1] if decisions else None, cycle,
-                          float(report.get(loop.metric, 0.0)), self.clock(),
-                          refusal=next(iter(refused.values()), ""),
-                          spent=spend(self.store, self.run_id, cycle)
-                          if has_caps(budget) else None)
+                          float(report.get(loop.metric, 0.0)), self.clock(), refusal=refusal,
+                          spent=lambda: spend(self.store, self.run_id, cycle))
         self._manifest.decide(decision)
         save_manifest(self.store, self._manifest)
         log.info("run=%s cycle=%d %s=%.4f best=c%d → %s%s", self.run_id, cycle, loop.metric,

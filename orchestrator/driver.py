@@ -28,6 +28,7 @@ from workers.flower import publish_options
 
 log = logging.getLogger("distillq.driver")
 
+
 def celery_sender(app: Celery) -> Callable[[str, list[Any], str], None]:
     def send(task: str, args: list[Any], task_id: str) -> None:
         app.send_task(task, args=args, task_id=task_id, queue=ROUTES[task]["queue"],

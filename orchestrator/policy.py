@@ -11,19 +11,22 @@ cost spent reach ``budget.max_tokens`` / ``budget.max_cost``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from distillq.manifest import Decision
 from distillq.spec import BudgetSpec, LoopSpec
 
+Spent = Mapping[str, float]  # tokens_in, tokens_out, cost of the run so far
+
 
 def decide(loop: LoopSpec, budget: BudgetSpec, last: Decision | None, cycle: int,
-           value: float, at: float, refusal: str = "",
-           spent: Mapping[str, float] | None = None) -> Decision:
+           value: float, at: float, refusal: Callable[[], str] = lambda: "",
+           spent: Callable[[], Spent] = dict) -> Decision:
     """The decision after ``cycle`` scored ``value`` on ``loop.metric``. ``refusal``: the
     error of a generation job of the cycle the budget refused ("" if none); ``spent``: the
-    tokens (``tokens_in``, ``tokens_out``) and ``cost`` of the run so far (needed only with
-    a budget)."""
+    tokens and cost spent so far. Both are asked for only when the reasons before them do not
+    stop the loop already (and ``spent`` only under a budget cap): the caller reads storage
+    for them."""
     improved = last is None or value > last.best_value + loop.min_delta
     best_cycle = cycle if improved or last is None else last.best_cycle
     best_value = value if improved or last is None else last.best_value
@@ -34,16 +37,22 @@ def decide(loop: LoopSpec, budget: BudgetSpec, last: Decision | None, cycle: int
 
 
 def stop_reason(loop: LoopSpec, budget: BudgetSpec, cycle: int, cycles_without_gain: int,
-                refusal: str = "", spent: Mapping[str, float] | None = None) -> str:
+                refusal: Callable[[], str] = lambda: "",
+                spent: Callable[[], Spent] = dict) -> str:
     """Why the loop stops after ``cycle`` ("" to go on)."""
     if cycle >= loop.max_cycles:
         return f"max_cycles={loop.max_cycles} reached"
     if cycles_without_gain >= loop.patience:
         return f"no {loop.metric} gain for {loop.patience} cycles (patience)"
-    if refusal:
-        return f"budget spent in cycle {cycle} ({refusal})"
-    if spent is None:
+    refused = refusal()
+    if refused:
+        return f"budget spent in cycle {cycle} ({refused})"
+    if not has_caps(budget):
         return ""
+    return _cap_reached(budget, spent())
+
+
+def _cap_reached(budget: BudgetSpec, spent: Spent) -> str:
     tokens = spent.get("tokens_in", 0.0) + spent.get("tokens_out", 0.0)
     if budget.max_tokens is not None and tokens >= budget.max_tokens:
         return f"token budget spent ({tokens:.0f} of {budget.max_tokens})"

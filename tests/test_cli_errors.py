@@ -65,3 +65,20 @@ def test_an_unreadable_run_is_exit_4_with_the_problem_named(
     err = capsys.readouterr().err
     assert err.startswith("error: StorageError: manifest.json of run r is not valid JSON")
     assert "Traceback" not in err
+
+
+def test_a_manifest_that_is_not_a_manifest_is_named_and_list_shows_every_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "store"
+    store = ShardStore(root)
+    write_manifest(store, "a-ok", status="done")
+    store.write_json("b-broken", "manifest.json", {"run_id": "b-broken", "status": "paused"})
+    write_manifest(store, "c-ok")
+    assert main(["status", "b-broken", "--storage", str(root)]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: ManifestError: manifest of b-broken is not valid: ")
+    assert "status: Input should be" in err and "taxonomy: Field required" in err
+    assert main(["list", "--storage", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["a-ok", "done"], ["b-broken", "invalid"],
+                                                    ["c-ok", "running"]]

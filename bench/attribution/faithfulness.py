@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from distillq import paths
 from distillq.errors import StorageError
 from storage.store import ShardStore
 from workers.attribution import METHODS, Attributor
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     val = val.slice(0, args.limit)
     texts, labels = val.column("text").to_pylist(), val.column("label").to_pylist()
     with tempfile.TemporaryDirectory() as tmp:
-        if not store.get_dir(args.run, "teacher", Path(tmp) / "teacher"):
+        if not store.get_dir(args.run, paths.TEACHER_DIR, Path(tmp) / "teacher"):
             print(f"error: run {args.run} in {args.storage} has no fine-tuned teacher "
                   "(<run>/teacher: a run with attribution.enabled and a classifier teacher "
                   "to fine-tune commits one)", file=sys.stderr)

@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import redis
 
+from distillq import paths
 from distillq.queues import PING
 from distillq.spec import parse_spec
 from orchestrator.controller import Controller
@@ -59,7 +60,7 @@ def _shard_bytes(job: str) -> bytes:
 
 def _complete(store: ShardStore, run_id: str, jobs: list[str]) -> None:
     """What workers would commit (written directly: the bench times the controller only)."""
-    folder = Path(store.uri) / run_id / "cycle=1" / "generated"
+    folder = Path(store.uri) / run_id / paths.cycle_dir(1) / "generated"
     folder.mkdir(parents=True, exist_ok=True)
     data = _shard_bytes("j")
     for job in jobs:
@@ -82,12 +83,12 @@ def bench_controller(n_jobs: int, url: str) -> dict[str, float]:
         run_id = create_run(spec, store)
         ctl = Controller(store, client, run_id, celery_sender(app))
         ctl.tick()  # cycle 0: sends the seed's train job
-        store.write_json(run_id, "cycle=0/eval.json", {"cycle": 0, "macro_f1": 0.5,
+        store.write_json(run_id, paths.eval_report(0), {"cycle": 0, "macro_f1": 0.5,
                                                        "per_class": {}, "mined": {}})
         ctl.tick()  # decide cycle 0
         dispatch = _timed_tick(ctl)  # plan cycle 1 and send its N jobs
         sent = client.llen("generate")
-        jobs = store.read_json(run_id, "cycle=1/plan.json")["jobs"]
+        jobs = store.read_json(run_id, paths.plan(1))["jobs"]
         ticks = []
         for wave in range(10):
             _complete(store, run_id, jobs[wave::10])

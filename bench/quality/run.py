@@ -25,12 +25,12 @@ from pathlib import Path
 
 from bench.quality.render import write_outputs
 from bench.quality.results import load_results, save_cell
-from bench.quality.runner import _subset, fill, run_system, run_upper_bound, study_args
+from bench.quality.runner import data_files, fill, run_system, run_upper_bound, study_args
 from bench.quality.study import (
     NON_GENERATING,
     ROWS,
-    _args,
     base_spec,
+    parse_study_args,
     protocol,
     protocol_id,
     row_settings,
@@ -38,7 +38,7 @@ from bench.quality.study import (
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _args(argv)
+    args = parse_study_args(argv)
 
     # row 0 trains in this process: show its epochs (the other rows' logs are under
     # <work>/store-<protocol>/.local/<run>/logs/)
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="distillq-quality-"))
     work.mkdir(parents=True, exist_ok=True)
-    train, test = _subset(args, work)
+    train, test = data_files(args, work)
     proto, base = protocol(args), protocol(args, generating=False)
     proto_id, base_id = protocol_id(proto), protocol_id(base)
     folder, base_folder = Path(args.results) / proto_id, Path(args.results) / base_id

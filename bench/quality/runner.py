@@ -28,7 +28,7 @@ from orchestrator.runs import spend
 from storage.store import ShardStore
 
 
-def _subset(args: argparse.Namespace, work: Path) -> tuple[str, str]:
+def data_files(args: argparse.Namespace, work: Path) -> tuple[str, str]:
     """The data files the runs read (a label subset when --classes is given)."""
     src = Path(args.data)
     if args.classes is None:
@@ -104,7 +104,9 @@ def measure(store: Any, run_id: str, wall: float, resumed: bool,
     validation and test scores per cycle, training time per cycle."""
     manifest = require_manifest(store, run_id)
     if resumed:  # resumed or already done: creation to finish, pauses included
-        wall = float(manifest.finished_at or 0.0) - manifest.created_at
+        if manifest.finished_at is None:
+            raise RuntimeError(f"run {run_id} has not finished")
+        wall = manifest.finished_at - manifest.created_at
     test = _json(store, run_id, paths.TEST_RESULT)
     best = int(test["cycle"])
     # the seed as training reads it (duplicate texts dropped), like the kept cycle's set

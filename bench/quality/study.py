@@ -70,7 +70,7 @@ METRICS = ("accuracy", "macro_f1", "weighted_f1")
 TARGET_ADDED = 1600  # target 1: PGKD with at most this many examples added
 
 
-def _args(argv: list[str] | None) -> argparse.Namespace:
+def parse_study_args(argv: list[str] | None) -> argparse.Namespace:
     p = parser()
     args = p.parse_args(argv)
     for name in ("rows", "seeds"):

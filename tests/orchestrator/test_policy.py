@@ -28,15 +28,39 @@ def test_a_gain_within_min_delta_does_not_move_the_baseline() -> None:
 
 def test_stop_reasons_in_order() -> None:
     last = decision(4, 4, value=0.5)
-    assert decide(LOOP, FREE, last, 5, 0.9, at=0, refusal="x").reason == "max_cycles=5 reached"
+    assert decide(LOOP, FREE, last, 5, 0.9, at=0,
+                  refusal=lambda: "x").reason == "max_cycles=5 reached"
     last = decision(1, 1, value=0.5)
-    refused = decide(LOOP, FREE, last, 2, 0.9, at=0, refusal="BudgetExceededError: cap")
+    refused = decide(LOOP, FREE, last, 2, 0.9, at=0,
+                     refusal=lambda: "BudgetExceededError: cap")
     assert refused.reason == "budget spent in cycle 2 (BudgetExceededError: cap)"
     capped = BudgetSpec(max_tokens=1000, max_cost=1.0)
-    spent = {"tokens_in": 600.0, "tokens_out": 400.0, "cost": 0.2}
-    assert decide(LOOP, capped, last, 2, 0.9, at=0, spent=spent).reason == \
-        "token budget spent (1000 of 1000)"
-    spent = {"tokens_in": 6.0, "tokens_out": 4.0, "cost": 1.5}
-    assert decide(LOOP, capped, last, 2, 0.9, at=0, spent=spent).reason == \
-        "cost budget spent (1.5000 of 1.0)"
-    assert decide(LOOP, capped, last, 2, 0.9, at=0, spent={"cost": 0.1}).action == "continue"
+    d = decide(LOOP, capped, last, 2, 0.9, at=0,
+               spent=lambda: {"tokens_in": 600.0, "tokens_out": 400.0, "cost": 0.2})
+    assert d.reason == "token budget spent (1000 of 1000)"
+    d = decide(LOOP, capped, last, 2, 0.9, at=0,
+               spent=lambda: {"tokens_in": 6.0, "tokens_out": 4.0, "cost": 1.5})
+    assert d.reason == "cost budget spent (1.5000 of 1.0)"
+    assert decide(LOOP, capped, last, 2, 0.9, at=0, spent=lambda: {"cost": 0.1}).action == \
+        "continue"
+
+
+def test_storage_is_asked_only_for_what_the_decision_needs() -> None:
+    """Refusals and spend are read from storage by the caller: not at all once an earlier
+    reason stops the loop, and spend only under a budget cap."""
+    asked: list[str] = []
+
+    def refusal() -> str:
+        asked.append("refusal")
+        return ""
+
+    def spent() -> dict[str, float]:
+        asked.append("spent")
+        return {}
+
+    decide(LOOP, BudgetSpec(max_cost=1.0), decision(4, 4), 5, 0.9, 0, refusal, spent)
+    assert asked == [], "max_cycles decides alone"
+    decide(LOOP, FREE, decision(1, 1), 2, 0.9, 0, refusal, spent)
+    assert asked == ["refusal"], "no cap: spend is not read"
+    decide(LOOP, BudgetSpec(max_cost=1.0), decision(1, 1), 2, 0.9, 0, refusal, spent)
+    assert asked == ["refusal", "refusal", "spent"]

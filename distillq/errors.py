@@ -5,6 +5,7 @@
     └── PermanentError          never retried
         ├── InvalidInputError   bad spec, dataset, run id or URI — the CLI exits 2
         │   └── SpecError       the run spec, with every problem by field
+        ├── TeacherUnavailableError  the pre-flight request: unreachable, or refused — exit 5
         ├── StorageError        a path outside the root, a corrupt shard
         │   └── ManifestError   a run's manifest.json that is not a valid manifest
         └── BudgetExceededError a token or cost cap of the run is reached
@@ -17,8 +18,9 @@ PermanentError fail the job.
 from __future__ import annotations
 
 # what `orchestrator` exits with: a run that failed, input refused (nothing written), Redis
-# unreachable (nothing written), any other error a command cannot get past
-EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_ERROR = 1, 2, 3, 4
+# unreachable (nothing written), any other error a command cannot get past, the teacher
+# unreachable or refusing the pre-flight request (nothing written)
+EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_ERROR, EXIT_TEACHER = 1, 2, 3, 4, 5
 
 
 class DistillqError(Exception):
@@ -39,6 +41,11 @@ class InvalidInputError(PermanentError):
 
 class StorageError(PermanentError):
     """Storage refused an operation or holds something unreadable."""
+
+
+class TeacherUnavailableError(PermanentError):
+    """The teacher did not answer the pre-flight request, or refused it; the message names the
+    endpoint (never its key) and gives the server's own words."""
 
 
 class ManifestError(StorageError):

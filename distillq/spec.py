@@ -104,8 +104,29 @@ class TeacherSpec(_Model):
         "also read by vLLM, llama.cpp and Ollama), the same on its retries: answers as "
         "reproducible as the endpoint allows, and no two requests alike (false: for an "
         "endpoint that refuses the field)")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description="extra JSON fields merged into every request body, "
+        "for what a server reads beyond OpenAI's API (vLLM's `guided_json`, `top_k`, "
+        "`repetition_penalty`; llama.cpp's `grammar`); not the fields distillq sets itself")
+    preflight: bool = Field(
+        default=True, description="send one minimal request before the run writes or trains "
+        "anything (`run`, `submit`, `resume`): a wrong URL, model or key ends the command "
+        "within seconds with the server's message, exit code 5")
     price: PriceSpec = Field(default_factory=PriceSpec)
     sim: SimSpec = Field(default_factory=SimSpec)
+
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_body_adds_only(cls, v: dict[str, Any]) -> dict[str, Any]:
+        own = {"model": "teacher.model", "messages": None,
+               "max_tokens": "teacher.max_output_tokens", "temperature": "teacher.temperature",
+               "seed": "teacher.send_seed", "response_format": "teacher.json_mode",
+               "stream": None}
+        for key in v:
+            if key in own:
+                where = f" (set it with {own[key]})" if own[key] else ""
+                raise ValueError(f"{key!r} is set by distillq itself{where}")
+        return v
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> TeacherSpec:

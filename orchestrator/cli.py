@@ -3,7 +3,8 @@
 Exit codes: 0 success, 1 the run failed or was cancelled, 2 invalid input (spec, dataset, run id,
 storage) — in which case nothing was written, 3 the shared Redis of ``REDIS_URL`` could not be
 reached — nothing was written either, 4 any other error the command could not get past (storage
-unreadable or unreachable, a file that cannot be written); the message names it.
+unreadable or unreachable, a file that cannot be written), 5 the teacher could not be reached
+or refused the pre-flight request — nothing was written; the message names it.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from redis import exceptions as redis_errors
 from distillq.errors import (
     EXIT_ERROR,
     EXIT_INVALID,
+    EXIT_TEACHER,
     EXIT_UNREACHABLE,
     DistillqError,
     InvalidInputError,
+    TeacherUnavailableError,
 )
 from orchestrator import commands
 
@@ -110,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    except TeacherUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_TEACHER
     except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
         where = os.environ.get("REDIS_URL", "").split("@")[-1]  # never the password
         print(f"error: cannot reach Redis at {where}: {exc}", file=sys.stderr)

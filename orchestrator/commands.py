@@ -23,7 +23,7 @@ from distillq.errors import EXIT_FAILED, InvalidInputError, ManifestError
 from distillq.keys import INFLIGHT, RESENDS, RUNS_KEY, STARTED_KEY, TEACHER_URL_KEY
 from distillq.manifest import Manifest, read_manifest, save_manifest
 from distillq.runstate import request_cancel
-from distillq.spec import RunSpec, load_spec
+from distillq.spec import RunSpec, TeacherSpec, load_spec
 from orchestrator.driver import drive, serve
 from orchestrator.embedded import LocalCluster, state_dir
 from orchestrator.metrics import start_metrics_server
@@ -39,6 +39,7 @@ from orchestrator.runs import (
 )
 from storage.store import ShardStore
 from workers.app import app, configure
+from workers.teachers.preflight import preflight
 
 log = logging.getLogger("distillq.cli")
 
@@ -66,9 +67,17 @@ def _store(args: argparse.Namespace) -> ShardStore:
 
 
 # ---- run / resume (embedded) --------------------------------------------------------------
+def check_teacher(teacher: TeacherSpec) -> None:
+    """The pre-flight request (``workers.teachers.preflight``), for a real teacher whose spec
+    asks for it: TeacherUnavailableError before anything is written."""
+    if teacher.kind == "openai" and teacher.preflight:
+        print(preflight(teacher).line())
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     store = ShardStore(check_storage(spec.storage))
+    check_teacher(spec.teacher)
     run_id = create_run(spec, store)
     print(f"run {run_id} created in {store.uri}")
     return _run_embedded(spec, store, run_id, quiet=args.quiet)
@@ -78,7 +87,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a run: a failed or cancelled one gets the failed jobs of its current cycle
     sent again (their records kept under ``failed-before-resume/``) and, under ``serve``, a
     fresh in-flight table; a done run is refused. Nothing is written before the manifest's
-    spec parses and (with ``REDIS_URL``) Redis answers."""
+    spec parses, (with ``REDIS_URL``) Redis answers and a real teacher answers the
+    pre-flight request."""
     store = _store(args)
     run_id = check_run_id(args.run_id)
     manifest = load_manifest(store, run_id)
@@ -87,6 +97,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
                                 f"(`orchestrator report {run_id}` writes its report)")
     spec = manifest.run_spec()
     client = _redis_from_env() if os.environ.get("REDIS_URL") else None
+    check_teacher(spec.teacher)
     if manifest.status in ("failed", "cancelled"):
         cycle = manifest.cycle
         reopened = reopen_failed_jobs(store, run_id, cycle)
@@ -137,9 +148,8 @@ def _run_embedded(spec: RunSpec, store: ShardStore, run_id: str, quiet: bool) ->
         with Progress(store, run_id, quiet=quiet) as progress:
             status = drive(store, client, run_id, app, on_tick=progress.update,
                            should_stop=stop_flag())
-        if status == "done":
-            path = write_report(store, run_id)
-            print(f"report: {path}")
+        path = write_report(store, run_id)  # a failed or cancelled run's too: what it did
+        print(f"report: {path}")
         _print_summary(store, run_id)
         return 0 if status == "done" else EXIT_FAILED
     finally:
@@ -182,6 +192,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     client = _redis_from_env()  # reached before the run is written
     store = ShardStore(check_storage(spec.storage))
+    check_teacher(spec.teacher)
     run_id = create_run(spec, store)
     client.hset(RUNS_KEY, run_id, store.uri)
     print(run_id)

@@ -160,9 +160,14 @@ class Controller:
         # Jobs the run's budget refused are not failures: the loop stops after this cycle.
         refused = self._budget_refused(cycle, failed)
         broken = len(failed) - len(refused)
-        if broken > self._spec.generation.tolerated_failure_fraction * max(1, len(jobs)):
-            self._finish("failed", f"cycle {cycle}: {broken} of {len(jobs)} generation "
-                         "jobs failed permanently, over generation.tolerated_failure_fraction")
+        tolerated = self._spec.generation.tolerated_failure_fraction
+        if broken > tolerated * max(1, len(jobs)):
+            done = len(committed & set(jobs))
+            open_ = len(jobs) - done - len(failed)
+            self._finish("failed", f"cycle {cycle}: {broken} of {len(jobs)} generation jobs "
+                         f"failed permanently, over generation.tolerated_failure_fraction="
+                         f"{tolerated:g} ({done} committed, {open_} not finished when the run "
+                         "stopped)")
             return False
         settled = len(committed & set(jobs)) + len(failed) == len(jobs)
         if refused and settled and not committed & set(jobs):

@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from distillq import paths
 from distillq.manifest import Manifest
-from orchestrator.runs import cycle_stats, load_manifest  # noqa: E402
+from orchestrator.runs import cycle_stats, failure_causes, load_manifest  # noqa: E402
 from storage.store import ShardStore  # noqa: E402
 
 SIM_NOTE = ("> **Simulated teacher.** This run's teacher was distillq's simulated teacher: it "
@@ -192,13 +192,15 @@ def _steer_note(spec: dict[str, Any], evals: list[dict[str, Any]]) -> list[str]:
 
 def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, Any],
               rows: list[dict[str, float]], plots: list[str],
-              quality: dict[str, Any] | None = None) -> str:
+              quality: dict[str, Any] | None = None, causes: list[str] | None = None) -> str:
     spec = manifest.spec
+    causes = causes or []
     lines = [f"# distillq run `{manifest.run_id}`", ""]
     if spec["teacher"]["kind"] == "sim":
         lines += [SIM_NOTE, ""]
     final_best = manifest.final.best_cycle if manifest.final is not None else None
     lines += [f"Status: **{manifest.status}** — {manifest.stop_reason or ''}",
+              *([""] + [f"- {cause}" for cause in causes] + [""] if causes else []),
               f"Teacher: `{spec['teacher']['model']}` ({spec['teacher']['kind']}); student: "
               f"`{spec['student']['model']}`; generation mode: {spec['generation']['mode']}.",
               *_steer_note(spec, evals),
@@ -258,7 +260,9 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
         if rows:
             plots.append(_plot_cost(rows, folder))
         quality = store.read_json(run_id, paths.ATTRIBUTION_QUALITY)
-        (folder / "report.md").write_text(_markdown(manifest, evals, test, rows, plots, quality))
+        causes = failure_causes(store, manifest) if manifest.status != "done" else []
+        (folder / "report.md").write_text(_markdown(manifest, evals, test, rows, plots, quality,
+                                                    causes))
         where = store.put_dir(folder, run_id, paths.REPORT_DIR)  # a local path, or bucket/key
         if out_dir is not None:
             shutil.copytree(folder, out_dir, dirs_exist_ok=True)
@@ -270,6 +274,8 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
 def summary_lines(store: ShardStore, run_id: str) -> list[str]:
     manifest = load_manifest(store, run_id)
     lines = [f"run {run_id}: {manifest.status} ({manifest.stop_reason or ''})"]
+    if manifest.status != "done":
+        lines += [f"  cause: {cause}" for cause in failure_causes(store, manifest)]
     if manifest.spec["teacher"]["kind"] == "sim":
         lines.append("teacher: SIMULATED (answers from a pool of real labelled examples)")
     for d in manifest.decisions:

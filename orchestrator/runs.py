@@ -184,3 +184,33 @@ def reopen_failed_jobs(store: ShardStore, run_id: str, cycle: int,
                 cycle, name.removesuffix(".json"), stamp), record)
         store.delete_json(run_id, f"{folder}/{name}")
     return [n.removesuffix(".json") for n in names]
+
+
+FAILURES_READ = 500  # failure records read per cycle to name a run's causes
+
+
+def failure_causes(store: ShardStore, manifest: Manifest, top: int = 3) -> list[str]:
+    """Why a run that did not finish stopped, from its failure records (in the cycle it
+    stopped in, and the run-level jobs: the teacher's preparation, the test of the best
+    cycle): one line per distinct error, most frequent first, with its count, kind and the
+    error as the worker recorded it (a server's own message included)."""
+    cycles = {manifest.cycle, 0}
+    if manifest.final is not None:
+        cycles.add(manifest.final.best_cycle)
+    causes: dict[tuple[str, int, str], int] = {}
+    for cycle in sorted(cycles):
+        folder = paths.failed_dir(cycle)
+        for name in store.list_names(manifest.run_id, folder)[:FAILURES_READ]:
+            record = store.read_json(manifest.run_id, f"{folder}/{name}") if \
+                name.endswith(".json") else None
+            if isinstance(record, dict):
+                error = " ".join(str(record.get("error", "?")).split())[:300]
+                key = (str(record.get("kind", "?")), cycle, error)
+                causes[key] = causes.get(key, 0) + 1
+    ranked = sorted(causes.items(), key=lambda item: (-item[1], item[0]))
+    lines = [f"{n} {kind} job{'s' if n > 1 else ''} of cycle {cycle} failed: {error}"
+             for (kind, cycle, error), n in ranked[:top]]
+    if len(ranked) > top:
+        lines.append(f"... and {sum(n for _, n in ranked[top:])} more failures "
+                     f"({paths.failed_dir(manifest.cycle)}/ in the run's storage)")
+    return lines

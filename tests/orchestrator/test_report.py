@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from controller_kit import (
-    failed_in_cycle_one,
-)
+from controller_kit import failed_in_cycle_one, plan_cycle_one
 from manifestkit import decision
 
 from distillq.manifest import Manifest
+from orchestrator.runs import load_manifest
 
 
 def test_the_report_of_a_failed_run_counts_the_cycle_it_stopped_in(setup: Any) -> None:
@@ -34,3 +33,42 @@ def test_the_report_plots_the_kept_cycle_not_the_last_one() -> None:
     assert best_eval(run, evals)["cycle"] == 0
     assert best_eval(run.model_copy(update={"decisions": [], "final": None}),
                      evals)["cycle"] == 2
+
+
+def test_a_failed_run_says_why_in_the_terminal_and_in_its_report(setup: Any) -> None:
+    """The failure records' errors, grouped, counted and with the server's own words: the
+    cause is not left in cycle=1/failed/*.json and the worker log."""
+    from orchestrator.report import summary_lines, write_report
+
+    ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
+    plan_cycle_one(ctl)
+    jobs = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"]
+    refused = "TeacherPermanentError: http_404: Server is pinned to smollm2; requested 'x'"
+    for job in jobs[:2]:
+        ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json",
+                             {"kind": "generate", "job_id": job, "error": refused})
+    ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[2]}.json",
+                         {"kind": "generate", "job_id": jobs[2], "error": "Timeout: 60s"})
+    assert ctl.tick() == "failed"
+    reason = load_manifest(ctl.store, "r1").stop_reason or ""
+    assert reason.startswith(f"cycle 1: 3 of {len(jobs)} generation jobs failed permanently, "
+                             "over generation.tolerated_failure_fraction=0 (0 committed, "
+                             f"{len(jobs) - 3} not finished when the run stopped)")
+    lines = summary_lines(ctl.store, "r1")
+    assert lines[1:3] == [f"  cause: 2 generate jobs of cycle 1 failed: {refused}",
+                          "  cause: 1 generate job of cycle 1 failed: Timeout: 60s"]
+    text = Path(write_report(ctl.store, "r1")).read_text()
+    assert f"- 2 generate jobs of cycle 1 failed: {refused}" in text
+
+
+def test_a_run_that_failed_before_any_cycle_trained_gets_a_report(setup: Any) -> None:
+    from orchestrator.report import write_report
+
+    ctl, _, _ = setup()
+    ctl.tick()  # cycle 0's training is sent
+    ctl.store.write_json("r1", "cycle=0/failed/train-train.json",
+                         {"kind": "train", "job_id": "train", "error": "OutOfMemoryError: x"})
+    assert ctl.tick() == "failed"
+    text = Path(write_report(ctl.store, "r1")).read_text()
+    assert "Status: **failed** — train of cycle 0 failed: OutOfMemoryError: x" in text
+    assert "- 1 train job of cycle 0 failed: OutOfMemoryError: x" in text

@@ -158,6 +158,20 @@ def request_seed(request_id: str) -> int:
     return int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
+def payload(teacher: TeacherSpec, model: str, messages: list[dict[str, str]], max_tokens: int,
+            seed: int | None = None) -> dict[str, Any]:
+    """The body of a chat request as the spec asks for it (``teacher.extra_body`` last: it
+    may only add fields)."""
+    body: dict[str, Any] = {"model": model, "messages": messages,
+                            "temperature": teacher.temperature, "max_tokens": max_tokens}
+    if teacher.json_mode:
+        body["response_format"] = {"type": "json_object"}
+    if seed is not None and teacher.send_seed:
+        body["seed"] = seed
+    body.update(teacher.extra_body)
+    return body
+
+
 def estimate_tokens(messages: list[dict[str, str]]) -> int:
     """A provider-neutral estimate: about four characters per token."""
     return math.ceil(sum(len(m.get("content", "")) for m in messages) / 4) + 4 * len(messages)
@@ -222,13 +236,7 @@ class ChatClient:
 
     def payload(self, messages: list[dict[str, str]], max_tokens: int,
                 seed: int | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.endpoint.model, "messages": messages,
-                                "temperature": self.teacher.temperature, "max_tokens": max_tokens}
-        if self.teacher.json_mode:
-            body["response_format"] = {"type": "json_object"}
-        if seed is not None and self.teacher.send_seed:
-            body["seed"] = seed
-        return body
+        return payload(self.teacher, self.endpoint.model, messages, max_tokens, seed)
 
     async def complete(self, messages: list[dict[str, str]], tally: Tally, *,
                        max_tokens: int | None = None, expected_output_tokens: int = 0,

@@ -1,0 +1,123 @@
+"""Pre-flight: one minimal request to the teacher before a run writes or trains anything.
+
+A wrong ``base_url``, ``model`` or key, or a server that is not listening, would otherwise
+show only after the seed student has trained, as generation jobs failing one by one. The
+orchestrator calls ``preflight`` first (``run``, ``submit``, ``resume``): one chat request
+asking for a two-token answer, with the run's own headers, key, seed field, ``json_mode`` and
+``extra_body``, so a server that refuses any of them refuses here. It is answered or refused
+within seconds; a refusal raises ``TeacherUnavailableError`` carrying the server's own
+message (the API key, should the server echo it, is blanked), and the CLI exits with
+``EXIT_TEACHER`` (5). A 429 is not a refusal: the endpoint is there and the key works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from distillq.errors import TeacherUnavailableError
+from distillq.spec import TeacherSpec
+from workers.teachers.errors import TeacherPermanentError
+from workers.teachers.openai import Endpoint, endpoint_for, payload
+
+PROMPT = [{"role": "user", "content": 'Reply with the JSON {"ok": true} and nothing else.'}]
+MAX_TOKENS = 16
+TIMEOUT_CAP_S = 30.0  # the most one pre-flight attempt waits, whatever teacher.timeout_s
+ATTEMPTS = 2  # a 5xx or a timeout is tried once more, a second later
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the teacher answered: the model it names, how long it took, whether it was busy."""
+
+    model: str
+    host: str
+    latency_s: float
+    rate_limited: bool = False
+
+    def line(self) -> str:
+        busy = " (rate limited now: the run will wait for it)" if self.rate_limited else ""
+        return f"teacher {self.model} at {self.host} answered in {self.latency_s:.2f}s{busy}"
+
+
+def host_of(url: str) -> str:
+    """``host:port`` of a URL, never its credentials."""
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
+def preflight(teacher: TeacherSpec, base_url: str | None = None) -> Preflight:
+    """Send the pre-flight request (see the module docstring); TeacherUnavailableError if the
+    teacher cannot be reached or refuses it."""
+    try:
+        endpoint = endpoint_for(teacher, base_url)
+    except TeacherPermanentError as exc:  # no key where the spec says one is
+        raise TeacherUnavailableError(f"teacher {teacher.model}: {exc}") from None
+    return asyncio.run(_preflight(teacher, endpoint))
+
+
+async def _preflight(teacher: TeacherSpec, endpoint: Endpoint) -> Preflight:
+    body = payload(teacher, endpoint.model, PROMPT, MAX_TOKENS, seed=0)
+    timeout = aiohttp.ClientTimeout(total=min(teacher.timeout_s, TIMEOUT_CAP_S))
+    where = f"teacher {endpoint.model!r} at {host_of(endpoint.base_url)}"
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for attempt in range(1, ATTEMPTS + 1):
+            t0 = time.monotonic()
+            try:
+                async with session.post(endpoint.url, json=body,
+                                        headers=endpoint.request_headers()) as resp:
+                    status, raw = resp.status, await resp.read()
+            except (asyncio.TimeoutError, TimeoutError):
+                problem = f"no answer within {timeout.total:.0f}s"
+            except aiohttp.InvalidURL as exc:
+                raise TeacherUnavailableError(f"{where}: not a valid URL: {exc}") from None
+            except aiohttp.ClientError as exc:
+                problem = f"cannot connect: {type(exc).__name__}: {exc}"
+            else:
+                latency = time.monotonic() - t0
+                if status == 200:
+                    return _answered(raw, endpoint, latency, where)
+                if status == 429:
+                    return Preflight(endpoint.model, host_of(endpoint.base_url), latency, True)
+                problem = f"HTTP {status}: {_server_message(raw, endpoint.api_key)}"
+                if status < 500 and status != 408:
+                    raise TeacherUnavailableError(f"{where} refused the request: {problem}")
+            if attempt < ATTEMPTS:
+                await asyncio.sleep(1.0)
+    raise TeacherUnavailableError(f"{where}: {problem}")
+
+
+def _answered(raw: bytes, endpoint: Endpoint, latency: float, where: str) -> Preflight:
+    try:
+        data = json.loads(raw)
+        data["choices"][0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        head = raw[:200].decode("utf-8", "replace")
+        raise TeacherUnavailableError(f"{where} answered, but not with a chat completion: "
+                                      f"{head!r}") from None
+    model = str(data.get("model") or endpoint.model)
+    return Preflight(model, host_of(endpoint.base_url), latency)
+
+
+def _server_message(raw: bytes, api_key: str | None) -> str:
+    """The server's own error message (OpenAI's ``{"error": {"message": ...}}`` and the
+    usual variants), else the start of its answer; the API key blanked wherever it appears."""
+    text = raw[:2000].decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(error, dict):
+            error = error.get("message", error)
+        if error:
+            text = error if isinstance(error, str) else json.dumps(error)
+    text = " ".join(text.split())[:500]
+    if api_key:
+        text = text.replace(api_key, "***")
+    return text or "(no message)"

@@ -24,6 +24,7 @@ STARTED_KEY = "dq:{run_id}:started"  # send key -> 1 once a worker began that se
 EVENTS_KEY = "dq:{run_id}:events"  # list: a worker committed; the controller wakes
 TEACHER_URL_KEY = "dq:{run_id}:teacher_url"  # where the embedded sim teacher listens
 SPEND_KEY = "dq:{run_id}:spend"  # hash: teacher tokens, cost and requests so far
+REASKS_KEY = "dq:{run_id}:reasks"  # hash: job -> its attempts that failed on the answers
 
 # per teacher endpoint: namespace = RATELIMIT_PREFIX + a hash of base URL and model
 RATELIMIT_PREFIX = "dq:rl:"

@@ -51,14 +51,62 @@ def test_job_is_split_into_requests_and_accounted(sim: SimFactory, seen, redis_c
     assert not shown & set(table.column("text").to_pylist())
 
 
-def test_retried_malformed_answers_give_the_same_examples(sim: SimFactory, seen,
-                                                          redis_client) -> None:
+def test_a_malformed_answer_is_asked_again_differently_and_paid_for(
+        sim: SimFactory, seen, redis_client) -> None:
+    """The re-ask has another seed and a repair message: a server that answers a request the
+    same way every time (greedy decoding) is not sent the request it just got wrong."""
     clean = _run(sim(seed=5), redis_client, make_job(seen, n=8))
     url = sim(seed=5, faults=("malformed",), fault_first=1)
     faulty = _run(url, redis_client, make_job(seen, n=8))
     assert faulty.stats["retries_by_reason"] == {"malformed": 1}
-    assert faulty.table.column("text").to_pylist() == clean.table.column("text").to_pylist()
+    assert faulty.table.num_rows == clean.table.num_rows == 8
     assert faulty.stats["tokens_out"] > clean.stats["tokens_out"]  # the bad answer is paid for
+    stats = sim_stats(url)
+    assert stats["ok"] == 2 and stats.get("repeated", 0) == 0
+
+
+def test_an_answer_cut_at_max_tokens_is_asked_again_in_halves(
+        sim: SimFactory, seen, redis_client) -> None:
+    """finish_reason "length": not malformed, too long: the same request for fewer examples."""
+    job = make_job(seen, n=8)
+    whole = _run(sim(seed=5), redis_client, job)
+    per_example = whole.stats["tokens_out"] / 8
+    url = sim(seed=5)  # the same teacher, not yet asked anything
+    cut = _run(url, redis_client, job, teacher={"max_output_tokens": int(per_example * 6)})
+    assert cut.stats["retries_by_reason"] == {"truncated": 1}
+    assert cut.stats["requests"] == 1, "one request, re-asked"
+    # the halves are asked apart: one may repeat a text of the other (rejected, counted)
+    assert cut.table.num_rows + sum(cut.stats["rejects_by_reason"].values()) == 8
+    assert sim_stats(url).get("repeated", 0) == 0
+    with pytest.raises(TeacherTransientError, match=r"^truncated: the answer was cut at 16 "):
+        _run(url, redis_client, make_job(seen, n=1), teacher={"max_output_tokens": 16})
+    assert sim_stats(url).get("repeated", 0) == 0, "one example: re-asked with a repair message"
+
+
+def test_a_job_retried_after_bad_answers_sends_none_of_their_requests_again(
+        sim: SimFactory, seen, redis_client) -> None:
+    """Its first attempt got three malformed answers (the request and its two re-asks); the
+    retry varies every seed, so a server answering the same request the same way does not
+    fail it again."""
+    url = sim(seed=5, faults=("malformed",), fault_first=3)
+    job = make_job(seen, n=8)
+    with pytest.raises(TeacherTransientError, match="^malformed"):
+        _run(url, redis_client, job)
+    again = _run(url, redis_client, job)
+    assert again.table.num_rows == 8 and again.stats["retries_by_reason"] == {}
+    assert sim_stats(url).get("repeated", 0) == 0
+
+
+def test_a_job_retried_for_another_reason_asks_the_same_requests(
+        sim: SimFactory, seen, redis_client) -> None:
+    """A Redis blip or a killed worker: the retry gets the answers an undisturbed run gets."""
+    job = make_job(seen, n=8)
+    calm = _run(sim(seed=5), redis_client, job)
+    url = sim(seed=5)
+    _run(url, redis_client, job)  # the attempt that "failed" after its answers came back
+    again = _run(url, redis_client, job)
+    assert again.table.column("text").to_pylist() == calm.table.column("text").to_pylist()
+    assert sim_stats(url)["repeated"] == 1
 
 
 def test_bad_examples_are_rejected_counted_and_never_stored(sim: SimFactory, seen,

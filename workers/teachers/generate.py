@@ -2,14 +2,20 @@
 
 The job (``docs/architecture.md``, "Generation jobs") becomes one or more requests of at most
 ``examples_per_request`` examples, sent concurrently on the process's teacher runtime. Each
-answer is parsed (a malformed one is asked again, twice at most), then validated in request
-order so ids and content do not depend on timing: ids are ``<job_id>-<i:04d>``. Tokens, latency
-and cost of each request are shared out over the examples it produced; the job's totals come
-back in ``stats``. Each answer's tokens and cost are added to the run's spend counter in Redis
-as soon as it comes back (``_Spend``), so concurrent jobs and ``check_budget`` see spend that is
-still in flight. A Redis error there never fails the job nor loses its paid-for answers: what
-could not be sent is sent with the next answer or at the end of the job, else logged (the
-job's ``stats`` in storage still carry it).
+answer is parsed, then validated in request order so ids and content do not depend on timing:
+ids are ``<job_id>-<i:04d>``. An answer that cannot be used is asked again, and never as the
+same request: a malformed one (twice at most) with another seed and a message naming what
+was wrong; one cut at ``max_tokens`` (``finish_reason: length``) as two requests for half the
+examples each. A job whose earlier attempt failed on its answers varies every seed too
+(``REASKS_KEY``). Each reason is counted (``retries_by_reason``: ``malformed``,
+``truncated``, ...).
+
+Tokens, latency and cost of each request are shared out over the examples it produced; the
+job's totals come back in ``stats``. Each answer's tokens and cost are added to the run's
+spend counter in Redis as soon as it comes back (``_Spend``), so concurrent jobs and
+``check_budget`` see spend that is still in flight. A Redis error there never fails the job
+nor loses its paid-for answers: what could not be sent is sent with the next answer or at the
+end of the job, else logged (the job's ``stats`` in storage still carry it).
 
 ``deadline_s`` bounds the whole job (the teacher requests are cancelled and a
 TeacherTransientError is raised): the generate workers run Celery's ``threads`` pool, which does
@@ -25,7 +31,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +41,7 @@ import redis as redis_lib
 
 from distillq.errors import DistillqError, PermanentError
 from distillq.jobs import request_id
+from distillq.keys import REASKS_KEY
 from distillq.spec import PriceSpec, RunSpec
 from storage.schemas import EXAMPLES
 from workers.teachers.accounting import (
@@ -47,7 +54,7 @@ from workers.teachers.accounting import (
     request_cost,
 )
 from workers.teachers.errors import MalformedOutputError, TeacherTransientError
-from workers.teachers.openai import ChatClient, client_for, request_seed
+from workers.teachers.openai import ChatClient, Completion, client_for, request_seed
 from workers.teachers.parsing import Validator, extract_items, validate_items
 from workers.teachers.prompts import Prompt, build_prompt, split_counts
 from workers.teachers.runtime import Runtime, get_runtime
@@ -123,44 +130,88 @@ class _Spend:
                         self.error)
 
 
-async def _ask(client: ChatClient, prompt: Prompt, record: RequestRecord, tally: Tally,
-               price: PriceSpec, spend: _Spend, per_example: float) -> _Answer:
-    """One request; a malformed answer is asked again (it is still paid for).
-    ``per_example``: the output tokens an example is expected to cost (the limiter's
-    estimate)."""
+REPAIR = ("Your answer could not be used: {problem}. Answer again with only the JSON object "
+          '{{"examples": [...]}} holding {n} examples, each {{"text": ..., "label": ...}}, '
+          "and nothing else.")
+ANSWER_SHOWN_CHARS = 1500  # of a bad answer, sent back with the repair request
+
+
+@dataclass
+class _Ask:
+    """What every request of one job shares."""
+
+    client: ChatClient
+    tally: Tally
+    price: PriceSpec
+    spend: _Spend
+    per_example: float  # the output tokens an example is expected to cost (the limiter's)
+    remake: Callable[[Prompt, int], Prompt]  # the same request for fewer examples
+    attempt: int = 0  # the job's earlier attempts that failed on their answers
+
+
+async def _ask(ask: _Ask, prompt: Prompt, record: RequestRecord, part: str = "") -> _Answer:
+    """One request. A malformed answer is asked again (it is still paid for) with another seed
+    and a repair message naming what was wrong; one cut at ``max_tokens`` is asked again as
+    two requests for half the examples each (``part``: which half, for their seeds). No
+    re-ask repeats an earlier request."""
+    messages = prompt.messages
     for round_ in range(MALFORMED_RETRIES + 1):
-        attempts: list[int] = []
-        try:
-            done = await client.complete(prompt.messages, tally, attempts=attempts,
-                                         expected_output_tokens=round(prompt.n
-                                                                      * per_example) + 16,
-                                         seed=request_seed(record.request_id))
-        finally:
-            record.attempts += len(attempts)
-        cost = request_cost(price, done.input_tokens, done.output_tokens)
-        paid = bool(done.input_tokens or done.output_tokens)
-        first = paid and not (record.input_tokens or record.output_tokens)
-        record.add(done.input_tokens, done.output_tokens, done.latency_s, cost)
-        record.api_id = done.api_id
-        if paid:  # on the run's counter now, not when the whole job is done
-            await spend.add(done.input_tokens, done.output_tokens, cost, int(first), prompt.n)
-        try:
-            return _Answer(record, extract_items(done.text), done.model)
-        except MalformedOutputError:
-            if round_ == MALFORMED_RETRIES:
-                tally.fail("malformed")
-                raise
-            tally.retry("malformed")
+        variant = "".join(x for x in (f"a{ask.attempt}" if ask.attempt else "", part,
+                                      f"m{round_}" if round_ else ""))
+        done = await _complete(ask, messages, prompt.n, record,
+                               request_seed(record.request_id, variant))
+        if done.truncated and prompt.n > 1:
+            ask.tally.retry("truncated")
+            halves = (prompt.n // 2, prompt.n - prompt.n // 2)
+            answers = await asyncio.gather(*(_ask(ask, ask.remake(prompt, k), record,
+                                                  f"{part}s{i}")
+                                             for i, k in enumerate(halves)))
+            return _Answer(record, [x for a in answers for x in a.items], answers[0].model)
+        if done.truncated:
+            limit = ask.client.teacher.max_output_tokens
+            error: TeacherTransientError = TeacherTransientError(
+                "truncated", f"the answer was cut at {limit} tokens (teacher.max_output_tokens)")
+        else:
+            try:
+                return _Answer(record, extract_items(done.text), done.model)
+            except MalformedOutputError as exc:
+                error = exc
+        if round_ == MALFORMED_RETRIES:
+            ask.tally.fail(error.reason)
+            raise error
+        ask.tally.retry(error.reason)
+        problem = str(error).removeprefix(f"{error.reason}: ")
+        messages = [*prompt.messages,
+                    {"role": "assistant", "content": done.text[:ANSWER_SHOWN_CHARS]},
+                    {"role": "user", "content": REPAIR.format(problem=problem, n=prompt.n)}]
     raise AssertionError("unreachable")
 
 
-async def _ask_all(client: ChatClient, prompts: Sequence[Prompt], job_id: str, tally: Tally,
-                   price: PriceSpec, spend: _Spend,
-                   per_example: float) -> list[_Answer | BaseException]:
+async def _complete(ask: _Ask, messages: list[dict[str, str]], n: int, record: RequestRecord,
+                    seed: int) -> Completion:
+    """Send one request of ``record`` and account for it (paid for, whatever it holds)."""
+    attempts: list[int] = []
+    try:
+        done = await ask.client.complete(
+            messages, ask.tally, attempts=attempts,
+            expected_output_tokens=round(n * ask.per_example) + 16, seed=seed)
+    finally:
+        record.attempts += len(attempts)
+    cost = request_cost(ask.price, done.input_tokens, done.output_tokens)
+    paid = bool(done.input_tokens or done.output_tokens)
+    first = paid and not (record.input_tokens or record.output_tokens)
+    record.add(done.input_tokens, done.output_tokens, done.latency_s, cost)
+    record.api_id = done.api_id
+    if paid:  # on the run's counter now, not when the whole job is done
+        await ask.spend.add(done.input_tokens, done.output_tokens, cost, int(first), n)
+    return done
+
+
+async def _ask_all(ask: _Ask, prompts: Sequence[Prompt],
+                   job_id: str) -> list[_Answer | BaseException]:
     records = [RequestRecord(request_id(job_id, i)) for i in range(len(prompts))]
-    tally.requests.extend(records)
-    coros = [_ask(client, p, r, tally, price, spend, per_example)
-             for p, r in zip(prompts, records, strict=True)]
+    ask.tally.requests.extend(records)
+    coros = [_ask(ask, p, r) for p, r in zip(prompts, records, strict=True)]
     return list(await asyncio.gather(*coros, return_exceptions=True))
 
 
@@ -217,6 +268,12 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
     ``base_url``: overrides ``spec.teacher.base_url`` (the embedded simulated teacher).
     ``deadline_s``: the most the requests may take together (None: no bound beyond the
     client's own timeouts); past it they are cancelled and TeacherTransientError is raised.
+
+    An attempt of the job that fails on its answers (malformed or cut short after the
+    re-asks) is counted in Redis (``REASKS_KEY``); the next attempt varies every seed by that
+    count, so it sends none of the failed attempt's requests again. One that failed for any
+    other reason (a Redis blip, a killed worker) sends the same requests again: the same
+    answers, as an undisturbed run would get.
     """
     t0 = time.perf_counter()
     job_id = str(job["job_id"])
@@ -226,12 +283,18 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
     prompts = job_prompts(spec, job, taxonomy)
     tally = Tally()
     spend = _Spend(redis, run_id)
+
+    def remake(prompt: Prompt, n: int) -> Prompt:
+        return build_prompt(job, taxonomy, spec.generation, n=n, part=prompt.part,
+                            parts=prompt.parts, descriptions=spec.dataset.label_descriptions)
+
+    reasks = REASKS_KEY.format(run_id=run_id)
+    ask = _Ask(client, tally, spec.teacher.price, spend, per_example, remake,
+               _failed_on_answers(redis, reasks, job_id))
     try:
         # the deadline is applied on the loop: the requests are cancelled, and done being
         # cancelled, before the tally and the spend are read below
-        answers = runtime.run(asyncio.wait_for(
-            _ask_all(client, prompts, job_id, tally, spec.teacher.price, spend, per_example),
-            deadline_s))
+        answers = runtime.run(asyncio.wait_for(_ask_all(ask, prompts, job_id), deadline_s))
     except (TimeoutError, asyncio.TimeoutError):  # one class since Python 3.11: deadline
         tally.fail("job_deadline")
         raise TeacherTransientError(
@@ -240,7 +303,12 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
         spend.flush()  # never raises: the answers paid for are not thrown away
         _record_endpoint(redis, client, tally)
         _flush_limiter(runtime, client)
-    _check_failures(answers, spec.generation.tolerated_failure_fraction)
+    try:
+        _check_failures(answers, spec.generation.tolerated_failure_fraction)
+    except (MalformedOutputError, TeacherTransientError) as exc:
+        if getattr(exc, "reason", "") in ANSWER_FAILURES:
+            _count_failed_on_answers(redis, reasks, job_id)
+        raise
     validator = Validator(taxonomy, spec.generation, shown=_job_texts(job))
     ids = {"run_id": run_id, "cycle": cycle, "job_id": job_id}
     rows = _rows(answers, prompts, validator, tally, ids)
@@ -253,6 +321,25 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
              len(rows), stats["requests"], stats["tokens_in"], stats["tokens_out"],
              stats["cost"], stats["retries_by_reason"], stats["rejects_by_reason"])
     return GenerationResult(table, stats)
+
+
+ANSWER_FAILURES = ("malformed", "truncated")
+
+
+def _failed_on_answers(client: redis_lib.Redis, key: str, job_id: str) -> int:
+    """How many attempts of the job failed on their answers (0 if Redis cannot say)."""
+    try:
+        return int(client.hget(key, job_id) or 0)
+    except (redis_lib.RedisError, ValueError):
+        return 0
+
+
+def _count_failed_on_answers(client: redis_lib.Redis, key: str, job_id: str) -> None:
+    try:
+        client.hincrby(key, job_id, 1)
+    except redis_lib.RedisError as exc:  # the retry then repeats the requests: logged
+        log.warning("job %s: failed attempt not counted (%s); its retry may repeat its "
+                    "requests", job_id, exc)
 
 
 def _model(answers: list[_Answer | BaseException]) -> str:

@@ -92,6 +92,11 @@ class Completion:
     latency_s: float
     api_id: str
     model: str
+    finish_reason: str = ""  # "length": cut at max_tokens
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
 
 
 def load_api_key(teacher: TeacherSpec, env: Mapping[str, str] | None = None) -> str | None:
@@ -151,11 +156,14 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def request_seed(request_id: str) -> int:
+def request_seed(request_id: str, variant: str = "") -> int:
     """A request's seed, from its id (``<job>-r<k>``, the job id naming its cycle): the same
-    on every retry and redelivery of the request, different for every other request — so two
-    cycles sending the same prompt do not get the same answer back."""
-    return int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+    on every HTTP retry and redelivery of the request, different for every other request — so
+    two cycles sending the same prompt do not get the same answer back. ``variant`` names a
+    re-ask of it (after a malformed or truncated answer, or in a job-level retry): another
+    seed, so a deterministic server does not give the same answer again."""
+    key = f"{request_id}/{variant}" if variant else request_id
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
 def payload(teacher: TeacherSpec, model: str, messages: list[dict[str, str]], max_tokens: int,
@@ -345,7 +353,8 @@ def _completion(raw: bytes, latency: float, estimate: int, model: str) -> Comple
     """Decode an answer; without ``usage``, tokens are estimated (4 characters a token)."""
     try:
         data = json.loads(raw)
-        text = data["choices"][0]["message"]["content"] or ""
+        choice = data["choices"][0]
+        text = choice["message"]["content"] or ""
     except (ValueError, KeyError, IndexError, TypeError):
         head = raw[:200].decode("utf-8", "replace")
         raise TeacherTransientError("bad_response", f"not a chat completion: {head!r}") from None
@@ -357,6 +366,7 @@ def _completion(raw: bytes, latency: float, estimate: int, model: str) -> Comple
         output_tokens=int(usage.get("completion_tokens") or math.ceil(len(text) / 4)),
         latency_s=latency, api_id=str(data.get("id", "")),
         model=str(data.get("model") or model),
+        finish_reason=str(choice.get("finish_reason") or ""),
     )
 
 

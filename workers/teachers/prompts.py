@@ -55,6 +55,8 @@ class Prompt:
     n: int
     target_labels: tuple[str, ...]
     shown_texts: tuple[str, ...]
+    part: int = 0  # request ``part`` of the job's ``parts``
+    parts: int = 1
 
 
 def _clip(text: str, limit: int) -> str:
@@ -167,7 +169,7 @@ def build_prompt(job: Mapping[str, Any], taxonomy: list[str], gen: GenerationSpe
             shown += list(job.get(key, []))[:count]
     lines += _output_lines(n, gen.max_chars)
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
-    return Prompt(messages, n, targets, tuple(str(x.get("text", "")) for x in shown))
+    return Prompt(messages, n, targets, tuple(str(x.get("text", "")) for x in shown), part, parts)
 
 
 def split_counts(total: int, per_request: int) -> list[int]:

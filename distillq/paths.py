@@ -44,6 +44,15 @@ def jobstats(cycle: int, job_id: str) -> str:
     return f"cycle={cycle}/jobstats/{job_id}.json"
 
 
+def failed_attempts_dir(cycle: int) -> str:
+    return f"cycle={cycle}/jobstats-failed"
+
+
+def failed_attempt(cycle: int, job_id: str, stamp: str) -> str:
+    """What a generate attempt that failed had paid for (its job's stats, ``failed``)."""
+    return f"cycle={cycle}/jobstats-failed/{job_id}.{stamp}.json"
+
+
 def failed_dir(cycle: int) -> str:
     return f"cycle={cycle}/failed"
 

@@ -13,6 +13,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import matplotlib
 
@@ -22,12 +23,29 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from distillq import paths
 from distillq.manifest import Manifest
-from orchestrator.runs import cycle_stats, failure_causes, load_manifest  # noqa: E402
+from orchestrator.runs import (
+    cycle_stats,
+    failed_attempts,
+    failure_causes,
+    load_manifest,
+    spend_split,
+)  # noqa: E402
 from storage.store import ShardStore  # noqa: E402
 
 SIM_NOTE = ("> **Simulated teacher.** This run's teacher was distillq's simulated teacher: it "
             "answers from a held-out pool of real labelled examples (an oracle), not an LLM. "
             "Teacher quality, tokens, latency and cost below are those of the simulation.")
+
+
+def teacher_line(spec: dict[str, Any]) -> str:
+    """The teacher as the report and the summary name it: model and host, never a key, and
+    whether it is real or the simulation."""
+    teacher = spec["teacher"]
+    if teacher["kind"] == "sim":
+        return ("SIMULATED (distillq's simulated teacher: answers from a pool of real labelled "
+                "examples)")
+    host = urlsplit(str(teacher.get("base_url") or "")).netloc.rpartition("@")[2]
+    return f"`{teacher['model']}` at {host} (a real OpenAI-compatible server)"
 
 
 def _evals(store: ShardStore, run_id: str, manifest: Manifest) -> list[dict[str, Any]]:
@@ -50,8 +68,18 @@ def _teacher_totals(store: ShardStore, run_id: str, n_cycles: int) -> list[dict[
     rows = []
     for cycle in range(1, n_cycles):
         stats = cycle_stats(store, run_id, cycle)
-        row = {k: sum(float(s.get(k, 0) or 0) for s in stats)
-               for k in ("examples", "requests", "tokens_in", "tokens_out", "cost", "latency_s")}
+        wasted = failed_attempts(store, run_id, cycle)
+        row = {k: sum(float(s.get(k, 0) or 0) for s in stats + wasted)
+               for k in ("requests", "tokens_in", "tokens_out", "cost", "latency_s")}
+        row["examples"] = sum(float(s.get("examples", 0) or 0) for s in stats)
+        row["wasted_tokens"] = sum(float(s.get("tokens_in", 0) or 0)
+                                   + float(s.get("tokens_out", 0) or 0) for s in wasted)
+        row["wasted_cost"] = sum(float(s.get("cost", 0) or 0) for s in wasted)
+        for name, field in (("retries", "retries_by_reason"), ("rejected", "rejects_by_reason")):
+            row[name] = sum(sum((s.get(field) or {}).values()) for s in stats + wasted)
+        row["bad_answers"] = sum((s.get(f) or {}).get(reason, 0) for s in stats + wasted
+                                 for f in ("retries_by_reason", "failures_by_reason")
+                                 for reason in ("malformed", "truncated"))
         row["cycle"] = cycle
         failed = store.list_names(run_id, paths.failed_dir(cycle))
         row["failed"] = sum(n.startswith("generate-") for n in failed)
@@ -217,11 +245,17 @@ def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, A
                   f"{test.get('macro_f1', 0):.4f}, weighted-F1 {test.get('weighted_f1', 0):.4f}"
                   f" on {test.get('n', test.get('support', '?'))} examples."]
     lines += ["", "## Teacher spend per cycle", "",
-              "| cycle | requests | examples kept | tokens in | tokens out | cost | failed jobs |",
-              "|---|---|---|---|---|---|---|"]
+              f"Teacher: {teacher_line(spec)}. Every paid request is counted: those of committed "
+              "jobs and those of failed attempts (wasted: their answers were thrown away).", "",
+              "| cycle | requests | retries | malformed / truncated answers | examples rejected "
+              "| examples kept | tokens in | tokens out | cost | of it wasted (tokens, cost) "
+              "| failed jobs |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {int(r['cycle'])} | {int(r['requests'])} | {int(r['examples'])} | "
+        lines.append(f"| {int(r['cycle'])} | {int(r['requests'])} | {int(r['retries'])} | "
+                     f"{int(r['bad_answers'])} | {int(r['rejected'])} | {int(r['examples'])} | "
                      f"{int(r['tokens_in'])} | {int(r['tokens_out'])} | {r['cost']:.4f} | "
+                     f"{int(r['wasted_tokens'])}, {r['wasted_cost']:.4f} | "
                      f"{int(r.get('failed', 0))} generate, {int(r.get('failed_attribute', 0))} "
                      "attribute |")
     if any(r.get("failed") for r in rows):
@@ -276,8 +310,14 @@ def summary_lines(store: ShardStore, run_id: str) -> list[str]:
     lines = [f"run {run_id}: {manifest.status} ({manifest.stop_reason or ''})"]
     if manifest.status != "done":
         lines += [f"  cause: {cause}" for cause in failure_causes(store, manifest)]
-    if manifest.spec["teacher"]["kind"] == "sim":
-        lines.append("teacher: SIMULATED (answers from a pool of real labelled examples)")
+    lines.append(f"teacher: {teacher_line(manifest.spec)}")
+    split = spend_split(store, run_id, manifest.cycle)
+    paid, wasted = split["paid"], split["wasted"]
+    lines.append(f"  paid: {int(paid['requests'])} requests, "
+                 f"{int(paid['tokens_in'] + paid['tokens_out'])} tokens, cost "
+                 f"{paid['cost']:.4f}; of it wasted on failed attempts: "
+                 f"{int(wasted['tokens_in'] + wasted['tokens_out'])} tokens, cost "
+                 f"{wasted['cost']:.4f}")
     for d in manifest.decisions:
         lines.append(f"  cycle {d.cycle}: val {d.metric} {d.value:.4f}")
     test = store.read_json(run_id, paths.TEST_RESULT)

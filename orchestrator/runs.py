@@ -138,30 +138,67 @@ def summarize(store: ShardStore, run_id: str) -> dict[str, Any]:
     cycles = []
     for d in manifest.decisions:
         stats = cycle_stats(store, run_id, d.cycle) if d.cycle else []
+        wasted = failed_attempts(store, run_id, d.cycle) if d.cycle else []
         cycles.append({"cycle": d.cycle, "value": d.value, "action": d.action,
                        "examples": sum(int(s.get("examples", 0) or 0) for s in stats),
-                       "cost": sum(float(s.get("cost", 0) or 0) for s in stats)})
+                       "cost": sum(float(s.get("cost", 0) or 0) for s in stats + wasted),
+                       "wasted_cost": sum(float(s.get("cost", 0) or 0) for s in wasted)})
     final = manifest.final.model_dump() if manifest.final is not None else None
+    # the cycle it is in (or stopped in) has paid too, decided or not
+    split = spend_split(store, run_id, manifest.cycle)
     return {"run_id": run_id, "status": manifest.status,
             "metric": manifest.spec["loop"]["metric"], "cycles": cycles, "final": final,
-            "stop_reason": manifest.stop_reason, "teacher": manifest.spec["teacher"]["kind"]}
+            "stop_reason": manifest.stop_reason, "teacher": manifest.spec["teacher"]["kind"],
+            "spend": {"recorded_in": "storage: committed jobs and failed attempts",
+                      **{f"{part}_{key}": round(split[part][key], 6)
+                         for part in ("paid", "kept", "wasted")
+                         for key in ("tokens_in", "tokens_out", "cost", "requests")}}}
+
+
+SPEND_FIELDS = ("tokens_in", "tokens_out", "cost", "requests")
 
 
 def spend(store: ShardStore, run_id: str, upto_cycle: int) -> dict[str, float]:
-    """Teacher tokens and cost so far, summed from the committed job statistics."""
-    total = {"tokens_in": 0.0, "tokens_out": 0.0, "cost": 0.0, "requests": 0.0}
+    """Teacher tokens, cost and requests paid for in cycles 1..``upto_cycle``, as storage
+    records them: committed jobs and failed attempts alike (``spend_split`` tells them
+    apart). Answers still in flight are only on the run's counter in Redis."""
+    return spend_split(store, run_id, upto_cycle)["paid"]
+
+
+def spend_split(store: ShardStore, run_id: str,
+                upto_cycle: int) -> dict[str, dict[str, float]]:
+    """``kept``: what the committed jobs paid (their shards hold its answers, malformed
+    re-asks and rejected examples included); ``wasted``: what failed attempts paid, whose
+    answers were thrown away; ``paid``: both."""
+    kept = dict.fromkeys(SPEND_FIELDS, 0.0)
+    wasted = dict.fromkeys(SPEND_FIELDS, 0.0)
     for cycle in range(1, upto_cycle + 1):
-        for stats in cycle_stats(store, run_id, cycle):
-            for key in total:
-                total[key] += float(stats.get(key, 0) or 0)
-    return total
+        for into, rows in ((kept, cycle_stats(store, run_id, cycle)),
+                           (wasted, failed_attempts(store, run_id, cycle))):
+            for stats in rows:
+                for key in SPEND_FIELDS:
+                    into[key] += float(stats.get(key, 0) or 0)
+    return {"kept": kept, "wasted": wasted,
+            "paid": {k: kept[k] + wasted[k] for k in SPEND_FIELDS}}
 
 
 def cycle_stats(store: ShardStore, run_id: str, cycle: int) -> list[dict[str, Any]]:
+    """The statistics of the cycle's committed generate jobs."""
     out = []
     for job_id in store.list_jobs(run_id, cycle, "generated"):
         stats = store.read_json(run_id, paths.jobstats(cycle, job_id))
         if stats:
+            out.append(stats)
+    return out
+
+
+def failed_attempts(store: ShardStore, run_id: str, cycle: int) -> list[dict[str, Any]]:
+    """What the cycle's failed generate attempts paid for (``paths.failed_attempt``)."""
+    folder = paths.failed_attempts_dir(cycle)
+    out = []
+    for name in store.list_names(run_id, folder):
+        stats = store.read_json(run_id, f"{folder}/{name}") if name.endswith(".json") else None
+        if isinstance(stats, dict):
             out.append(stats)
     return out
 

@@ -196,3 +196,40 @@ def test_a_budget_refusal_is_recorded_with_its_error_type(
     assert record["error_type"] == "BudgetExceededError"
     assert record["error"].startswith("BudgetExceededError: run budget-refused: cost budget")
     assert [e["ok"] for e in _events(redis_client, run_id)] == [False]
+
+
+def test_what_a_failed_attempt_paid_for_is_recorded_and_counted(
+        tasks: Any, store: ShardStore, redis_client: redis.Redis) -> None:
+    """Every answer of a generate job that then fails (here: malformed, after its re-asks) is
+    paid for: its attempt's stats are recorded and the run's spend in storage counts them as
+    wasted; the run's counter in Redis and storage agree."""
+    from orchestrator.runs import spend_split
+    from tests.teachers.conftest import LABELS, make_job, make_pool
+    from workers.teachers.accounting import read_spend
+    from workers.teachers.sim import start_sim
+
+    url, stop = start_sim(make_pool(), faults=("malformed",), fault_rate=1.0)
+    try:
+        run_id = "paid"
+        write_manifest(store, run_id, taxonomy=LABELS,
+                       spec={"dataset": {"train": "unused.csv"},
+                             "teacher": {"kind": "sim", "rpm": 60000, "max_attempts": 1},
+                             "generation": {"examples_per_request": 4}})
+        store.write_json(run_id, "cycle=1/jobs/part-00000.json",
+                         {JOB: make_job(make_pool(per_label=30, seed=99), job_id=JOB, n=8)})
+        redis_client.set(f"dq:{run_id}:teacher_url", url)
+        result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri])
+    finally:
+        stop()
+    assert result.failed()
+    names = store.list_names(run_id, "cycle=1/jobstats-failed")
+    assert len(names) == 1 + 8, "the first attempt and each of its 8 retries"
+    for name in names:
+        record = store.read_json(run_id, f"cycle=1/jobstats-failed/{name}")
+        assert name.startswith(f"{JOB}.") and record["failed"] and record["requests"] == 2
+        assert record["failures_by_reason"] == {"malformed": 2}
+        assert record["retries_by_reason"] == {"malformed": 4}  # two re-asks of each request
+    split = spend_split(store, run_id, 1)
+    assert split["kept"]["cost"] == 0 and split["wasted"]["tokens_in"] > 0
+    live = read_spend(redis_client, run_id)
+    assert live["tokens"] == split["paid"]["tokens_in"] + split["paid"]["tokens_out"]

@@ -44,7 +44,7 @@ from workers.context import (
     teacher_base_url,
     workdir,
 )
-from workers.teachers.generate import generate_job
+from workers.teachers.generate import failed_attempt_stats, generate_job
 
 log = logging.getLogger("distillq.tasks")
 
@@ -175,17 +175,36 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
         if job is None:
             raise PermanentError(f"job {job_id} is not in the plan of cycle {cycle}")
         client = redis_client(redis_url())
-        result = generate_job(
-            ctx.spec, job, run_id=run_id, cycle=cycle,
-            taxonomy=list(ctx.taxonomy), redis=client,
-            base_url=teacher_base_url(client, ctx.store, run_id),
-            deadline_s=GENERATE_DEADLINE_S,
-        )
+        try:
+            result = generate_job(
+                ctx.spec, job, run_id=run_id, cycle=cycle,
+                taxonomy=list(ctx.taxonomy), redis=client,
+                base_url=teacher_base_url(client, ctx.store, run_id),
+                deadline_s=GENERATE_DEADLINE_S,
+            )
+        except Exception as exc:  # what the failed attempt paid for is recorded, then raised
+            _record_paid(ctx, run_id, cycle, job_id, exc)
+            raise
         ctx.store.write_json(run_id, paths.jobstats(cycle, job_id), result.stats)
         ctx.store.commit(run_id, cycle, "generated", job_id, result.table)
         return {"examples": result.table.num_rows}
 
     return _run_job(self, JobId.generate(cycle, job_id), storage, run_id, body)
+
+
+def _record_paid(ctx: RunContext, run_id: str, cycle: int, job_id: str,
+                 exc: BaseException) -> None:
+    """``paths.failed_attempt`` for a generate attempt that failed after paying for answers
+    (the run's spend in storage counts it); a storage error here is logged, not raised."""
+    stats = failed_attempt_stats(exc)
+    if stats is None:
+        return
+    stamp = f"{time.time():.6f}".replace(".", "")
+    try:
+        ctx.store.write_json(run_id, paths.failed_attempt(cycle, job_id, stamp), stats)
+    except Exception as err:  # noqa: BLE001 - the job's own error is the one to raise
+        log.error("paid-for failed attempt of %s not recorded: %s: %s", job_id,
+                  type(err).__name__, err)
 
 
 @app.task(**_options(PREPARE_TEACHER))

@@ -297,17 +297,19 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
         answers = runtime.run(asyncio.wait_for(_ask_all(ask, prompts, job_id), deadline_s))
     except (TimeoutError, asyncio.TimeoutError):  # one class since Python 3.11: deadline
         tally.fail("job_deadline")
-        raise TeacherTransientError(
-            "job_deadline", f"job {job_id} not done within {deadline_s}s") from None
+        raise _paid(TeacherTransientError(
+            "job_deadline", f"job {job_id} not done within {deadline_s}s"), tally, job_id,
+            cycle) from None
     finally:
         spend.flush()  # never raises: the answers paid for are not thrown away
         _record_endpoint(redis, client, tally)
         _flush_limiter(runtime, client)
     try:
         _check_failures(answers, spec.generation.tolerated_failure_fraction)
-    except (MalformedOutputError, TeacherTransientError) as exc:
+    except Exception as exc:
         if getattr(exc, "reason", "") in ANSWER_FAILURES:
             _count_failed_on_answers(redis, reasks, job_id)
+        _paid(exc, tally, job_id, cycle)
         raise
     validator = Validator(taxonomy, spec.generation, shown=_job_texts(job))
     ids = {"run_id": run_id, "cycle": cycle, "job_id": job_id}
@@ -324,6 +326,21 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
 
 
 ANSWER_FAILURES = ("malformed", "truncated")
+_PAID = "distillq_job_stats"
+
+
+def _paid(exc: BaseException, tally: Tally, job_id: str, cycle: int) -> BaseException:
+    """``exc``, carrying what the failed attempt paid for (``failed_attempt_stats``)."""
+    setattr(exc, _PAID, {**tally.stats(0), "job_id": job_id, "cycle": cycle, "failed": True,
+                         "error": f"{type(exc).__name__}: {exc}"[:500]})
+    return exc
+
+
+def failed_attempt_stats(exc: BaseException) -> dict[str, Any] | None:
+    """The requests, tokens and cost of the ``generate_job`` attempt that raised ``exc``
+    (None: it failed before asking anything, or not in ``generate_job``)."""
+    stats = getattr(exc, _PAID, None)
+    return stats if isinstance(stats, dict) and stats.get("requests") else None
 
 
 def _failed_on_answers(client: redis_lib.Redis, key: str, job_id: str) -> int:

@@ -244,7 +244,9 @@ class LoopSpec(_Model):
     min_delta: float = Field(default=0.0, ge=0.0,
                              description="a cycle improves only if it gains more than this")
     generate_deadline_s: float = Field(
-        default=600.0, gt=0, description="a started job without a result is re-sent after this")
+        default=600.0, gt=0, description="a job without a result is re-sent after this, once "
+        "its worker has not marked it for as long either (a generate job is marked every "
+        "quarter of it while it runs or waits for a request slot)")
     attribute_deadline_s: float = Field(default=3600.0, gt=0)
     train_deadline_s: float = Field(default=6 * 3600.0, gt=0)
     queue_deadline_s: float = Field(

@@ -51,6 +51,14 @@ return total
 SEND_BATCH = 500  # sends recorded in the in-flight table, then made, this many at a time
 
 
+def _time(raw: Any) -> float:
+    """A mark's time; an unreadable one (or an older worker's ``1``) is long past."""
+    try:
+        return float(as_text(raw))
+    except ValueError:
+        return 0.0
+
+
 class Dispatcher:
     """Sends one run's jobs through ``send`` (a Celery sender, or a recorder in tests and
     benches), recording each send in the in-flight table before it is made."""
@@ -62,7 +70,8 @@ class Dispatcher:
         self._loop: LoopSpec | None = None
         self._updates: dict[str, str] = {}  # in-flight entries to write
         self._outbox: list[tuple[str, list[Any], str]] = []  # sends to make
-        self._started: set[str] | None = None  # job keys a worker has begun (read when needed)
+        # job key -> the last mark a worker left on it (read when needed)
+        self._started: dict[str, float] | None = None
         self._busy: dict[str, bool] = {}  # queue → holds messages (this tick)
         self._cycle = 0  # the cycle being driven: entries of earlier ones are dropped
         self._forget: Any = None  # FORGET_LUA, registered when first needed
@@ -105,8 +114,11 @@ class Dispatcher:
         Returns 0, or the number of sends made when the job has used up ``loop.max_sends``
         (nothing is sent: the caller records the job as failed).
 
-        The deadline runs from the send, but a job no worker has started while its queue
-        holds messages is most likely waiting there (a big cycle, a slow teacher): it is
+        The deadline runs from the send, and is extended while a worker marks the job
+        (``workers.context.mark_started``: at its start, then as a heartbeat): a job whose last
+        mark is within the deadline is being worked on, or waits in its worker for a request
+        slot or the rate limiter, and is not re-sent. A job no worker has started while its
+        queue holds messages is most likely waiting there (a big cycle, a slow teacher): it is
         re-sent only after ``loop.queue_deadline_s``, and such re-sends do not count towards
         ``max_sends``. Not started with its queue empty, it was lost (say, reserved by a worker
         killed before it began): the job's own deadline applies."""
@@ -114,8 +126,12 @@ class Dispatcher:
         key = job.key
         entry = self.inflight.get(key, {"sent_at": 0.0, "sends": 0})
         now = self.clock()
-        queued = (bool(entry["sends"]) and now - entry["sent_at"] >= deadline_s
-                  and not self._has_started(key) and self._queue_busy(job.task))
+        late = bool(entry["sends"]) and now - entry["sent_at"] >= deadline_s
+        marked = self._last_mark(key) if late else None
+        if marked is not None and now - marked < deadline_s:
+            return 0  # a worker has it and marked it within the deadline: working, or
+            # waiting for a request slot or the rate limiter, not lost
+        queued = late and marked is None and self._queue_busy(job.task)
         if entry["sends"]:
             limit = max(deadline_s, self._loop.queue_deadline_s) if queued else deadline_s
             if now - entry["sent_at"] < limit:
@@ -149,20 +165,23 @@ class Dispatcher:
             for task, args, task_id in outbox:
                 self.send(task, args, task_id)
 
-    def _has_started(self, key: str) -> bool:
-        """Whether a worker has begun a send of job ``key`` (one HKEYS per tick, and only in
-        a tick where some job is past its deadline)."""
+    def _last_mark(self, key: str) -> float | None:
+        """When a worker last marked job ``key`` (``workers.context.mark_started``), None if
+        no worker has begun it (one HGETALL per tick, and only in a tick where some job is
+        past its deadline)."""
         if self._started is None:
             prefix = f"{self.run_id}:"
             table = STARTED_KEY.format(run_id=self.run_id)
-            self._started = {as_text(k)[len(prefix):] for k in self.redis.hkeys(table)}
+            self._started = {as_text(k)[len(prefix):]: _time(v)
+                             for k, v in self.redis.hgetall(table).items()}
             # a late duplicate of a decided cycle's job, marked after its entries were dropped
             stray = [k for k in self._started
                      if (c := key_cycle(k)) is not None and c < self._cycle]
             if stray:
                 self.redis.hdel(table, *(prefix + k for k in stray))
-                self._started.difference_update(stray)
-        return key in self._started
+                for k in stray:
+                    del self._started[k]
+        return self._started.get(key)
 
     def _queue_busy(self, task: str) -> bool:
         """Whether the broker queue of ``task`` holds messages (one LLEN per queue and tick;

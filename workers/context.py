@@ -96,14 +96,30 @@ def teacher_base_url(client: redis.Redis, store: Any, run_id: str) -> str | None
     return str(saved["base_url"]) if saved and saved.get("base_url") else None
 
 
-def mark_started(client: redis.Redis, run_id: str, task_id: str | None) -> None:
-    """Tell the controller a job left the queue (a job still queued is not re-sent at its
-    deadline: see ``orchestrator.dispatch.Dispatcher.ensure``). Best effort: a Redis error
-    is ignored."""
+# KEYS: the started table; ARGV: field, time ('' = the Redis server's clock)
+_BEAT_LUA = """
+local at = ARGV[2]
+if at == '' then
+  local t = redis.call('TIME')
+  at = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+end
+redis.call('HSET', KEYS[1], ARGV[1], at)
+return at
+"""
+
+
+def mark_started(client: redis.Redis, run_id: str, task_id: str | None,
+                 at: float | None = None) -> None:
+    """Tell the controller a job is being worked on, now (``at``: a time of the caller's
+    clock instead of the Redis server's): at its start, and then as a heartbeat while it runs
+    or waits for a request slot. The controller re-sends a started job only once its last
+    mark is older than the job's deadline, and a job still queued not at its deadline (see
+    ``orchestrator.dispatch.Dispatcher.ensure``). Best effort: a Redis error is ignored."""
     if not task_id:
         return
     try:
-        client.hset(STARTED_KEY.format(run_id=run_id), sent_job(task_id), 1)
+        client.eval(_BEAT_LUA, 1, STARTED_KEY.format(run_id=run_id), sent_job(task_id),
+                    "" if at is None else repr(float(at)))
     except redis.RedisError:
         pass
 

@@ -181,6 +181,7 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
                 taxonomy=list(ctx.taxonomy), redis=client,
                 base_url=teacher_base_url(client, ctx.store, run_id),
                 deadline_s=GENERATE_DEADLINE_S,
+                beat=lambda: mark_started(client, run_id, self.request.id),
             )
         except Exception as exc:  # what the failed attempt paid for is recorded, then raised
             _record_paid(ctx, run_id, cycle, job_id, exc)

@@ -98,7 +98,8 @@ def failed_in_cycle_one(setup: Any) -> tuple[Controller, list[Sent], Clock, str]
     return ctl, sent, clock, job
 
 
-def mark_sends_started(redis_client: redis.Redis, sent: list[Sent]) -> None:
-    """What a worker does first with a job: mark its send started (workers.context)."""
+def mark_sends_started(redis_client: redis.Redis, sent: list[Sent], at: float) -> None:
+    """What a worker does first with a job, and then as a heartbeat: mark it, at ``at`` of
+    the controller's clock (workers.context)."""
     for _, args, task_id in sent:
-        mark_started(redis_client, args[0], task_id)
+        mark_started(redis_client, args[0], task_id, at=at)

@@ -191,7 +191,8 @@ def test_a_job_that_never_answers_is_failed_after_max_sends(
     plan_cycle_one(ctl)
     n_jobs = len(sent) - 1
     for _ in range(3):
-        mark_sends_started(redis_client, sent)  # taken by a worker that then dies, say
+        # taken by a worker that then dies, say
+        mark_sends_started(redis_client, sent, at=clock.now)
         clock.now += 61
         ctl.tick()
     assert ctl.tick() == "failed"  # every generate job used its 3 sends
@@ -221,7 +222,7 @@ def test_every_send_is_recorded_before_it_is_made(
 def test_a_tick_that_fails_the_run_sends_nothing(setup: Any, redis_client: redis.Redis) -> None:
     ctl, sent, clock = setup(generation={"tolerated_failure_fraction": 0.0})
     plan_cycle_one(ctl)
-    mark_sends_started(redis_client, sent)
+    mark_sends_started(redis_client, sent, at=clock.now)
     job = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"][0]
     ctl.store.write_json("r1", f"cycle=1/failed/generate-{job}.json", {"error": "boom"})
     clock.now += 61  # the other jobs are past their deadline: they would be re-sent
@@ -244,7 +245,8 @@ def test_a_job_still_in_the_queue_is_not_re_sent_at_its_deadline(
     ctl.tick()
     jobs = sorted(s.job for s in sent)
     redis_client.rpush("generate", "a message waiting")  # the broker's queue is not empty
-    mark_sends_started(redis_client, sent[:1])  # one job is taken by a worker, the others wait
+    # one job is taken by a worker, the others wait
+    mark_sends_started(redis_client, sent[:1], at=clock.now)
     clock.now += 61
     ctl.tick()
     assert [s.job for s in sent[len(jobs):]] == [sent[0].job], "only the started one"
@@ -325,13 +327,13 @@ def test_a_decided_cycle_leaves_the_in_flight_and_started_tables(
 
     ctl, sent, clock = setup(loop={"max_cycles": 3, "patience": 3})
     ctl.tick()
-    mark_sends_started(redis_client, sent)
+    mark_sends_started(redis_client, sent, at=clock.now)
     write_eval(ctl, 0, 0.5)
     ctl.tick()
     sent.clear()
     ctl.tick()
     jobs = sorted(s.job for s in sent)
-    mark_sends_started(redis_client, sent)
+    mark_sends_started(redis_client, sent, at=clock.now)
     clock.now += 61  # every generate job past its deadline, started, nothing committed
     ctl.tick()
     commit_jobs(ctl, 1, jobs)
@@ -358,7 +360,28 @@ def test_a_late_duplicate_marked_started_after_its_cycle_was_dropped_goes_too(
     ctl.tick()
     sent.clear()
     ctl.tick()  # cycle 1's jobs go out; cycle 0's entries are dropped
-    mark_sends_started(redis_client, [Sent("distillq.train", ["r1", 0, ""], "r1:c00/train:2")])
+    mark_sends_started(redis_client, [Sent("distillq.train", ["r1", 0, ""], "r1:c00/train:2")],
+                       at=clock.now)
     clock.now += 61  # past the deadlines: the started table is read
     ctl.tick()
     assert redis_client.hkeys("dq:r1:started") == []
+
+
+def test_a_job_its_worker_keeps_marking_is_not_re_sent(
+        setup: Any, redis_client: redis.Redis) -> None:
+    """A started job waiting in its worker for a request slot (teacher.concurrency, the rate
+    limiter) past loop.generate_deadline_s: its heartbeat keeps it; once the marks stop for
+    a deadline, it is re-sent."""
+    ctl, sent, clock = setup()
+    plan_cycle_one(ctl)
+    generate = [s for s in sent if s.task == "distillq.generate"]
+    mark_sends_started(redis_client, generate, at=clock.now)
+    for _ in range(4):  # 4 x 40 s: far past the 60 s deadline, marked every 40 s
+        clock.now += 40
+        mark_sends_started(redis_client, generate, at=clock.now)
+        before = len(sent)
+        ctl.tick()
+        assert len(sent) == before, "being worked on: not re-sent"
+    clock.now += 61  # the worker died: no mark for a deadline
+    ctl.tick()
+    assert sorted(s.job for s in sent[-len(generate):]) == sorted(s.job for s in generate)

@@ -305,3 +305,25 @@ def test_the_limiter_books_output_at_the_runs_learnt_size_per_example(
          generation={"examples_per_request": 10})
     assert booked == [round(10 * per_example) + 16]
     assert booked[0] != 10 * 80 + 16  # the simulated teacher's examples are not 80 tokens
+
+
+def test_a_job_beats_while_its_requests_wait_for_a_slot(
+        sim: SimFactory, seen, redis_client) -> None:
+    """Three requests through one slot (teacher.concurrency 1) of a slow teacher: the job
+    beats every beat_interval (1 s here) while it runs, and stops when it is done."""
+    from workers.teachers.generate import beat_interval
+
+    url = sim(latency_ms=700)
+    beats: list[float] = []
+    spec = make_spec(teacher={"price": PRICE, "concurrency": 1},
+                     generation={"examples_per_request": 3}, loop={"generate_deadline_s": 4})
+    assert beat_interval(spec) == 1.0
+    t0 = time.monotonic()
+    result = generate_job(spec, make_job(seen, n=9), run_id="r1", cycle=1, taxonomy=LABELS,
+                          redis=redis_client, base_url=url,
+                          beat=lambda: beats.append(time.monotonic() - t0))
+    took = time.monotonic() - t0
+    assert result.stats["requests"] == 3 and took >= 2.1
+    assert len(beats) >= 2 and all(b <= took for b in beats)
+    time.sleep(1.2)
+    assert all(b <= took for b in beats), "no beat after the job"

@@ -28,12 +28,13 @@ A job fails as a whole (so the task is retried) when more than
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -62,6 +63,7 @@ from workers.teachers.runtime import Runtime, get_runtime
 log = logging.getLogger(__name__)
 
 MALFORMED_RETRIES = 2
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -259,8 +261,8 @@ def _job_texts(job: dict[str, Any]) -> list[str]:
 
 def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
                  taxonomy: list[str], redis: redis_lib.Redis, pool: Runtime | None = None,
-                 base_url: str | None = None,
-                 deadline_s: float | None = None) -> GenerationResult:
+                 base_url: str | None = None, deadline_s: float | None = None,
+                 beat: Callable[[], None] | None = None) -> GenerationResult:
     """Ask the teacher for ``job``'s examples; raises BudgetExceededError before starting
     when the run's spend has reached a ``BudgetSpec`` cap.
 
@@ -268,6 +270,10 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
     ``base_url``: overrides ``spec.teacher.base_url`` (the embedded simulated teacher).
     ``deadline_s``: the most the requests may take together (None: no bound beyond the
     client's own timeouts); past it they are cancelled and TeacherTransientError is raised.
+    ``beat``: called (in a thread) every ``beat_interval(spec)`` seconds while the requests
+    run or wait for a slot: the task's heartbeat, so the controller's ``generate_deadline_s``
+    measures a job that stopped, not one waiting behind ``teacher.concurrency`` or the rate
+    limiter.
 
     An attempt of the job that fails on its answers (malformed or cut short after the
     re-asks) is counted in Redis (``REASKS_KEY``); the next attempt varies every seed by that
@@ -294,7 +300,8 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
     try:
         # the deadline is applied on the loop: the requests are cancelled, and done being
         # cancelled, before the tally and the spend are read below
-        answers = runtime.run(asyncio.wait_for(_ask_all(ask, prompts, job_id), deadline_s))
+        answers = runtime.run(asyncio.wait_for(
+            _beating(_ask_all(ask, prompts, job_id), beat, beat_interval(spec)), deadline_s))
     except (TimeoutError, asyncio.TimeoutError):  # one class since Python 3.11: deadline
         tally.fail("job_deadline")
         raise _paid(TeacherTransientError(
@@ -326,6 +333,32 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
 
 
 ANSWER_FAILURES = ("malformed", "truncated")
+
+
+def beat_interval(spec: RunSpec) -> float:
+    """A quarter of ``loop.generate_deadline_s``, within 1-60 s."""
+    return min(60.0, max(1.0, spec.loop.generate_deadline_s / 4))
+
+
+async def _beating(work: Awaitable[T], beat: Callable[[], None] | None, every: float) -> T:
+    """``work``, with ``beat`` called every ``every`` seconds until it is done (``beat`` must
+    not raise: ``workers.context.mark_started`` does not)."""
+    if beat is None:
+        return await work
+
+    async def beats() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every)
+            await loop.run_in_executor(None, beat)
+
+    beating = asyncio.ensure_future(beats())
+    try:
+        return await work
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
 _PAID = "distillq_job_stats"
 
 

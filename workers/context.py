@@ -59,6 +59,28 @@ def run_context(storage: str, run_id: str) -> RunContext:
     return ctx
 
 
+_seed_lock = threading.Lock()
+_seed_cache: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def seed_texts(ctx: RunContext) -> tuple[str, ...]:
+    """The run's seed texts (read once per process): a teacher's copy of one adds nothing."""
+    key = (ctx.store.uri, ctx.run_id)
+    with _seed_lock:
+        if key in _seed_cache:
+            return _seed_cache[key]
+    if ctx.store.has(ctx.run_id, 0, "generated", "seed"):
+        seed = ctx.store.read_shard(ctx.run_id, 0, "generated", "seed")
+        texts = tuple(str(t) for t in seed.column("text").to_pylist())
+    else:  # a run made by hand without one (tests): nothing to compare with
+        texts = ()
+    with _seed_lock:
+        if len(_seed_cache) >= 64:
+            _seed_cache.pop(next(iter(_seed_cache)))
+        _seed_cache[key] = texts
+    return texts
+
+
 _redis_lock = threading.Lock()
 _redis_clients: dict[str, redis.Redis] = {}
 

@@ -41,6 +41,7 @@ from workers.context import (
     open_store,
     redis_client,
     run_context,
+    seed_texts,
     teacher_base_url,
     workdir,
 )
@@ -182,6 +183,7 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
                 base_url=teacher_base_url(client, ctx.store, run_id),
                 deadline_s=GENERATE_DEADLINE_S,
                 beat=lambda: mark_started(client, run_id, self.request.id),
+                seed_texts=seed_texts(ctx),
             )
         except Exception as exc:  # what the failed attempt paid for is recorded, then raised
             _record_paid(ctx, run_id, cycle, job_id, exc)

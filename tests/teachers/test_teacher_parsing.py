@@ -75,11 +75,27 @@ def test_the_opening_of_a_text_the_prompt_showed_cut_short_is_a_copy() -> None:
         {"text": shown_cut.rstrip("…"), "label": "card_arrival"},      # without it
         {"text": "My card was charged twice", "label": "card_arrival"},  # short: may be new
         {"text": "My card was charged twice for the same coffee order, why?",
-         "label": "card_arrival"},                                     # not a prefix
+         "label": "card_arrival"},                        # not a prefix, but a light edit of one
     ], v, limit=10)
-    assert parsed.rejects == {"copy_of_prompt": 2}
-    assert [t for t, _ in parsed.examples] == [
-        "My card was charged twice", "My card was charged twice for the same coffee order, why?"]
+    assert parsed.rejects == {"copy_of_prompt": 2, "near_copy_of_prompt": 1}
+    assert [t for t, _ in parsed.examples] == ["My card was charged twice"]
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("How do I shows my card details?", "near_copy_of_prompt"),  # a word edited
+    ("How do I show my card details", "copy_of_prompt"),  # punctuation only: exact
+    ("How do I show all my card details?", "near_copy_of_prompt"),  # a word added
+    ("Where can I see the details of my card?", None),  # the same need, other words: new
+    ("I lost my card please block it!!", "copy_of_seed"),
+    ("I lost my card, please block it now", "near_copy_of_seed"),
+    ("My card is gone, can you freeze it?", None),
+])
+def test_near_copies_of_the_prompt_or_the_seed_are_rejected(text: str, why: str | None) -> None:
+    """Thresholds measured by bench/nearcopy (docs/teachers.md, "Near copies")."""
+    v = Validator(LABELS, make_spec().generation, shown=["How do I show my card details?"],
+                  seed=["I lost my card please block it"])
+    parsed = parse_answer_items([{"text": text, "label": "card_lost"}], v, limit=10)
+    assert parsed.rejects == ({why: 1} if why else {})
 
 
 def parse_answer_items(items: list[object], validator: Validator, limit: int) -> Parsed:

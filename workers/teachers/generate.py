@@ -262,7 +262,8 @@ def _job_texts(job: dict[str, Any]) -> list[str]:
 def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
                  taxonomy: list[str], redis: redis_lib.Redis, pool: Runtime | None = None,
                  base_url: str | None = None, deadline_s: float | None = None,
-                 beat: Callable[[], None] | None = None) -> GenerationResult:
+                 beat: Callable[[], None] | None = None,
+                 seed_texts: Sequence[str] = ()) -> GenerationResult:
     """Ask the teacher for ``job``'s examples; raises BudgetExceededError before starting
     when the run's spend has reached a ``BudgetSpec`` cap.
 
@@ -273,7 +274,7 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
     ``beat``: called (in a thread) every ``beat_interval(spec)`` seconds while the requests
     run or wait for a slot: the task's heartbeat, so the controller's ``generate_deadline_s``
     measures a job that stopped, not one waiting behind ``teacher.concurrency`` or the rate
-    limiter.
+    limiter. ``seed_texts``: the run's seed, whose copies and near copies are rejected.
 
     An attempt of the job that fails on its answers (malformed or cut short after the
     re-asks) is counted in Redis (``REASKS_KEY``); the next attempt varies every seed by that
@@ -318,7 +319,7 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
             _count_failed_on_answers(redis, reasks, job_id)
         _paid(exc, tally, job_id, cycle)
         raise
-    validator = Validator(taxonomy, spec.generation, shown=_job_texts(job))
+    validator = Validator(taxonomy, spec.generation, shown=_job_texts(job), seed=seed_texts)
     ids = {"run_id": run_id, "cycle": cycle, "job_id": job_id}
     rows = _rows(answers, prompts, validator, tally, ids)
     table = pa.Table.from_pylist(rows, schema=EXAMPLES)

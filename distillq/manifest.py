@@ -8,6 +8,7 @@ methods below and ``save_manifest``.
     stop_at()                    the loop is over: ``final`` names the best cycle
     finish()                     done, failed or cancelled (``stop_reason``, ``finished_at``)
     reopen()                     ``orchestrator resume`` of a failed or cancelled run
+    change_teacher()             ``resume --teacher``: corrected teacher settings, recorded
 
 The JSON is the model's fields, an unset optional one left out.
 """
@@ -19,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distillq import paths
-from distillq.errors import ManifestError
+from distillq.errors import InvalidInputError, ManifestError
 from distillq.plans import JsonStore
 from distillq.spec import RunSpec, parse_spec
 
@@ -51,6 +52,22 @@ class Final(_Doc):
     reason: str
 
 
+class TeacherChange(_Doc):
+    """Teacher settings ``orchestrator resume --teacher`` changed: field -> [old, new]."""
+
+    at: float
+    changes: dict[str, list[Any]]
+
+
+# what `resume --teacher` may change: how to reach and pace the teacher, never what the run
+# learns from (the data, the student, the prompts, the prices its spend was counted at)
+RESUMABLE_TEACHER_FIELDS = (
+    "base_url", "model", "api_key_env", "api_key_file", "headers", "rpm", "tpm",
+    "global_rate_limit", "concurrency", "timeout_s", "max_attempts", "max_elapsed_s",
+    "max_output_tokens", "json_mode", "send_seed", "extra_body", "preflight",
+)
+
+
 class Manifest(_Doc):
     run_id: str
     spec: dict[str, Any]  # as the user wrote it, normalised (``distillq.spec.spec_to_dict``)
@@ -63,6 +80,7 @@ class Manifest(_Doc):
     stop_reason: str | None = None
     finished_at: float | None = None
     resumed_at: float | None = None
+    teacher_changes: list[TeacherChange] = []
 
     @property
     def ended(self) -> bool:
@@ -90,6 +108,22 @@ class Manifest(_Doc):
     def reopen(self, at: float) -> None:
         self.status, self.stop_reason, self.resumed_at = "running", None, at
 
+    def change_teacher(self, changes: dict[str, Any], at: float) -> None:
+        """Apply ``resume --teacher`` settings (RESUMABLE_TEACHER_FIELDS only); the spec with
+        them must still parse (SpecError naming the field otherwise), and nothing is changed
+        then. Recorded in ``teacher_changes``."""
+        unknown = sorted(set(changes) - set(RESUMABLE_TEACHER_FIELDS))
+        if unknown:
+            raise InvalidInputError(
+                f"teacher.{unknown[0]} cannot be changed on resume (these can: "
+                f"{', '.join(RESUMABLE_TEACHER_FIELDS)})")
+        teacher = dict(self.spec.get("teacher") or {})
+        spec = {**self.spec, "teacher": {**teacher, **changes}}
+        parse_spec(spec, f"manifest of {self.run_id} with the new teacher settings")
+        self.spec = spec
+        self.teacher_changes.append(TeacherChange(
+            at=at, changes={k: [teacher.get(k), v] for k, v in changes.items()}))
+
     def best_so_far(self) -> int | None:
         """The final best cycle, else the last decision's, else None (nothing trained)."""
         if self.final is not None:
@@ -97,7 +131,10 @@ class Manifest(_Doc):
         return self.decisions[-1].best_cycle if self.decisions else None
 
     def to_json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        data = self.model_dump(mode="json", exclude_none=True)
+        if not data["teacher_changes"]:  # a run never changed keeps the manifest it had
+            del data["teacher_changes"]
+        return data
 
 
 def parse_manifest(data: Any, run_id: str) -> Manifest:

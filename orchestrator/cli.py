@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_[0].upper() + help_[1:] + ".")
         p.add_argument("run_id", nargs="?" if name == "status" else None)
         _storage_arg(p)
+        if name == "resume":
+            p.add_argument("--teacher", action="append", default=[], metavar="FIELD=VALUE",
+                           help="correct a teacher setting of a failed or cancelled run "
+                                "(repeatable; VALUE is read as YAML): base_url, model, "
+                                "api_key_env, api_key_file, headers, rpm, tpm, concurrency, "
+                                "timeout_s, max_attempts, ... (docs/teachers.md); recorded in "
+                                "the manifest, checked by the pre-flight request")
         if name == "report":
             p.add_argument("--out", default=None, help="also copy the report to this folder")
 

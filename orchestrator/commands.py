@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import redis
+import yaml
 
 from distillq import paths
 from distillq.errors import EXIT_FAILED, InvalidInputError, ManifestError
@@ -95,9 +96,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if manifest.status == "done":
         raise InvalidInputError(f"run {run_id} is done: there is nothing to resume "
                                 f"(`orchestrator report {run_id}` writes its report)")
+    changes = _teacher_changes(getattr(args, "teacher", []))
+    if changes:
+        if manifest.status not in ("failed", "cancelled"):
+            raise InvalidInputError(f"run {run_id} is {manifest.status}: cancel it "
+                                    f"(`orchestrator cancel {run_id}`) before changing its "
+                                    "teacher")
+        manifest.change_teacher(changes, time.time())  # in memory until the checks pass
     spec = manifest.run_spec()
     client = _redis_from_env() if os.environ.get("REDIS_URL") else None
     check_teacher(spec.teacher)
+    if changes:
+        print(f"run {run_id}: teacher settings changed: "
+              + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
     if manifest.status in ("failed", "cancelled"):
         cycle = manifest.cycle
         reopened = reopen_failed_jobs(store, run_id, cycle)
@@ -130,6 +141,23 @@ def stop_flag() -> Callable[[], bool]:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handle)
     return event.is_set
+
+
+def _teacher_changes(pairs: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs of ``resume --teacher`` (VALUE read as YAML)."""
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        field, sep, raw = pair.partition("=")
+        field = field.strip().removeprefix("teacher.")
+        if not sep or not field:
+            raise InvalidInputError(f"--teacher {pair!r}: expected FIELD=VALUE, e.g. "
+                                    "--teacher model=gpt-4o-mini")
+        try:
+            changes[field] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise InvalidInputError(f"--teacher {pair!r}: the value is not YAML: "
+                                    f"{exc}") from None
+    return changes
 
 
 def _run_embedded(spec: RunSpec, store: ShardStore, run_id: str, quiet: bool) -> int:

@@ -41,20 +41,23 @@ def open_store(uri: str) -> ShardStore:
 
 
 _ctx_lock = threading.Lock()
-_ctx_cache: dict[tuple[str, str], RunContext] = {}
+_ctx_cache: dict[tuple[str, str, float | None], RunContext] = {}
 
 
 def run_context(storage: str, run_id: str) -> RunContext:
-    """Load (once per process) the run's manifest and spec."""
-    key = (storage, run_id)
+    """The run's spec and taxonomy, from its manifest (read at every task: a resume may have
+    changed the teacher's settings; the spec is parsed once per resume and process)."""
+    store = open_store(storage)
+    manifest = require_manifest(store, run_id)  # ManifestError / SpecError: permanent
+    key = (storage, run_id, manifest.resumed_at)
     with _ctx_lock:
         if key in _ctx_cache:
             return _ctx_cache[key]
-    store = open_store(storage)
-    manifest = require_manifest(store, run_id)  # ManifestError / SpecError: permanent
     ctx = RunContext(store=store, run_id=run_id, spec=manifest.run_spec(),
                      taxonomy=tuple(manifest.taxonomy))
     with _ctx_lock:
+        if len(_ctx_cache) >= 64:
+            _ctx_cache.pop(next(iter(_ctx_cache)))
         _ctx_cache[key] = ctx
     return ctx
 

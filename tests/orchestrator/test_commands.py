@@ -47,6 +47,47 @@ def test_resume_sends_the_failed_jobs_of_a_failed_run_again(
         cmd_resume(args)
 
 
+def test_resume_takes_corrected_teacher_settings_and_records_them(
+    setup: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A typo in the teacher's model (or URL, key source, rates) is mended on resume without
+    a new run: the change is checked, recorded in the manifest, and nothing done is redone."""
+    import argparse
+
+    from distillq.errors import InvalidInputError, SpecError
+    from orchestrator.commands import cmd_resume
+    from workers.context import run_context
+
+    ctl, _, _, _ = failed_in_cycle_one(setup)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+
+    def resume(*teacher: str) -> int:
+        return cmd_resume(argparse.Namespace(storage=ctl.store.uri, run_id="r1",
+                                             teacher=list(teacher)))
+
+    before = ctl.store.read_json("r1", "manifest.json")
+    for bad, error in ((("kind=openai",), "teacher.kind cannot be changed on resume"),
+                       (("rpm=-5",), "teacher.rpm"),
+                       (("model",), "expected FIELD=VALUE")):
+        with pytest.raises((InvalidInputError, SpecError), match=error):
+            resume(*bad)
+        assert ctl.store.read_json("r1", "manifest.json") == before, "nothing written"
+    assert resume("model=teacher-v2", "teacher.rpm=30", "json_mode=true") == 0
+    manifest = load_manifest(ctl.store, "r1")
+    assert manifest.status == "running"
+    teacher = manifest.run_spec().teacher
+    assert (teacher.model, teacher.rpm, teacher.json_mode) == ("teacher-v2", 30, True)
+    (change,) = manifest.teacher_changes
+    assert change.changes == {"model": [before["spec"]["teacher"]["model"], "teacher-v2"],
+                              "rpm": [before["spec"]["teacher"]["rpm"], 30],
+                              "json_mode": [before["spec"]["teacher"].get("json_mode"), True]}
+    assert [d.model_dump() for d in manifest.decisions] == before["decisions"], "cycle 0 kept"
+    assert run_context(ctl.store.uri, "r1").spec.teacher.model == "teacher-v2", \
+        "a worker sees the change at its next task"
+    with pytest.raises(InvalidInputError, match="is running: cancel it"):
+        resume("model=teacher-v3")
+
+
 def test_submit_to_an_unreachable_redis_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

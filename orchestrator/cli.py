@@ -55,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="run spec (YAML)")
     p.add_argument("--quiet", action="store_true", help="no live progress, one line per event")
 
+    p = sub.add_parser("plan", help="what a spec's run will ask of its teacher: requests, "
+                       "tokens and cost per cycle, before anything is spent",
+                       description="Read and split the dataset as `run` would (nothing is "
+                       "written), plan cycle 1, build every request's prompt and estimate its "
+                       "input and output tokens and cost; the run at loop.max_cycles is the "
+                       "sum. No teacher is asked.")
+    p.add_argument("spec", help="run spec (YAML)")
+
     p = sub.add_parser("submit", help="hand a spec to a running `orchestrator serve`",
                        description="Validate SPEC, create the run in its storage and register it "
                        "with the controller behind $REDIS_URL; prints the run id.")

@@ -25,6 +25,7 @@ from distillq.keys import INFLIGHT, RESENDS, RUNS_KEY, STARTED_KEY, TEACHER_URL_
 from distillq.manifest import Manifest, read_manifest, save_manifest
 from distillq.runstate import request_cancel
 from distillq.spec import RunSpec, TeacherSpec, load_spec
+from orchestrator.costplan import plan_costs
 from orchestrator.driver import drive, serve
 from orchestrator.embedded import LocalCluster, state_dir
 from orchestrator.metrics import start_metrics_server
@@ -213,6 +214,13 @@ def start_sim_process(spec: RunSpec, store: ShardStore, run_id: str,
         proc.kill()
         raise RuntimeError(f"the simulated teacher did not start; see {local / 'sim.log'}")
     return proc, line
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    for line in plan_costs(spec).lines(spec):
+        print(line)
+    return 0
 
 
 # ---- distributed --------------------------------------------------------------------------

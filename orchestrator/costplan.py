@@ -1,0 +1,122 @@
+"""``orchestrator plan SPEC``: what a run will ask of its teacher, before it spends anything.
+
+The dataset is read and split as ``run`` would (nothing is written), the planner plans cycle 1
+and every request's prompt is built as a worker would build it. Input tokens are those
+prompts' (the client's estimate: four characters a token, four a message); output tokens are
+the examples asked for, each at the data's own size: its mean text (cut at
+``generation.max_chars``) and label, four characters a token, plus the JSON around them.
+Before any student exists the planner has no evaluation report: a stand-in one gives every
+class the same score (even quotas), confuses each class once with another (so confused pairs
+get their share of the jobs, as after a real cycle 0) and mines its examples from the seed,
+so the prompts carry as many examples, of the same lengths, as a real report's would. Later cycles are planned
+the same way, so each is estimated like cycle 1; the run at ``loop.max_cycles`` is their sum
+(an upper bound: early stopping ends most runs sooner). Cached input tokens are not
+estimated: distillq's prompts are not yet ordered for a provider's prompt cache.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from distillq.spec import RunSpec
+from orchestrator.datasets import Split, load_and_split
+from orchestrator.planning import Planner
+from workers.teachers.accounting import request_cost
+from workers.teachers.generate import job_prompts
+from workers.teachers.openai import estimate_tokens
+
+JSON_TOKENS_PER_EXAMPLE = 8  # {"text": "...", "label": "..."}, and the separators
+
+
+@dataclass(frozen=True)
+class CyclePlan:
+    """One generation cycle's requests and their estimated tokens and cost."""
+
+    jobs: int
+    requests: int
+    examples: int
+    tokens_in: int
+    tokens_out: int
+    cost: float
+
+
+@dataclass(frozen=True)
+class CostPlan:
+    cycle: CyclePlan
+    cycles: int  # loop.max_cycles
+    output_tokens_per_example: float
+
+    @property
+    def run(self) -> CyclePlan:
+        c, n = self.cycle, self.cycles
+        return CyclePlan(c.jobs * n, c.requests * n, c.examples * n, c.tokens_in * n,
+                         c.tokens_out * n, c.cost * n)
+
+    def lines(self, spec: RunSpec) -> list[str]:
+        teacher = spec.teacher
+        who = ("the SIMULATED teacher" if teacher.kind == "sim"
+               else f"{teacher.model} ({teacher.base_url})")
+        rows = [("cycle 1", self.cycle), (f"run, {self.cycles} cycles (at most)", self.run)]
+        out = [f"teacher: {who}; prices per 1k tokens: input {teacher.price.input_per_1k}, "
+               f"output {teacher.price.output_per_1k}",
+               f"output tokens per example (from the data): "
+               f"{self.output_tokens_per_example:.0f}", "",
+               "| | jobs | requests | examples | input tokens | output tokens | cost |",
+               "|---|---|---|---|---|---|---|"]
+        out += [f"| {name} | {r.jobs} | {r.requests} | {r.examples} | {r.tokens_in:,} | "
+                f"{r.tokens_out:,} | {r.cost:.4f} |" for name, r in rows]
+        out += ["", "Estimates before any answer: retries, re-asks and malformed answers are "
+                "extra; cached input tokens are not estimated (docs/teachers.md, \"Cost "
+                "plan\")."]
+        return out
+
+
+def stand_in_report(split: Split, seed: int) -> dict[str, Any]:
+    """An evaluation report for planning before any student: every class scored alike and
+    confused once with another (a student far from perfect confuses every class with some
+    other, so the planner gives confused pairs their share), its mined examples drawn from
+    the seed (a real one mines the training and validation data)."""
+    rng = random.Random(seed)
+    others = {c: rng.choice([o for o in split.taxonomy if o != c] or [c])
+              for c in split.taxonomy}
+    confusions = [[c, others[c], 1] for c in split.taxonomy if others[c] != c]
+    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 1}
+                 for c in split.taxonomy}
+    items = [{"text": t, "label": lab, "pred": rng.choice(split.taxonomy), "confidence": 0.5}
+             for data in (split.seed_train, split.val)
+             for t, lab in zip(data.texts, data.labels, strict=True)]
+    rng.shuffle(items)
+    return {"accuracy": 0.5, "macro_f1": 0.5, "weighted_f1": 0.5, "per_class": per_class,
+            "confusions": confusions, "mined": {"correct": items, "misclassified": items,
+                                        "hard_negatives": items}}
+
+
+def output_tokens_per_example(split: Split, max_chars: int) -> float:
+    texts = split.seed_train.texts + split.val.texts
+    labels = split.seed_train.labels + split.val.labels
+    chars = sum(min(len(t), max_chars) + len(lab) for t, lab in zip(texts, labels, strict=True))
+    return chars / max(1, len(texts)) / 4 + JSON_TOKENS_PER_EXAMPLE
+
+
+def plan_costs(spec: RunSpec) -> CostPlan:
+    """Plan cycle 1 of ``spec`` and price its requests (InvalidInputError: bad data)."""
+    split = load_and_split(spec.dataset)
+    pool = [{"text": t, "label": lab}
+            for t, lab in zip(split.seed_train.texts, split.seed_train.labels, strict=True)]
+    planner = Planner(spec.generation, list(split.taxonomy), pool,
+                      seed=spec.dataset.sample_seed)
+    jobs = planner.plan(1, stand_in_report(split, spec.dataset.sample_seed))
+    per_example = output_tokens_per_example(split, spec.generation.max_chars)
+    requests = tokens_in = examples = tokens_out = 0
+    cost = 0.0
+    for job in jobs:
+        for prompt in job_prompts(spec, job, list(split.taxonomy)):
+            t_in = estimate_tokens(prompt.messages)
+            t_out = min(round(prompt.n * per_example), spec.teacher.max_output_tokens)
+            requests, examples = requests + 1, examples + prompt.n
+            tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
+            cost += request_cost(spec.teacher.price, t_in, t_out)
+    cycle = CyclePlan(len(jobs), requests, examples, tokens_in, tokens_out, cost)
+    return CostPlan(cycle, spec.loop.max_cycles, per_example)

@@ -1,0 +1,46 @@
+"""`orchestrator plan` (orchestrator/costplan.py): a run's teacher requests, tokens and cost,
+estimated from the prompts the planner builds, before anything is spent or written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from runkit import write_spec
+
+from distillq.spec import load_spec
+from orchestrator.cli import main
+from orchestrator.costplan import plan_costs
+from workers.teachers.accounting import request_cost
+
+
+def test_plan_prices_the_prompts_cycle_one_would_send(
+        tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_spec(tmp_path, corpus, "planned",
+                      teacher={"price": {"input_per_1k": 0.5, "output_per_1k": 2.0}},
+                      generation={"examples_per_cycle": 24, "examples_per_request": 4},
+                      loop={"max_cycles": 3})
+    spec = load_spec(path)
+    plan = plan_costs(spec)
+    c = plan.cycle
+    # 6 classes: 18 examples in 6 class jobs, 6 in the 6 confused pairs' jobs (one request each)
+    assert (c.examples, c.requests, c.jobs) == (24, 12, 12)
+    assert c.tokens_in > 12 * 200, "each prompt carries the taxonomy, the report and examples"
+    assert c.tokens_out == pytest.approx(24 * plan.output_tokens_per_example, abs=6)
+    assert c.cost == pytest.approx(request_cost(spec.teacher.price, c.tokens_in, c.tokens_out),
+                                   rel=1e-3)
+    assert plan.run.tokens_in == 3 * c.tokens_in and plan.run.cost == pytest.approx(3 * c.cost)
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "the SIMULATED teacher" in out
+    assert f"| cycle 1 | 12 | 12 | 24 | {c.tokens_in:,} | {c.tokens_out:,} |" in out
+    assert not (tmp_path / "store").exists(), "nothing written"
+
+
+def test_plan_of_a_bad_spec_names_the_problem(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"dataset": {"train": str(tmp_path / "missing.csv")}}))
+    assert main(["plan", str(path)]) == 2
+    assert "missing.csv" in capsys.readouterr().err

@@ -65,6 +65,9 @@ class PriceSpec(_Model):
 
     input_per_1k: float = Field(default=0.0, ge=0)
     output_per_1k: float = Field(default=0.0, ge=0)
+    cached_input_per_1k: float | None = Field(
+        default=None, ge=0, description="input tokens the provider served from its prompt "
+        "cache (OpenAI: half the input price); unset: priced as input_per_1k")
 
 
 class SimSpec(_Model):

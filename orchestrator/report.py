@@ -317,7 +317,8 @@ def summary_lines(store: ShardStore, run_id: str) -> list[str]:
                  f"{int(paid['tokens_in'] + paid['tokens_out'])} tokens, cost "
                  f"{paid['cost']:.4f}; of it wasted on failed attempts: "
                  f"{int(wasted['tokens_in'] + wasted['tokens_out'])} tokens, cost "
-                 f"{wasted['cost']:.4f}")
+                 f"{wasted['cost']:.4f}; input tokens read from the provider's prompt cache: "
+                 f"{int(paid['tokens_cached'])}")
     for d in manifest.decisions:
         lines.append(f"  cycle {d.cycle}: val {d.metric} {d.value:.4f}")
     test = store.read_json(run_id, paths.TEST_RESULT)

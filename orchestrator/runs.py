@@ -152,10 +152,10 @@ def summarize(store: ShardStore, run_id: str) -> dict[str, Any]:
             "spend": {"recorded_in": "storage: committed jobs and failed attempts",
                       **{f"{part}_{key}": round(split[part][key], 6)
                          for part in ("paid", "kept", "wasted")
-                         for key in ("tokens_in", "tokens_out", "cost", "requests")}}}
+                         for key in SPEND_FIELDS}}}
 
 
-SPEND_FIELDS = ("tokens_in", "tokens_out", "cost", "requests")
+SPEND_FIELDS = ("tokens_in", "tokens_out", "tokens_cached", "cost", "requests")
 
 
 def spend(store: ShardStore, run_id: str, upto_cycle: int) -> dict[str, float]:

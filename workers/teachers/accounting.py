@@ -38,8 +38,15 @@ from distillq.spec import BudgetSpec, PriceSpec
 PROCESS_COUNTS: Counter[str] = Counter()
 
 
-def request_cost(price: PriceSpec, input_tokens: int, output_tokens: int) -> float:
-    return (input_tokens * price.input_per_1k + output_tokens * price.output_per_1k) / 1000.0
+def request_cost(price: PriceSpec, input_tokens: int, output_tokens: int,
+                 cached_tokens: int = 0) -> float:
+    """What a request costs; ``cached_tokens`` of its input (served from the provider's prompt
+    cache) at ``price.cached_input_per_1k`` when the spec sets it."""
+    cached = min(max(0, cached_tokens), input_tokens)
+    cached_rate = price.input_per_1k if price.cached_input_per_1k is None \
+        else price.cached_input_per_1k
+    return ((input_tokens - cached) * price.input_per_1k + cached * cached_rate
+            + output_tokens * price.output_per_1k) / 1000.0
 
 
 @dataclass
@@ -54,12 +61,15 @@ class RequestRecord:
     cost: float = 0.0
     attempts: int = 0
     kept: int = 0
+    cached_tokens: int = 0  # of input_tokens, served from the provider's prompt cache
 
-    def add(self, input_tokens: int, output_tokens: int, latency_s: float, cost: float) -> None:
+    def add(self, input_tokens: int, output_tokens: int, latency_s: float, cost: float,
+            cached_tokens: int = 0) -> None:
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
         self.latency_s += latency_s
         self.cost += cost
+        self.cached_tokens += cached_tokens
 
 
 @dataclass
@@ -92,6 +102,7 @@ class Tally:
             "attempts": sum(r.attempts for r in reqs),
             "tokens_in": sum(r.input_tokens for r in reqs),
             "tokens_out": sum(r.output_tokens for r in reqs),
+            "tokens_cached": sum(r.cached_tokens for r in reqs),
             "cost": sum(r.cost for r in reqs),
             "latency_s": round(sum(r.latency_s for r in reqs), 4),
             "retries_by_reason": dict(self.retries),

@@ -199,10 +199,10 @@ async def _complete(ask: _Ask, messages: list[dict[str, str]], n: int, record: R
             expected_output_tokens=round(n * ask.per_example) + 16, seed=seed)
     finally:
         record.attempts += len(attempts)
-    cost = request_cost(ask.price, done.input_tokens, done.output_tokens)
+    cost = request_cost(ask.price, done.input_tokens, done.output_tokens, done.cached_tokens)
     paid = bool(done.input_tokens or done.output_tokens)
     first = paid and not (record.input_tokens or record.output_tokens)
-    record.add(done.input_tokens, done.output_tokens, done.latency_s, cost)
+    record.add(done.input_tokens, done.output_tokens, done.latency_s, cost, done.cached_tokens)
     record.api_id = done.api_id
     if paid:  # on the run's counter now, not when the whole job is done
         await ask.spend.add(done.input_tokens, done.output_tokens, cost, int(first), n)

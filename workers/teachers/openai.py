@@ -93,6 +93,7 @@ class Completion:
     api_id: str
     model: str
     finish_reason: str = ""  # "length": cut at max_tokens
+    cached_tokens: int = 0  # of input_tokens, read from the provider's prompt cache
 
     @property
     def truncated(self) -> bool:
@@ -367,7 +368,22 @@ def _completion(raw: bytes, latency: float, estimate: int, model: str) -> Comple
         latency_s=latency, api_id=str(data.get("id", "")),
         model=str(data.get("model") or model),
         finish_reason=str(choice.get("finish_reason") or ""),
+        cached_tokens=cached_tokens(usage),
     )
+
+
+def cached_tokens(usage: Mapping[str, Any]) -> int:
+    """Input tokens the provider served from its prompt cache: OpenAI's
+    ``prompt_tokens_details.cached_tokens``, or ``cache_read_input_tokens`` (Anthropic's name,
+    passed on by some gateways); 0 when the answer says nothing of it."""
+    details = usage.get("prompt_tokens_details")
+    value = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    if value is None:
+        value = usage.get("cache_read_input_tokens")
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def client_for(teacher: TeacherSpec, runtime: Runtime, redis_client: redis.Redis | None,

@@ -123,13 +123,19 @@ class TeacherSpec(_Model):
     def _extra_body_adds_only(cls, v: dict[str, Any]) -> dict[str, Any]:
         own = {"model": "teacher.model", "messages": None,
                "max_tokens": "teacher.max_output_tokens", "temperature": "teacher.temperature",
-               "seed": "teacher.send_seed", "response_format": "teacher.json_mode",
-               "stream": None}
+               "seed": "teacher.send_seed", "stream": None}
         for key in v:
             if key in own:
                 where = f" (set it with {own[key]})" if own[key] else ""
                 raise ValueError(f"{key!r} is set by distillq itself{where}")
         return v
+
+    @model_validator(mode="after")
+    def _one_response_format(self) -> TeacherSpec:
+        if self.json_mode and "response_format" in self.extra_body:
+            raise ValueError("teacher.json_mode and extra_body.response_format both set the "
+                             "response format: keep one")
+        return self
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> TeacherSpec:

@@ -37,6 +37,12 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
                         "(default: $DISTILLQ_STORAGE or ./runs)")
 
 
+def _preflight_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-preflight", action="store_true",
+                   help="do not send the teacher the pre-flight request from this machine "
+                        "(one that cannot reach the teacher the workers will use)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator",
@@ -54,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "it, and the controller; drive the run to its end and write the report.")
     p.add_argument("spec", help="run spec (YAML)")
     p.add_argument("--quiet", action="store_true", help="no live progress, one line per event")
+    _preflight_arg(p)
 
     p = sub.add_parser("plan", help="what a spec's run will ask of its teacher: requests, "
                        "tokens and cost per cycle, before anything is spent",
@@ -67,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Validate SPEC, create the run in its storage and register it "
                        "with the controller behind $REDIS_URL; prints the run id.")
     p.add_argument("spec")
+    _preflight_arg(p)
 
     p = sub.add_parser("serve", help="drive every submitted run (needs $REDIS_URL)",
                        description="The long-running controller of a distributed deployment: "
@@ -90,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("run_id", nargs="?" if name == "status" else None)
         _storage_arg(p)
         if name == "resume":
+            _preflight_arg(p)
             p.add_argument("--teacher", action="append", default=[], metavar="FIELD=VALUE",
                            help="correct a teacher setting of a failed or cancelled run "
                                 "(repeatable; VALUE is read as YAML): base_url, model, "

@@ -22,7 +22,7 @@ import yaml
 from distillq import paths
 from distillq.errors import EXIT_FAILED, InvalidInputError, ManifestError
 from distillq.keys import INFLIGHT, RESENDS, RUNS_KEY, STARTED_KEY, TEACHER_URL_KEY
-from distillq.manifest import Manifest, read_manifest, save_manifest
+from distillq.manifest import TERMINAL, Manifest, read_manifest, save_manifest
 from distillq.runstate import request_cancel
 from distillq.spec import RunSpec, TeacherSpec, load_spec
 from orchestrator.costplan import plan_costs
@@ -69,17 +69,19 @@ def _store(args: argparse.Namespace) -> ShardStore:
 
 
 # ---- run / resume (embedded) --------------------------------------------------------------
-def check_teacher(teacher: TeacherSpec) -> None:
+def check_teacher(teacher: TeacherSpec, args: argparse.Namespace) -> None:
     """The pre-flight request (``workers.teachers.preflight``), for a real teacher whose spec
-    asks for it: TeacherUnavailableError before anything is written."""
-    if teacher.kind == "openai" and teacher.preflight:
+    asks for it, unless ``--no-preflight`` (a machine that cannot reach the teacher the
+    workers will): TeacherUnavailableError before anything is written."""
+    if teacher.kind == "openai" and teacher.preflight and not getattr(args, "no_preflight",
+                                                                       False):
         print(preflight(teacher).line())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     store = ShardStore(check_storage(spec.storage))
-    check_teacher(spec.teacher)
+    check_teacher(spec.teacher, args)
     run_id = create_run(spec, store)
     print(f"run {run_id} created in {store.uri}")
     return _run_embedded(spec, store, run_id, quiet=args.quiet)
@@ -106,7 +108,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         manifest.change_teacher(changes, time.time())  # in memory until the checks pass
     spec = manifest.run_spec()
     client = _redis_from_env() if os.environ.get("REDIS_URL") else None
-    check_teacher(spec.teacher)
+    check_teacher(spec.teacher, args)
     if changes:
         print(f"run {run_id}: teacher settings changed: "
               + ", ".join(f"{k}={v!r}" for k, v in changes.items()))
@@ -177,8 +179,12 @@ def _run_embedded(spec: RunSpec, store: ShardStore, run_id: str, quiet: bool) ->
         with Progress(store, run_id, quiet=quiet) as progress:
             status = drive(store, client, run_id, app, on_tick=progress.update,
                            should_stop=stop_flag())
-        path = write_report(store, run_id)  # a failed or cancelled run's too: what it did
-        print(f"report: {path}")
+        if status in TERMINAL:  # a failed or cancelled run's too: what it did and why
+            try:
+                print(f"report: {write_report(store, run_id)}")
+            except Exception as exc:  # noqa: BLE001 - the run's own outcome is the exit code
+                log.error("run=%s: report not written: %s: %s", run_id, type(exc).__name__,
+                          exc)
         _print_summary(store, run_id)
         return 0 if status == "done" else EXIT_FAILED
     finally:
@@ -228,7 +234,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     client = _redis_from_env()  # reached before the run is written
     store = ShardStore(check_storage(spec.storage))
-    check_teacher(spec.teacher)
+    check_teacher(spec.teacher, args)
     run_id = create_run(spec, store)
     client.hset(RUNS_KEY, run_id, store.uri)
     print(run_id)

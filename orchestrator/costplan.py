@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from distillq.spec import RunSpec
 from orchestrator.datasets import Split, load_and_split
@@ -56,8 +57,8 @@ class CostPlan:
 
     def lines(self, spec: RunSpec) -> list[str]:
         teacher = spec.teacher
-        who = ("the SIMULATED teacher" if teacher.kind == "sim"
-               else f"{teacher.model} ({teacher.base_url})")
+        host = urlsplit(teacher.base_url or "").netloc.rpartition("@")[2]
+        who = "the SIMULATED teacher" if teacher.kind == "sim" else f"{teacher.model} at {host}"
         rows = [("cycle 1", self.cycle), (f"run, {self.cycles} cycles (at most)", self.run)]
         out = [f"teacher: {who}; prices per 1k tokens: input {teacher.price.input_per_1k}, "
                f"output {teacher.price.output_per_1k}",

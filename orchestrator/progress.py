@@ -17,7 +17,7 @@ from rich.progress import Progress as RichProgress
 from distillq import paths
 from distillq.manifest import Manifest
 from orchestrator.controller import Controller, CycleProgress
-from orchestrator.runs import load_manifest, spend
+from orchestrator.runs import load_manifest, spend_split
 from storage.store import ShardStore
 
 
@@ -77,12 +77,14 @@ class Progress:
 
     def _print_decisions(self, manifest: Manifest) -> None:
         for d in manifest.decisions[self.decided:]:
-            spent = spend(self.store, self.run_id, d.cycle)
+            split = spend_split(self.store, self.run_id, d.cycle)
+            spent, wasted = split["paid"], split["wasted"]
             tokens = int(spent["tokens_in"] + spent["tokens_out"])
+            lost = int(wasted["tokens_in"] + wasted["tokens_out"])
             note = f" — stop: {d.reason}" if d.action == "stop" else ""
             self._say(f"cycle {d.cycle}: val {d.metric}={d.value:.4f} "
                       f"(best c{d.best_cycle}={d.best_value:.4f}) teacher tokens={tokens} "
-                      f"cost={spent['cost']:.4f}{note}")
+                      f"(wasted {lost}) cost={spent['cost']:.4f}{note}")
         self.decided = manifest.cycle
 
     def _say(self, text: str) -> None:

@@ -294,7 +294,8 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
         if rows:
             plots.append(_plot_cost(rows, folder))
         quality = store.read_json(run_id, paths.ATTRIBUTION_QUALITY)
-        causes = failure_causes(store, manifest) if manifest.status != "done" else []
+        causes = (failure_causes(store, manifest)
+                  if manifest.status in ("failed", "cancelled") else [])
         (folder / "report.md").write_text(_markdown(manifest, evals, test, rows, plots, quality,
                                                     causes))
         where = store.put_dir(folder, run_id, paths.REPORT_DIR)  # a local path, or bucket/key
@@ -308,7 +309,7 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
 def summary_lines(store: ShardStore, run_id: str) -> list[str]:
     manifest = load_manifest(store, run_id)
     lines = [f"run {run_id}: {manifest.status} ({manifest.stop_reason or ''})"]
-    if manifest.status != "done":
+    if manifest.status in ("failed", "cancelled"):
         lines += [f"  cause: {cause}" for cause in failure_causes(store, manifest)]
     lines.append(f"teacher: {teacher_line(manifest.spec)}")
     split = spend_split(store, run_id, manifest.cycle)

@@ -233,3 +233,33 @@ def test_what_a_failed_attempt_paid_for_is_recorded_and_counted(
     assert split["kept"]["cost"] == 0 and split["wasted"]["tokens_in"] > 0
     live = read_spend(redis_client, run_id)
     assert live["tokens"] == split["paid"]["tokens_in"] + split["paid"]["tokens_out"]
+
+
+def test_a_generate_task_keeps_marking_its_job_while_it_runs(
+        tasks: Any, store: ShardStore, redis_client: redis.Redis) -> None:
+    """The heartbeat from the task itself (its beats run on another thread than the task's
+    Celery request): the job's mark moves on while its requests wait for the one slot."""
+    from tests.teachers.conftest import LABELS, make_job, make_pool
+    from workers.teachers.sim import start_sim
+
+    url, stop = start_sim(make_pool(), latency_ms=800)
+    run_id = "beating"
+    try:
+        write_manifest(store, run_id, taxonomy=LABELS,
+                       spec={"dataset": {"train": "unused.csv"},
+                             "teacher": {"kind": "sim", "rpm": 60000, "concurrency": 1},
+                             "generation": {"examples_per_request": 2},
+                             "loop": {"generate_deadline_s": 4}})
+        store.write_json(run_id, "cycle=1/jobs/part-00000.json",
+                         {JOB: make_job(make_pool(per_label=30, seed=99), job_id=JOB, n=6)})
+        redis_client.set(f"dq:{run_id}:teacher_url", url)
+        field = f"{run_id}:c01/gen/{JOB}"
+        seconds, micros = redis_client.time()
+        t0 = seconds + micros / 1e6  # the Redis server's clock, which the marks are in
+        result = tasks.generate.apply(args=[run_id, 1, JOB, store.uri],
+                                      task_id=f"{field}:1")
+        marked = float(redis_client.hget(f"dq:{run_id}:started", field))
+    finally:
+        stop()
+    assert result.successful(), result.result
+    assert marked >= t0 + 1.0, "marked again after its start, by the heartbeat"

@@ -1,7 +1,8 @@
 """What a task needs to know about its run: the store, the spec and the taxonomy.
 
-Messages carry ids and paths only; everything else is read from the run's manifest in storage
-and cached per process (a manifest's spec never changes once the run starts).
+Messages carry ids and paths only; everything else is read from the run's manifest in storage,
+at every task (``orchestrator resume --teacher`` may change the teacher's settings), its spec
+parsed once per resume and process.
 """
 
 from __future__ import annotations

@@ -176,13 +176,14 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
         if job is None:
             raise PermanentError(f"job {job_id} is not in the plan of cycle {cycle}")
         client = redis_client(redis_url())
+        task_id = self.request.id  # read here: Celery's request is per thread, the beat is not
         try:
             result = generate_job(
                 ctx.spec, job, run_id=run_id, cycle=cycle,
                 taxonomy=list(ctx.taxonomy), redis=client,
                 base_url=teacher_base_url(client, ctx.store, run_id),
                 deadline_s=GENERATE_DEADLINE_S,
-                beat=lambda: mark_started(client, run_id, self.request.id),
+                beat=lambda: mark_started(client, run_id, task_id),
                 seed_texts=seed_texts(ctx),
             )
         except Exception as exc:  # what the failed attempt paid for is recorded, then raised

@@ -66,6 +66,8 @@ def test_resume_takes_corrected_teacher_settings_and_records_them(
                                              teacher=list(teacher)))
 
     before = ctl.store.read_json("r1", "manifest.json")
+    assert run_context(ctl.store.uri, "r1").spec.teacher.model == before["spec"]["teacher"][
+        "model"], "a worker process that ran a job of the run before the resume"
     for bad, error in ((("kind=openai",), "teacher.kind cannot be changed on resume"),
                        (("rpm=-5",), "teacher.rpm"),
                        (("model",), "expected FIELD=VALUE")):

@@ -111,6 +111,30 @@ def test_a_refusal_gives_the_servers_own_message_and_never_the_key(
     assert "sk-secret" not in str(err.value)
 
 
+def test_an_account_out_of_quota_is_refused_and_header_secrets_are_blanked(
+        server: Server) -> None:
+    url, _ = server((429, {"error": {"message": "You exceeded your current quota, please check "
+                                                "your plan and billing details.",
+                                     "code": "insufficient_quota"}}))
+    with pytest.raises(TeacherUnavailableError, match="HTTP 429: You exceeded your current"):
+        preflight(teacher(url))
+    url, _ = server((403, {"error": {"message": "bad gateway token gw-0123456789abcdef"}}))
+    with pytest.raises(TeacherUnavailableError) as err:
+        preflight(teacher(url, headers={"X-Gateway-Key": "gw-0123456789abcdef"}))
+    assert "gw-0123456789abcdef" not in str(err.value) and "token ***" in str(err.value)
+
+
+def test_no_preflight_skips_it(server: Server) -> None:
+    import argparse
+
+    from orchestrator.commands import check_teacher
+
+    dead = teacher(f"http://127.0.0.1:{free_port()}")
+    check_teacher(dead, argparse.Namespace(no_preflight=True))  # nothing sent, nothing raised
+    with pytest.raises(TeacherUnavailableError):
+        check_teacher(dead, argparse.Namespace(no_preflight=False))
+
+
 def test_a_missing_key_is_named_before_any_request() -> None:
     with pytest.raises(TeacherUnavailableError, match="NO_SUCH_KEY_VAR is not set"):
         preflight(teacher("http://127.0.0.1:9", api_key_env="NO_SUCH_KEY_VAR"))

@@ -83,6 +83,45 @@ def test_an_answer_cut_at_max_tokens_is_asked_again_in_halves(
     assert sim_stats(url).get("repeated", 0) == 0, "one example: re-asked with a repair message"
 
 
+def test_re_asks_differ_in_their_text_when_no_seed_is_sent(
+        sim: SimFactory, seen, redis_client) -> None:
+    """A server that ignores the seed (or a spec that sends none) must not get the same
+    request twice either: halves of a split and re-asks carry a line naming themselves."""
+    job = make_job(seen, n=8)
+    whole = _run(sim(seed=5), redis_client, job, teacher={"send_seed": False})
+    url = sim(seed=5)
+    cut = _run(url, redis_client, job, teacher={
+        "send_seed": False, "max_output_tokens": int(whole.stats["tokens_out"] / 8 * 6)})
+    assert cut.stats["retries_by_reason"].get("truncated") == 1
+    assert sim_stats(url).get("repeated", 0) == 0
+
+
+def test_one_failed_half_cancels_the_other() -> None:
+    import asyncio
+
+    from workers.teachers.generate import _all_or_none
+
+    finished: list[str] = []
+
+    async def slow() -> str:
+        await asyncio.sleep(5)
+        finished.append("slow")
+        return "slow"
+
+    async def failing() -> str:
+        await asyncio.sleep(0.01)
+        raise TeacherTransientError("malformed", "no JSON")
+
+    async def both() -> None:
+        with pytest.raises(TeacherTransientError):
+            await _all_or_none([slow(), failing()])
+        await asyncio.sleep(0.05)
+
+    t0 = time.monotonic()
+    asyncio.run(both())
+    assert finished == [] and time.monotonic() - t0 < 2, "the slow half was cancelled"
+
+
 def test_a_job_retried_after_bad_answers_sends_none_of_their_requests_again(
         sim: SimFactory, seen, redis_client) -> None:
     """Its first attempt got three malformed answers (the request and its two re-asks); the

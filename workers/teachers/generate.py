@@ -160,14 +160,13 @@ async def _ask(ask: _Ask, prompt: Prompt, record: RequestRecord, part: str = "")
     for round_ in range(MALFORMED_RETRIES + 1):
         variant = "".join(x for x in (f"a{ask.attempt}" if ask.attempt else "", part,
                                       f"m{round_}" if round_ else ""))
-        done = await _complete(ask, messages, prompt.n, record,
-                               request_seed(record.request_id, variant))
+        done = await _complete(ask, _marked(messages, record.request_id, variant), prompt.n,
+                               record, request_seed(record.request_id, variant))
         if done.truncated and prompt.n > 1:
             ask.tally.retry("truncated")
             halves = (prompt.n // 2, prompt.n - prompt.n // 2)
-            answers = await asyncio.gather(*(_ask(ask, ask.remake(prompt, k), record,
-                                                  f"{part}s{i}")
-                                             for i, k in enumerate(halves)))
+            answers = await _all_or_none([_ask(ask, ask.remake(prompt, k), record,
+                                               f"{part}s{i}") for i, k in enumerate(halves)])
             return _Answer(record, [x for a in answers for x in a.items], answers[0].model)
         if done.truncated:
             limit = ask.client.teacher.max_output_tokens
@@ -187,6 +186,32 @@ async def _ask(ask: _Ask, prompt: Prompt, record: RequestRecord, part: str = "")
                     {"role": "assistant", "content": done.text[:ANSWER_SHOWN_CHARS]},
                     {"role": "user", "content": REPAIR.format(problem=problem, n=prompt.n)}]
     raise AssertionError("unreachable")
+
+
+def _marked(messages: list[dict[str, str]], request: str,
+            variant: str) -> list[dict[str, str]]:
+    """A re-ask's messages, told apart from every other request's in their text too (a
+    server may ignore the seed, or the spec send none): the prompt's last user message gains
+    a line naming the request and its variant. The first ask of a request is left as built."""
+    if not variant:
+        return messages
+    last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+    marked = dict(messages[last])
+    marked["content"] = f"{marked['content']}\n\n(request {request}/{variant})"
+    return [*messages[:last], marked, *messages[last + 1:]]
+
+
+async def _all_or_none(coros: list[Awaitable[T]]) -> list[T]:
+    """All results, or the first error with the others cancelled (a split request whose
+    one half failed must not go on paying for the other)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _complete(ask: _Ask, messages: list[dict[str, str]], n: int, record: RequestRecord,
@@ -342,8 +367,8 @@ def beat_interval(spec: RunSpec) -> float:
 
 
 async def _beating(work: Awaitable[T], beat: Callable[[], None] | None, every: float) -> T:
-    """``work``, with ``beat`` called every ``every`` seconds until it is done (``beat`` must
-    not raise: ``workers.context.mark_started`` does not)."""
+    """``work``, with ``beat`` called every ``every`` seconds until it is done (a beat that
+    raises is logged and skipped)."""
     if beat is None:
         return await work
 
@@ -351,7 +376,10 @@ async def _beating(work: Awaitable[T], beat: Callable[[], None] | None, every: f
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(every)
-            await loop.run_in_executor(None, beat)
+            try:
+                await loop.run_in_executor(None, beat)
+            except Exception as exc:  # noqa: BLE001 - a missed beat must not fail the job
+                log.warning("heartbeat not sent: %s: %s", type(exc).__name__, exc)
 
     beating = asyncio.ensure_future(beats())
     try:
@@ -364,17 +392,22 @@ _PAID = "distillq_job_stats"
 
 
 def _paid(exc: BaseException, tally: Tally, job_id: str, cycle: int) -> BaseException:
-    """``exc``, carrying what the failed attempt paid for (``failed_attempt_stats``)."""
-    setattr(exc, _PAID, {**tally.stats(0), "job_id": job_id, "cycle": cycle, "failed": True,
+    """``exc``, carrying what the failed attempt paid for (``failed_attempt_stats``): its
+    answered requests only (one refused or unreachable cost nothing)."""
+    stats = tally.stats(0)
+    stats["requests"] = sum(1 for r in tally.requests if r.input_tokens or r.output_tokens)
+    setattr(exc, _PAID, {**stats, "job_id": job_id, "cycle": cycle, "failed": True,
                          "error": f"{type(exc).__name__}: {exc}"[:500]})
     return exc
 
 
 def failed_attempt_stats(exc: BaseException) -> dict[str, Any] | None:
     """The requests, tokens and cost of the ``generate_job`` attempt that raised ``exc``
-    (None: it failed before asking anything, or not in ``generate_job``)."""
+    (None: it paid for nothing, or did not fail in ``generate_job``)."""
     stats = getattr(exc, _PAID, None)
-    return stats if isinstance(stats, dict) and stats.get("requests") else None
+    paid = isinstance(stats, dict) and (stats.get("tokens_in") or stats.get("tokens_out")
+                                        or stats.get("cost"))
+    return stats if paid else None
 
 
 def _failed_on_answers(client: redis_lib.Redis, key: str, job_id: str) -> int:

@@ -333,7 +333,11 @@ class ChatClient:
 
     async def _raise_for_status(self, status: int, headers: Mapping[str, str],
                                 raw: bytes) -> None:
-        detail = raw[:300].decode("utf-8", "replace")
+        detail = raw[:4000].decode("utf-8", "replace")
+        for secret in (self.endpoint.api_key, *self.endpoint.headers.values()):
+            if secret and len(secret) >= 4:  # a server echoing the key: never in a record
+                detail = detail.replace(secret, "***")
+        detail = detail[:300]
         if status == 429:
             wait = parse_retry_after(headers)
             if wait is not None:  # a daily quota's "come back tomorrow", a skewed clock

@@ -6,14 +6,17 @@ orchestrator calls ``preflight`` first (``run``, ``submit``, ``resume``): one ch
 asking for a two-token answer, with the run's own headers, key, seed field, ``json_mode`` and
 ``extra_body``, so a server that refuses any of them refuses here. It is answered or refused
 within seconds; a refusal raises ``TeacherUnavailableError`` carrying the server's own
-message (the API key, should the server echo it, is blanked), and the CLI exits with
-``EXIT_TEACHER`` (5). A 429 is not a refusal: the endpoint is there and the key works.
+message (the API key and header values, should the server echo them, are blanked), and the
+CLI exits with ``EXIT_TEACHER`` (5). A 429 is not a refusal — the endpoint is there and the
+key works — unless it says the account's quota or credit is spent (OpenAI's
+``insufficient_quota``): waiting would not mend that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -28,7 +31,9 @@ from workers.teachers.openai import Endpoint, endpoint_for, payload
 PROMPT = [{"role": "user", "content": 'Reply with the JSON {"ok": true} and nothing else.'}]
 MAX_TOKENS = 16
 TIMEOUT_CAP_S = 30.0  # the most one pre-flight attempt waits, whatever teacher.timeout_s
-ATTEMPTS = 2  # a 5xx or a timeout is tried once more, a second later
+ATTEMPTS = 2  # a 5xx, a timeout or a 408/409/425 is tried once more, a second later
+RETRIED = {408, 409, 425}
+QUOTA = re.compile(r"quota|billing|credit", re.IGNORECASE)  # a 429 that waiting will not mend
 
 
 @dataclass(frozen=True)
@@ -73,18 +78,19 @@ async def _preflight(teacher: TeacherSpec, endpoint: Endpoint) -> Preflight:
                     status, raw = resp.status, await resp.read()
             except (asyncio.TimeoutError, TimeoutError):
                 problem = f"no answer within {timeout.total:.0f}s"
-            except aiohttp.InvalidURL as exc:
-                raise TeacherUnavailableError(f"{where}: not a valid URL: {exc}") from None
+            except aiohttp.InvalidURL:
+                raise TeacherUnavailableError(f"{where}: not a valid URL") from None
             except aiohttp.ClientError as exc:
                 problem = f"cannot connect: {type(exc).__name__}: {exc}"
             else:
                 latency = time.monotonic() - t0
                 if status == 200:
                     return _answered(raw, endpoint, latency, where)
-                if status == 429:
+                message = _server_message(raw, _secrets(endpoint))
+                if status == 429 and not QUOTA.search(message):
                     return Preflight(endpoint.model, host_of(endpoint.base_url), latency, True)
-                problem = f"HTTP {status}: {_server_message(raw, endpoint.api_key)}"
-                if status < 500 and status != 408:
+                problem = f"HTTP {status}: {message}"
+                if status < 500 and status not in RETRIED:  # 429 here: out of quota, not busy
                     raise TeacherUnavailableError(f"{where} refused the request: {problem}")
             if attempt < ATTEMPTS:
                 await asyncio.sleep(1.0)
@@ -96,17 +102,28 @@ def _answered(raw: bytes, endpoint: Endpoint, latency: float, where: str) -> Pre
         data = json.loads(raw)
         data["choices"][0]["message"]
     except (ValueError, KeyError, IndexError, TypeError):
-        head = raw[:200].decode("utf-8", "replace")
+        head = _blank(raw.decode("utf-8", "replace"), _secrets(endpoint))[:200]
         raise TeacherUnavailableError(f"{where} answered, but not with a chat completion: "
                                       f"{head!r}") from None
     model = str(data.get("model") or endpoint.model)
     return Preflight(model, host_of(endpoint.base_url), latency)
 
 
-def _server_message(raw: bytes, api_key: str | None) -> str:
+def _secrets(endpoint: Endpoint) -> list[str]:
+    """What must never be shown: the API key and the values of the spec's headers."""
+    return [s for s in (endpoint.api_key, *endpoint.headers.values()) if s and len(s) >= 4]
+
+
+def _blank(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _server_message(raw: bytes, secrets: list[str]) -> str:
     """The server's own error message (OpenAI's ``{"error": {"message": ...}}`` and the
-    usual variants), else the start of its answer; the API key blanked wherever it appears."""
-    text = raw[:2000].decode("utf-8", "replace")
+    usual variants), else the start of its answer; secrets blanked wherever they appear."""
+    text = _blank(raw[:20000].decode("utf-8", "replace"), secrets)
     try:
         data = json.loads(text)
     except ValueError:
@@ -117,7 +134,4 @@ def _server_message(raw: bytes, api_key: str | None) -> str:
             error = error.get("message", error)
         if error:
             text = error if isinstance(error, str) else json.dumps(error)
-    text = " ".join(text.split())[:500]
-    if api_key:
-        text = text.replace(api_key, "***")
-    return text or "(no message)"
+    return " ".join(text.split())[:500] or "(no message)"

@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -104,13 +105,19 @@ def _unit(*parts: Any) -> float:
     return int(_digest(*parts)[:13], 16) / 16**13
 
 
+RE_ASK_MARK = re.compile(r"\n\n\(request [^\n()]+\)$")  # what a re-ask appends
+
+
 def prompt_of(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The prompt of a conversation: its messages up to the first user message."""
+    """The prompt of a conversation: its messages up to the first user message, without the
+    line a re-ask adds to tell itself apart (``workers.teachers.generate._marked``)."""
     out: list[dict[str, Any]] = []
     for message in messages:
-        out.append(message)
         if message.get("role") == "user":
+            content = RE_ASK_MARK.sub("", str(message.get("content", "")))
+            out.append({**message, "content": content})
             break
+        out.append(message)
     return out
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from distillq.spec import PriceSpec
 from workers.teachers.accounting import request_cost
-from workers.teachers.openai import _completion, cached_tokens
+from workers.teachers.completion import cached_tokens, read_completion
 
 
 @pytest.mark.parametrize(("usage", "cached"), [
@@ -23,7 +23,7 @@ def test_cached_input_tokens_are_read_from_usage(usage: dict, cached: int) -> No
     assert cached_tokens(usage) == cached
     raw = json.dumps({"choices": [{"message": {"content": "{}"}, "finish_reason": "stop"}],
                       "usage": {**usage, "completion_tokens": 10}}).encode()
-    done = _completion(raw, 0.1, 0, "m")
+    done = read_completion(raw, 0.1, 0, "m")
     assert (done.cached_tokens, done.input_tokens, done.finish_reason) == (cached, 2000, "stop")
 
 

@@ -99,7 +99,7 @@ def test_re_asks_differ_in_their_text_when_no_seed_is_sent(
 def test_one_failed_half_cancels_the_other() -> None:
     import asyncio
 
-    from workers.teachers.generate import _all_or_none
+    from workers.teachers.asking import _all_or_none
 
     finished: list[str] = []
 
@@ -220,7 +220,7 @@ def test_each_answer_is_on_the_spend_counter_before_the_job_ends(sim: SimFactory
 def test_a_redis_blip_while_counting_spend_loses_nothing(sim: SimFactory, seen, redis_client,
                                                           monkeypatch) -> None:
     """What could not be added is added with a later answer or at the end of the job."""
-    import workers.teachers.generate as gen
+    import workers.teachers.asking as asking
 
     calls = {"n": 0}
 
@@ -230,7 +230,7 @@ def test_a_redis_blip_while_counting_spend_loses_nothing(sim: SimFactory, seen, 
             raise redis.exceptions.ConnectionError("blip")
         record_spend(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(gen, "record_spend", flaky)
+    monkeypatch.setattr(asking, "record_spend", flaky)
     result = _run(sim(seed=6), redis_client, make_job(seen, n=15),
                   generation={"examples_per_request": 5})
     assert result.table.num_rows == 15 and calls["n"] >= 3
@@ -243,13 +243,13 @@ def test_a_redis_blip_while_counting_spend_loses_nothing(sim: SimFactory, seen, 
 def test_redis_down_while_counting_spend_keeps_the_paid_answers(sim: SimFactory, seen,
                                                                 redis_client, monkeypatch,
                                                                 caplog) -> None:
-    import workers.teachers.generate as gen
+    import workers.teachers.asking as asking
 
     def down(*args: object, **kwargs: object) -> None:
         raise redis.exceptions.ConnectionError("Redis is down")
 
-    monkeypatch.setattr(gen, "record_spend", down)
-    with caplog.at_level(logging.WARNING, logger="workers.teachers.generate"):
+    monkeypatch.setattr(asking, "record_spend", down)
+    with caplog.at_level(logging.WARNING, logger="workers.teachers.asking"):
         result = _run(sim(seed=7), redis_client, make_job(seen, n=6))
     assert result.table.num_rows == 6 and result.stats["requests"] == 1
     assert "not added to the run's counter" in caplog.text and "Redis is down" in caplog.text

@@ -4,15 +4,14 @@ The job (``docs/architecture.md``, "Generation jobs") becomes one or more reques
 ``examples_per_request`` examples, sent concurrently on the process's teacher runtime. Each
 answer is parsed, then validated in request order so ids and content do not depend on timing:
 ids are ``<job_id>-<i:04d>``. An answer that cannot be used is asked again, and never as the
-same request: a malformed one (twice at most) with another seed and a message naming what
-was wrong; one cut at ``max_tokens`` (``finish_reason: length``) as two requests for half the
-examples each. A job whose earlier attempt failed on its answers varies every seed too
+same request (``workers.teachers.asking``). A job whose earlier attempt failed on its answers
+varies every seed too
 (``REASKS_KEY``). Each reason is counted (``retries_by_reason``: ``malformed``,
 ``truncated``, ...).
 
 Tokens, latency and cost of each request are shared out over the examples it produced; the
 job's totals come back in ``stats``. Each answer's tokens and cost are added to the run's
-spend counter in Redis as soon as it comes back (``_Spend``), so concurrent jobs and
+spend counter in Redis as soon as it comes back (``Spend``), so concurrent jobs and
 ``check_budget`` see spend that is still in flight. A Redis error there never fails the job
 nor loses its paid-for answers: what could not be sent is sent with the next answer or at the
 end of the job, else logged (the job's ``stats`` in storage still carry it).
@@ -30,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -41,28 +39,24 @@ import pyarrow as pa
 import redis as redis_lib
 
 from distillq.errors import DistillqError, PermanentError
-from distillq.jobs import request_id
 from distillq.keys import REASKS_KEY
-from distillq.spec import PriceSpec, RunSpec
+from distillq.spec import RunSpec
 from storage.schemas import EXAMPLES
 from workers.teachers.accounting import (
-    RequestRecord,
     Tally,
     check_budget,
     output_tokens_per_example,
     record_endpoint,
-    record_spend,
-    request_cost,
 )
-from workers.teachers.errors import MalformedOutputError, TeacherTransientError
-from workers.teachers.openai import ChatClient, Completion, client_for, request_seed
-from workers.teachers.parsing import Validator, extract_items, validate_items
+from workers.teachers.asking import Answer, Asking, Spend, ask_all
+from workers.teachers.errors import TeacherTransientError
+from workers.teachers.openai import ChatClient, client_for
+from workers.teachers.parsing import Validator, validate_items
 from workers.teachers.prompts import Prompt, build_prompt, split_counts
 from workers.teachers.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
 
-MALFORMED_RETRIES = 2
 T = TypeVar("T")
 
 
@@ -70,13 +64,6 @@ T = TypeVar("T")
 class GenerationResult:
     table: pa.Table          # storage.schemas.EXAMPLES
     stats: dict[str, Any]    # requests, tokens_in/out, cost, latency_s, *_by_reason, ...
-
-
-@dataclass
-class _Answer:
-    record: RequestRecord
-    items: list[Any]
-    model: str
 
 
 def job_prompts(spec: RunSpec, job: dict[str, Any], taxonomy: list[str]) -> list[Prompt]:
@@ -88,161 +75,7 @@ def job_prompts(spec: RunSpec, job: dict[str, Any], taxonomy: list[str]) -> list
             for i, n in enumerate(counts)]
 
 
-class _Spend:
-    """The run's spend counter (``distillq.keys.SPEND_KEY``), added to as each answer returns.
-
-    ``add`` runs on the runtime loop and sends from a thread (the loop never blocks on Redis);
-    what a Redis error kept from being sent stays pending, for the next ``add`` or ``flush``.
-    """
-
-    def __init__(self, client: redis_lib.Redis, run_id: str) -> None:
-        self._client, self._run_id = client, run_id
-        self._lock = threading.Lock()
-        self._pending: tuple[int, int, float, int, int] = (0, 0, 0.0, 0, 0)
-        self.error: redis_lib.RedisError | None = None
-
-    def _put(self, tin: int, tout: int, cost: float, requests: int, asked: int) -> None:
-        with self._lock:
-            a, b, c, d, e = self._pending
-            self._pending = (a + tin, b + tout, c + cost, d + requests, e + asked)
-
-    def _send(self) -> bool:
-        with self._lock:
-            pending, self._pending = self._pending, (0, 0, 0.0, 0, 0)
-        if not any(pending):
-            return True
-        try:
-            record_spend(self._client, self._run_id, *pending)
-        except redis_lib.RedisError as exc:
-            self._put(*pending)
-            self.error = exc
-            return False
-        return True
-
-    async def add(self, tin: int, tout: int, cost: float, requests: int, asked: int) -> None:
-        self._put(tin, tout, cost, requests, asked)
-        await asyncio.get_running_loop().run_in_executor(None, self._send)
-
-    def flush(self) -> None:
-        """Send what is still pending (end of the job); a Redis error is logged, not raised."""
-        if not self._send():
-            tin, tout, cost, requests, _ = self._pending
-            log.warning("run %s: spend of %d requests (%d tokens, cost %.4f) not added to the "
-                        "run's counter in Redis: %s", self._run_id, requests, tin + tout, cost,
-                        self.error)
-
-
-REPAIR = ("Your answer could not be used: {problem}. Answer again with only the JSON object "
-          '{{"examples": [...]}} holding {n} examples, each {{"text": ..., "label": ...}}, '
-          "and nothing else.")
-ANSWER_SHOWN_CHARS = 1500  # of a bad answer, sent back with the repair request
-
-
-@dataclass
-class _Ask:
-    """What every request of one job shares."""
-
-    client: ChatClient
-    tally: Tally
-    price: PriceSpec
-    spend: _Spend
-    per_example: float  # the output tokens an example is expected to cost (the limiter's)
-    remake: Callable[[Prompt, int], Prompt]  # the same request for fewer examples
-    attempt: int = 0  # the job's earlier attempts that failed on their answers
-
-
-async def _ask(ask: _Ask, prompt: Prompt, record: RequestRecord, part: str = "") -> _Answer:
-    """One request. A malformed answer is asked again (it is still paid for) with another seed
-    and a repair message naming what was wrong; one cut at ``max_tokens`` is asked again as
-    two requests for half the examples each (``part``: which half, for their seeds). No
-    re-ask repeats an earlier request."""
-    messages = prompt.messages
-    for round_ in range(MALFORMED_RETRIES + 1):
-        variant = "".join(x for x in (f"a{ask.attempt}" if ask.attempt else "", part,
-                                      f"m{round_}" if round_ else ""))
-        done = await _complete(ask, _marked(messages, record.request_id, variant), prompt.n,
-                               record, request_seed(record.request_id, variant))
-        if done.truncated and prompt.n > 1:
-            ask.tally.retry("truncated")
-            halves = (prompt.n // 2, prompt.n - prompt.n // 2)
-            answers = await _all_or_none([_ask(ask, ask.remake(prompt, k), record,
-                                               f"{part}s{i}") for i, k in enumerate(halves)])
-            return _Answer(record, [x for a in answers for x in a.items], answers[0].model)
-        if done.truncated:
-            limit = ask.client.teacher.max_output_tokens
-            error: TeacherTransientError = TeacherTransientError(
-                "truncated", f"the answer was cut at {limit} tokens (teacher.max_output_tokens)")
-        else:
-            try:
-                return _Answer(record, extract_items(done.text), done.model)
-            except MalformedOutputError as exc:
-                error = exc
-        if round_ == MALFORMED_RETRIES:
-            ask.tally.fail(error.reason)
-            raise error
-        ask.tally.retry(error.reason)
-        problem = str(error).removeprefix(f"{error.reason}: ")
-        messages = [*prompt.messages,
-                    {"role": "assistant", "content": done.text[:ANSWER_SHOWN_CHARS]},
-                    {"role": "user", "content": REPAIR.format(problem=problem, n=prompt.n)}]
-    raise AssertionError("unreachable")
-
-
-def _marked(messages: list[dict[str, str]], request: str,
-            variant: str) -> list[dict[str, str]]:
-    """A re-ask's messages, told apart from every other request's in their text too (a
-    server may ignore the seed, or the spec send none): the prompt's last user message gains
-    a line naming the request and its variant. The first ask of a request is left as built."""
-    if not variant:
-        return messages
-    last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
-    marked = dict(messages[last])
-    marked["content"] = f"{marked['content']}\n\n(request {request}/{variant})"
-    return [*messages[:last], marked, *messages[last + 1:]]
-
-
-async def _all_or_none(coros: list[Awaitable[T]]) -> list[T]:
-    """All results, or the first error with the others cancelled (a split request whose
-    one half failed must not go on paying for the other)."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-async def _complete(ask: _Ask, messages: list[dict[str, str]], n: int, record: RequestRecord,
-                    seed: int) -> Completion:
-    """Send one request of ``record`` and account for it (paid for, whatever it holds)."""
-    attempts: list[int] = []
-    try:
-        done = await ask.client.complete(
-            messages, ask.tally, attempts=attempts,
-            expected_output_tokens=round(n * ask.per_example) + 16, seed=seed)
-    finally:
-        record.attempts += len(attempts)
-    cost = request_cost(ask.price, done.input_tokens, done.output_tokens, done.cached_tokens)
-    paid = bool(done.input_tokens or done.output_tokens)
-    first = paid and not (record.input_tokens or record.output_tokens)
-    record.add(done.input_tokens, done.output_tokens, done.latency_s, cost, done.cached_tokens)
-    record.api_id = done.api_id
-    if paid:  # on the run's counter now, not when the whole job is done
-        await ask.spend.add(done.input_tokens, done.output_tokens, cost, int(first), n)
-    return done
-
-
-async def _ask_all(ask: _Ask, prompts: Sequence[Prompt],
-                   job_id: str) -> list[_Answer | BaseException]:
-    records = [RequestRecord(request_id(job_id, i)) for i in range(len(prompts))]
-    ask.tally.requests.extend(records)
-    coros = [_ask(ask, p, r) for p, r in zip(prompts, records, strict=True)]
-    return list(await asyncio.gather(*coros, return_exceptions=True))
-
-
-def _check_failures(answers: list[_Answer | BaseException], tolerated: float) -> None:
+def _check_failures(answers: list[Answer | BaseException], tolerated: float) -> None:
     """Raise when the job must fail: any permanent error, or too many failed requests."""
     failed = [a for a in answers if isinstance(a, BaseException)]
     for exc in failed:
@@ -252,7 +85,7 @@ def _check_failures(answers: list[_Answer | BaseException], tolerated: float) ->
         raise failed[0]
 
 
-def _rows(answers: list[_Answer | BaseException], prompts: Sequence[Prompt],
+def _rows(answers: list[Answer | BaseException], prompts: Sequence[Prompt],
           validator: Validator, tally: Tally, ids: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for answer, prompt in zip(answers, prompts, strict=True):
@@ -314,20 +147,20 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
     client = client_for(spec.teacher, runtime, redis, base_url)
     prompts = job_prompts(spec, job, taxonomy)
     tally = Tally()
-    spend = _Spend(redis, run_id)
+    spend = Spend(redis, run_id)
 
     def remake(prompt: Prompt, n: int) -> Prompt:
         return build_prompt(job, taxonomy, spec.generation, n=n, part=prompt.part,
                             parts=prompt.parts, descriptions=spec.dataset.label_descriptions)
 
     reasks = REASKS_KEY.format(run_id=run_id)
-    ask = _Ask(client, tally, spec.teacher.price, spend, per_example, remake,
+    ask = Asking(client, tally, spec.teacher.price, spend, per_example, remake,
                _failed_on_answers(redis, reasks, job_id))
     try:
         # the deadline is applied on the loop: the requests are cancelled, and done being
         # cancelled, before the tally and the spend are read below
         answers = runtime.run(asyncio.wait_for(
-            _beating(_ask_all(ask, prompts, job_id), beat, beat_interval(spec)), deadline_s))
+            _beating(ask_all(ask, prompts, job_id), beat, beat_interval(spec)), deadline_s))
     except (TimeoutError, asyncio.TimeoutError):  # one class since Python 3.11: deadline
         tally.fail("job_deadline")
         raise _paid(TeacherTransientError(
@@ -426,8 +259,8 @@ def _count_failed_on_answers(client: redis_lib.Redis, key: str, job_id: str) -> 
                     "requests", job_id, exc)
 
 
-def _model(answers: list[_Answer | BaseException]) -> str:
-    return next((a.model for a in answers if isinstance(a, _Answer)), "")
+def _model(answers: list[Answer | BaseException]) -> str:
+    return next((a.model for a in answers if isinstance(a, Answer)), "")
 
 
 def _flush_limiter(runtime: Runtime, chat: ChatClient) -> None:

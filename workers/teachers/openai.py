@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
-import json
 import logging
 import math
 import os
@@ -45,6 +44,7 @@ from tenacity.stop import stop_base
 
 from distillq.spec import TeacherSpec
 from workers.teachers.accounting import Tally
+from workers.teachers.completion import Completion, read_completion
 from workers.teachers.errors import TeacherPermanentError, TeacherTransientError
 from workers.teachers.ratelimit import GlobalRateLimiter, endpoint_namespace
 from workers.teachers.runtime import Runtime
@@ -80,24 +80,6 @@ class Endpoint:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One successful answer: its text and what it cost."""
-
-    text: str
-    input_tokens: int
-    output_tokens: int
-    latency_s: float
-    api_id: str
-    model: str
-    finish_reason: str = ""  # "length": cut at max_tokens
-    cached_tokens: int = 0  # of input_tokens, read from the provider's prompt cache
-
-    @property
-    def truncated(self) -> bool:
-        return self.finish_reason == "length"
 
 
 def load_api_key(teacher: TeacherSpec, env: Mapping[str, str] | None = None) -> str | None:
@@ -309,7 +291,7 @@ class ChatClient:
             if self.limiter is not None:  # refused (429, 5xx, 4xx): no tokens were used
                 self.limiter.adjust(-estimate)
             await self._raise_for_status(status, headers, raw)
-        completion = _completion(raw, latency, estimate_in, self.endpoint.model)
+        completion = read_completion(raw, latency, estimate_in, self.endpoint.model)
         if self.limiter is not None:
             actual = completion.input_tokens + completion.output_tokens
             self.limiter.adjust(actual - estimate)
@@ -352,42 +334,6 @@ class ChatClient:
         if status >= 500 or status in RETRYABLE_STATUS:
             raise TeacherTransientError(f"http_{status}", detail, parse_retry_after(headers))
         raise TeacherPermanentError(f"http_{status}", detail, status)
-
-
-def _completion(raw: bytes, latency: float, estimate: int, model: str) -> Completion:
-    """Decode an answer; without ``usage``, tokens are estimated (4 characters a token)."""
-    try:
-        data = json.loads(raw)
-        choice = data["choices"][0]
-        text = choice["message"]["content"] or ""
-    except (ValueError, KeyError, IndexError, TypeError):
-        head = raw[:200].decode("utf-8", "replace")
-        raise TeacherTransientError("bad_response", f"not a chat completion: {head!r}") from None
-    usage = data.get("usage") or {}
-    text = str(text)
-    return Completion(
-        text=text,
-        input_tokens=int(usage.get("prompt_tokens") or estimate),
-        output_tokens=int(usage.get("completion_tokens") or math.ceil(len(text) / 4)),
-        latency_s=latency, api_id=str(data.get("id", "")),
-        model=str(data.get("model") or model),
-        finish_reason=str(choice.get("finish_reason") or ""),
-        cached_tokens=cached_tokens(usage),
-    )
-
-
-def cached_tokens(usage: Mapping[str, Any]) -> int:
-    """Input tokens the provider served from its prompt cache: OpenAI's
-    ``prompt_tokens_details.cached_tokens``, or ``cache_read_input_tokens`` (Anthropic's name,
-    passed on by some gateways); 0 when the answer says nothing of it."""
-    details = usage.get("prompt_tokens_details")
-    value = details.get("cached_tokens") if isinstance(details, Mapping) else None
-    if value is None:
-        value = usage.get("cache_read_input_tokens")
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
 
 
 def client_for(teacher: TeacherSpec, runtime: Runtime, redis_client: redis.Redis | None,

@@ -41,6 +41,7 @@ from orchestrator.runs import (
 )
 from storage.store import ShardStore
 from workers.app import app, configure
+from workers.teachers.accounting import read_spend
 from workers.teachers.preflight import preflight
 
 log = logging.getLogger("distillq.cli")
@@ -254,7 +255,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     if not args.run_id:
         return cmd_list(args)
-    print(json.dumps(summarize(_store(args), check_run_id(args.run_id)), indent=2))
+    run_id = check_run_id(args.run_id)
+    live = None
+    if os.environ.get("REDIS_URL"):  # a served run: its live counter has the answers in flight
+        try:
+            live = read_spend(_redis_from_env(ping=False), run_id)
+        except redis.RedisError as exc:
+            log.warning("the run's live spend in Redis is unavailable: %s", exc)
+    print(json.dumps(summarize(_store(args), run_id, live), indent=2))
     return 0
 
 

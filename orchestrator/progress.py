@@ -10,6 +10,7 @@ import time
 from types import TracebackType
 from typing import Any
 
+import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
@@ -17,8 +18,9 @@ from rich.progress import Progress as RichProgress
 from distillq import paths
 from distillq.manifest import Manifest
 from orchestrator.controller import Controller, CycleProgress
-from orchestrator.runs import load_manifest, spend_split
+from orchestrator.runs import load_manifest, spend_split, unrecorded
 from storage.store import ShardStore
+from workers.teachers.accounting import read_spend
 
 
 class Progress:
@@ -45,7 +47,7 @@ class Progress:
 
     def update(self, controller: Controller) -> None:
         if controller.manifest is not None:
-            self._print_decisions(controller.manifest)
+            self._print_decisions(controller.manifest, controller.redis)
         if controller.progress is not None:
             self._show(controller.progress)
 
@@ -75,17 +77,28 @@ class Progress:
             self.tasks[name] = self.bars.add_task(name, total=max(total, 1))
         self.bars.update(self.tasks[name], completed=done, total=max(total, 1))
 
-    def _print_decisions(self, manifest: Manifest) -> None:
+    def _print_decisions(self, manifest: Manifest, client: redis.Redis | None = None) -> None:
         for d in manifest.decisions[self.decided:]:
             split = spend_split(self.store, self.run_id, d.cycle)
             spent, wasted = split["paid"], split["wasted"]
             tokens = int(spent["tokens_in"] + spent["tokens_out"])
             lost = int(wasted["tokens_in"] + wasted["tokens_out"])
+            flying = self._in_flight(client, spent)
             note = f" — stop: {d.reason}" if d.action == "stop" else ""
             self._say(f"cycle {d.cycle}: val {d.metric}={d.value:.4f} "
                       f"(best c{d.best_cycle}={d.best_value:.4f}) teacher tokens={tokens} "
-                      f"(wasted {lost}) cost={spent['cost']:.4f}{note}")
+                      f"(wasted {lost}{flying}) cost={spent['cost']:.4f}{note}")
         self.decided = manifest.cycle
+
+    def _in_flight(self, client: redis.Redis | None, paid: dict[str, float]) -> str:
+        """``, in flight N`` from the run's live counter, when there is any (else "")."""
+        if client is None:
+            return ""
+        try:
+            extra = unrecorded(read_spend(client, self.run_id), paid)
+        except redis.RedisError:
+            return ""
+        return f", in flight {int(extra['tokens'])}" if extra["tokens"] else ""
 
     def _say(self, text: str) -> None:
         elapsed = time.monotonic() - self.t0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +133,20 @@ def load_manifest(store: ShardStore, run_id: str) -> Manifest:
     return manifest
 
 
-def summarize(store: ShardStore, run_id: str) -> dict[str, Any]:
-    """What ``status`` shows: per-cycle metric and spend, the status and the final choice."""
+def unrecorded(live: Mapping[str, float], paid: Mapping[str, float]) -> dict[str, float]:
+    """What the run's live counter in Redis (``read_spend``: every answer as it came back)
+    holds beyond what storage recorded: answers of jobs still in flight, or of attempts whose
+    record was lost (a worker killed mid-job)."""
+    tokens = float(live.get("tokens_in", 0.0)) + float(live.get("tokens_out", 0.0))
+    recorded = float(paid.get("tokens_in", 0.0)) + float(paid.get("tokens_out", 0.0))
+    return {"tokens": max(0.0, tokens - recorded),
+            "cost": max(0.0, float(live.get("cost", 0.0)) - float(paid.get("cost", 0.0)))}
+
+
+def summarize(store: ShardStore, run_id: str,
+              live: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """What ``status`` shows: per-cycle metric and spend, the status and the final choice;
+    with ``live`` (the run's counter in Redis), also the spend storage has not recorded yet."""
     manifest = load_manifest(store, run_id)
     cycles = []
     for d in manifest.decisions:
@@ -146,13 +159,17 @@ def summarize(store: ShardStore, run_id: str) -> dict[str, Any]:
     final = manifest.final.model_dump() if manifest.final is not None else None
     # the cycle it is in (or stopped in) has paid too, decided or not
     split = spend_split(store, run_id, manifest.cycle)
+    spend = {"recorded_in": "storage: committed jobs and failed attempts",
+             **{f"{part}_{key}": round(split[part][key], 6)
+                for part in ("paid", "kept", "wasted") for key in SPEND_FIELDS}}
+    if live is not None:
+        extra = unrecorded(live, split["paid"])
+        spend |= {"in_flight_or_unrecorded_tokens": round(extra["tokens"], 6),
+                  "in_flight_or_unrecorded_cost": round(extra["cost"], 6)}
     return {"run_id": run_id, "status": manifest.status,
             "metric": manifest.spec["loop"]["metric"], "cycles": cycles, "final": final,
             "stop_reason": manifest.stop_reason, "teacher": manifest.spec["teacher"]["kind"],
-            "spend": {"recorded_in": "storage: committed jobs and failed attempts",
-                      **{f"{part}_{key}": round(split[part][key], 6)
-                         for part in ("paid", "kept", "wasted")
-                         for key in SPEND_FIELDS}}}
+            "spend": spend}
 
 
 SPEND_FIELDS = ("tokens_in", "tokens_out", "tokens_cached", "cost", "requests")

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from controller_kit import (
     Sent,
+    commit_jobs,
     failed_in_cycle_one,
     make_spec,
 )
+from manifestkit import decision
 
 from distillq.manifest import save_manifest
 from orchestrator.controller import Controller
@@ -109,3 +111,34 @@ def test_submit_to_an_unreachable_redis_writes_nothing(
     monkeypatch.setenv("REDIS_URL", "http://127.0.0.1:1")
     assert main(["submit", str(path)]) == 2
     assert "REDIS_URL is not a Redis URL" in capsys.readouterr().err
+
+
+def test_status_of_a_served_run_shows_the_spend_still_in_flight(
+    setup: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Storage records a job's answers when the job ends; the run's counter in Redis has them
+    as they come back. `status` (with REDIS_URL) shows the difference."""
+    import argparse
+    import json
+
+    from orchestrator.commands import cmd_status
+    from workers.teachers.accounting import record_spend
+
+    ctl, _, _ = setup()
+    commit_jobs(ctl, 1, ["c01-0000"])  # one job of cycle 1 done, its stats recorded
+    ctl.store.write_json("r1", "cycle=1/jobstats/c01-0000.json",
+                         {"tokens_in": 100, "tokens_out": 50, "cost": 0.5, "requests": 1})
+    manifest = load_manifest(ctl.store, "r1")
+    manifest.decide(decision(0, 0))  # cycle 1 under way
+    save_manifest(ctl.store, manifest)
+    record_spend(ctl.redis, "r1", 400, 200, 2.0, 3, 12)  # three answers so far, one job done
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert cmd_status(argparse.Namespace(storage=ctl.store.uri, run_id="r1")) == 0
+    spend = json.loads(capsys.readouterr().out)["spend"]
+    assert spend["paid_tokens_in"] == 100 and spend["paid_cost"] == 0.5
+    assert spend["in_flight_or_unrecorded_tokens"] == 600 - 150
+    assert spend["in_flight_or_unrecorded_cost"] == 1.5
+    monkeypatch.delenv("REDIS_URL")
+    assert cmd_status(argparse.Namespace(storage=ctl.store.uri, run_id="r1")) == 0
+    assert "in_flight_or_unrecorded_tokens" not in json.loads(capsys.readouterr().out)["spend"]

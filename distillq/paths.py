@@ -21,47 +21,47 @@ def cycle_dir(cycle: int) -> str:
 
 def plan(cycle: int) -> str:
     """The cycle's generation job ids and totals (``distillq.plans``)."""
-    return f"cycle={cycle}/plan.json"
+    return f"{cycle_dir(cycle)}/plan.json"
 
 
 def jobs_chunk(cycle: int, chunk: int) -> str:
     """Job payloads ``chunk * PLAN_CHUNK`` onwards."""
-    return f"cycle={cycle}/jobs/part-{chunk:05d}.json"
+    return f"{cycle_dir(cycle)}/jobs/part-{chunk:05d}.json"
 
 
 def eval_report(cycle: int) -> str:
     """The cycle's student on the validation split (its report and mined examples)."""
-    return f"cycle={cycle}/eval.json"
+    return f"{cycle_dir(cycle)}/eval.json"
 
 
 def student(cycle: int) -> str:
     """The cycle's trained student, a committed folder."""
-    return f"cycle={cycle}/student"
+    return f"{cycle_dir(cycle)}/student"
 
 
 def jobstats(cycle: int, job_id: str) -> str:
     """A generate job's requests, tokens, cost and latency."""
-    return f"cycle={cycle}/jobstats/{job_id}.json"
+    return f"{cycle_dir(cycle)}/jobstats/{job_id}.json"
 
 
 def failed_attempts_dir(cycle: int) -> str:
-    return f"cycle={cycle}/jobstats-failed"
+    return f"{cycle_dir(cycle)}/jobstats-failed"
 
 
 def failed_attempt(cycle: int, job_id: str, stamp: str) -> str:
     """What a generate attempt that failed had paid for (its job's stats, ``failed``)."""
-    return f"cycle={cycle}/jobstats-failed/{job_id}.{stamp}.json"
+    return f"{failed_attempts_dir(cycle)}/{job_id}.{stamp}.json"
 
 
 def failed_dir(cycle: int) -> str:
-    return f"cycle={cycle}/failed"
+    return f"{cycle_dir(cycle)}/failed"
 
 
 def failed_record(cycle: int, kind: str, job_id: str) -> str:
     """A job that failed for good: ``error_type``, ``error`` (``distillq.jobs.JobId`` names it)."""
-    return f"cycle={cycle}/failed/{kind}-{job_id}.json"
+    return f"{failed_dir(cycle)}/{kind}-{job_id}.json"
 
 
 def failed_before_resume(cycle: int, name: str, stamp: str) -> str:
     """A failure record ``orchestrator resume`` cleared (``name`` is its file's, less .json)."""
-    return f"cycle={cycle}/failed-before-resume/{name}.{stamp}.json"
+    return f"{cycle_dir(cycle)}/failed-before-resume/{name}.{stamp}.json"

@@ -19,14 +19,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from distillq.spec import RunSpec
 from orchestrator.datasets import Split, load_and_split
 from orchestrator.planning import Planner
 from workers.teachers.accounting import request_cost
 from workers.teachers.generate import job_prompts
-from workers.teachers.openai import estimate_tokens
+from workers.teachers.openai import estimate_tokens, host_of
 
 JSON_TOKENS_PER_EXAMPLE = 8  # {"text": "...", "label": "..."}, and the separators
 
@@ -57,8 +56,8 @@ class CostPlan:
 
     def lines(self, spec: RunSpec) -> list[str]:
         teacher = spec.teacher
-        host = urlsplit(teacher.base_url or "").netloc.rpartition("@")[2]
-        who = "the SIMULATED teacher" if teacher.kind == "sim" else f"{teacher.model} at {host}"
+        who = ("the SIMULATED teacher" if teacher.kind == "sim"
+               else f"{teacher.model} at {host_of(teacher.base_url or '')}")
         rows = [("cycle 1", self.cycle), (f"run, {self.cycles} cycles (at most)", self.run)]
         out = [f"teacher: {who}; prices per 1k tokens: input {teacher.price.input_per_1k}, "
                f"output {teacher.price.output_per_1k}",

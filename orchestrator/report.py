@@ -13,7 +13,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import matplotlib
 
@@ -31,6 +30,7 @@ from orchestrator.runs import (
     spend_split,
 )  # noqa: E402
 from storage.store import ShardStore  # noqa: E402
+from workers.teachers.openai import host_of  # noqa: E402
 
 SIM_NOTE = ("> **Simulated teacher.** This run's teacher was distillq's simulated teacher: it "
             "answers from a held-out pool of real labelled examples (an oracle), not an LLM. "
@@ -44,7 +44,7 @@ def teacher_line(spec: dict[str, Any]) -> str:
     if teacher["kind"] == "sim":
         return ("SIMULATED (distillq's simulated teacher: answers from a pool of real labelled "
                 "examples)")
-    host = urlsplit(str(teacher.get("base_url") or "")).netloc.rpartition("@")[2]
+    host = host_of(str(teacher.get("base_url") or ""))
     return f"`{teacher['model']}` at {host} (a real OpenAI-compatible server)"
 
 

@@ -33,7 +33,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import redis as redis_lib
@@ -50,7 +49,7 @@ from workers.teachers.accounting import (
 )
 from workers.teachers.asking import Answer, Asking, Spend, ask_all
 from workers.teachers.errors import TeacherTransientError
-from workers.teachers.openai import ChatClient, client_for
+from workers.teachers.openai import ChatClient, client_for, host_of
 from workers.teachers.parsing import Validator, validate_items
 from workers.teachers.prompts import Prompt, build_prompt, split_counts
 from workers.teachers.runtime import Runtime, get_runtime
@@ -279,7 +278,7 @@ def _record_endpoint(client: redis_lib.Redis, chat: ChatClient, tally: Tally) ->
     teacher = chat.teacher
     try:
         record_endpoint(client, chat.endpoint.namespace, tally,
-                        host=urlsplit(chat.endpoint.base_url).netloc.rpartition("@")[2],
+                        host=host_of(chat.endpoint.base_url),
                         model=chat.endpoint.model, rpm=teacher.rpm, tpm=teacher.tpm)
     except redis_lib.RedisError as exc:
         log.warning("endpoint counters not recorded: %s", exc)

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import redis
@@ -102,6 +103,11 @@ def load_api_key(teacher: TeacherSpec, env: Mapping[str, str] | None = None) -> 
             raise TeacherPermanentError("no_api_key", f"API key file {teacher.api_key_file} is empty")
         return value
     return None
+
+
+def host_of(url: str) -> str:
+    """``host:port`` of a URL, never its credentials (what logs, records and reports show)."""
+    return urlsplit(url).netloc.rpartition("@")[2]
 
 
 def endpoint_for(teacher: TeacherSpec, base_url: str | None = None,

@@ -19,14 +19,13 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from distillq.errors import TeacherUnavailableError
 from distillq.spec import TeacherSpec
 from workers.teachers.errors import TeacherPermanentError
-from workers.teachers.openai import Endpoint, endpoint_for, payload
+from workers.teachers.openai import Endpoint, endpoint_for, host_of, payload
 
 PROMPT = [{"role": "user", "content": 'Reply with the JSON {"ok": true} and nothing else.'}]
 MAX_TOKENS = 16
@@ -48,11 +47,6 @@ class Preflight:
     def line(self) -> str:
         busy = " (rate limited now: the run will wait for it)" if self.rate_limited else ""
         return f"teacher {self.model} at {self.host} answered in {self.latency_s:.2f}s{busy}"
-
-
-def host_of(url: str) -> str:
-    """``host:port`` of a URL, never its credentials."""
-    return urlsplit(url).netloc.rpartition("@")[2]
 
 
 def preflight(teacher: TeacherSpec, base_url: str | None = None) -> Preflight:

@@ -24,8 +24,8 @@ from distillq.spec import RunSpec
 from orchestrator.datasets import Split, load_and_split
 from orchestrator.planning import Planner
 from workers.teachers.accounting import request_cost
-from workers.teachers.generate import job_prompts
 from workers.teachers.openai import estimate_tokens, host_of
+from workers.teachers.prompts import job_prompts
 
 JSON_TOKENS_PER_EXAMPLE = 8  # {"text": "...", "label": "..."}, and the separators
 

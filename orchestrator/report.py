@@ -14,13 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
 from distillq import paths
+from distillq.jobs import failed_names
 from distillq.manifest import Manifest
 from orchestrator.runs import (
     cycle_stats,
@@ -28,9 +23,9 @@ from orchestrator.runs import (
     failure_causes,
     load_manifest,
     spend_split,
-)  # noqa: E402
-from storage.store import ShardStore  # noqa: E402
-from workers.teachers.openai import host_of  # noqa: E402
+)
+from storage.store import ShardStore
+from workers.teachers.openai import host_of
 
 SIM_NOTE = ("> **Simulated teacher.** This run's teacher was distillq's simulated teacher: it "
             "answers from a held-out pool of real labelled examples (an oracle), not an LLM. "
@@ -82,71 +77,10 @@ def _teacher_totals(store: ShardStore, run_id: str, n_cycles: int) -> list[dict[
                                  for reason in ("malformed", "truncated"))
         row["cycle"] = cycle
         failed = store.list_names(run_id, paths.failed_dir(cycle))
-        row["failed"] = sum(n.startswith("generate-") for n in failed)
-        row["failed_attribute"] = sum(n.startswith("attribute-") for n in failed)
+        row["failed"] = len(failed_names(failed, "generate"))
+        row["failed_attribute"] = len(failed_names(failed, "attribute"))
         rows.append(row)
     return rows
-
-
-def _plot_metrics(evals: list[dict[str, Any]], folder: Path) -> str:
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    cycles = [e["cycle"] for e in evals]
-    for key in ("macro_f1", "accuracy"):
-        ax[0].plot(cycles, [e.get(key, 0) for e in evals], marker="o", label=key)
-    ax[0].set(xlabel="cycle", title="validation", ylim=(0, 1))
-    ax[0].legend()
-    ax[1].plot(cycles, [e.get("loss", 0) for e in evals], marker="o", color="C3")
-    ax[1].set(xlabel="cycle", title="validation loss")
-    for axis in ax:
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    fig.savefig(folder / "metrics.png", dpi=90)
-    plt.close(fig)
-    return "metrics.png"
-
-
-def _plot_per_class(first: dict[str, Any], best: dict[str, Any], folder: Path) -> str:
-    labels = sorted(first.get("per_class", {}))
-    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(labels) + 2), 3.5))
-    x = range(len(labels))
-    ax.bar([i - 0.2 for i in x], [first["per_class"][c]["f1"] for c in labels], 0.4,
-           label=f"cycle {first['cycle']} (seed)")
-    ax.bar([i + 0.2 for i in x], [best.get("per_class", {}).get(c, {}).get("f1", 0)
-                                  for c in labels], 0.4, label=f"cycle {best['cycle']} (best)")
-    ax.set_xticks(list(x), labels, rotation=90, fontsize=6)
-    ax.set(ylabel="F1", ylim=(0, 1), title="per-class F1, seed vs best")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(folder / "per_class_f1.png", dpi=90)
-    plt.close(fig)
-    return "per_class_f1.png"
-
-
-def _plot_generated(counts: Counter[str], folder: Path) -> str:
-    labels = sorted(counts)
-    fig, ax = plt.subplots(figsize=(max(6, 0.18 * len(labels) + 2), 3.2))
-    ax.bar(range(len(labels)), [counts[c] for c in labels])
-    ax.set_xticks(list(range(len(labels))), labels, rotation=90, fontsize=6)
-    ax.set(ylabel="examples", title="teacher examples kept, per class (all cycles)")
-    fig.tight_layout()
-    fig.savefig(folder / "generated_per_class.png", dpi=90)
-    plt.close(fig)
-    return "generated_per_class.png"
-
-
-def _plot_cost(rows: list[dict[str, float]], folder: Path) -> str:
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    cycles = [int(r["cycle"]) for r in rows]
-    ax.bar(cycles, [r["tokens_in"] + r["tokens_out"] for r in rows], color="C2")
-    ax.set(xlabel="cycle", ylabel="teacher tokens", title="teacher tokens (cost on the right)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax2 = ax.twinx()
-    ax2.plot(cycles, [r["cost"] for r in rows], color="C1", marker="o")
-    ax2.set_ylabel("cost")
-    fig.tight_layout()
-    fig.savefig(folder / "teacher_cost.png", dpi=90)
-    plt.close(fig)
-    return "teacher_cost.png"
 
 
 def _generated_counts(store: ShardStore, run_id: str, n_cycles: int) -> Counter[str]:
@@ -274,6 +208,8 @@ def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, A
 
 def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) -> str:
     """Render the report into storage (and ``out_dir``); return where report.md is."""
+    from orchestrator import plots  # deferred: matplotlib, ~0.3 s every CLI command would pay
+
     manifest = load_manifest(store, run_id)
     evals = _evals(store, run_id, manifest)
     test = store.read_json(run_id, paths.TEST_RESULT) or {}
@@ -283,20 +219,20 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
     rows = _teacher_totals(store, run_id, manifest.cycle + int(unfinished))
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        plots = []
+        images = []
         if evals:
-            plots.append(_plot_metrics(evals, folder))
-            plots.append(_plot_per_class(evals[0], best_eval(manifest, evals), folder))
+            images.append(plots.metrics(evals, folder))
+            images.append(plots.per_class(evals[0], best_eval(manifest, evals), folder))
         # the same cycles as the spend table: a stopped run's unfinished cycle included
         counts = _generated_counts(store, run_id, manifest.cycle + int(unfinished))
         if counts:
-            plots.append(_plot_generated(counts, folder))
+            images.append(plots.generated(counts, folder))
         if rows:
-            plots.append(_plot_cost(rows, folder))
+            images.append(plots.cost(rows, folder))
         quality = store.read_json(run_id, paths.ATTRIBUTION_QUALITY)
         causes = (failure_causes(store, manifest)
                   if manifest.status in ("failed", "cancelled") else [])
-        (folder / "report.md").write_text(_markdown(manifest, evals, test, rows, plots, quality,
+        (folder / "report.md").write_text(_markdown(manifest, evals, test, rows, images, quality,
                                                     causes))
         where = store.put_dir(folder, run_id, paths.REPORT_DIR)  # a local path, or bucket/key
         if out_dir is not None:

@@ -23,9 +23,9 @@ from distillq.jobs import request_id
 from distillq.spec import parse_spec
 from orchestrator.datasets import load_and_split
 from orchestrator.planning import Planner
-from workers.teachers.generate import job_prompts
 from workers.teachers.openai import request_seed
 from workers.teachers.parsing import extract_items, normalise
+from workers.teachers.prompts import job_prompts
 from workers.teachers.sim import SIM_VERSION, SimOptions, Simulator, request_key
 from workers.teachers.simpool import Pool
 

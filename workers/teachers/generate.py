@@ -51,7 +51,7 @@ from workers.teachers.asking import Answer, Asking, Spend, ask_all
 from workers.teachers.errors import TeacherTransientError
 from workers.teachers.openai import ChatClient, client_for, host_of
 from workers.teachers.parsing import Validator, validate_items
-from workers.teachers.prompts import Prompt, build_prompt, split_counts
+from workers.teachers.prompts import Prompt, build_prompt, job_prompts
 from workers.teachers.runtime import Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -63,15 +63,6 @@ T = TypeVar("T")
 class GenerationResult:
     table: pa.Table          # storage.schemas.EXAMPLES
     stats: dict[str, Any]    # requests, tokens_in/out, cost, latency_s, *_by_reason, ...
-
-
-def job_prompts(spec: RunSpec, job: dict[str, Any], taxonomy: list[str]) -> list[Prompt]:
-    """The requests of a job: its examples cut into batches of ``examples_per_request``."""
-    counts = split_counts(int(job.get("n_examples", 0)), spec.generation.examples_per_request)
-    counts = [c for c in counts if c > 0]
-    return [build_prompt(job, taxonomy, spec.generation, n=n, part=i, parts=len(counts),
-                         descriptions=spec.dataset.label_descriptions)
-            for i, n in enumerate(counts)]
 
 
 def _check_failures(answers: list[Answer | BaseException], tolerated: float) -> None:

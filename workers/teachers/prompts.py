@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from distillq.spec import GenerationSpec
+from distillq.spec import GenerationSpec, RunSpec
 
 SYSTEM = (
     "You write new labelled training examples for a text classifier. You study how the "
@@ -177,3 +177,12 @@ def split_counts(total: int, per_request: int) -> list[int]:
     parts = max(1, math.ceil(total / max(1, per_request)))
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def job_prompts(spec: RunSpec, job: dict[str, Any], taxonomy: list[str]) -> list[Prompt]:
+    """The requests of a job: its examples cut into batches of ``examples_per_request``."""
+    counts = split_counts(int(job.get("n_examples", 0)), spec.generation.examples_per_request)
+    counts = [c for c in counts if c > 0]
+    return [build_prompt(job, taxonomy, spec.generation, n=n, part=i, parts=len(counts),
+                         descriptions=spec.dataset.label_descriptions)
+            for i, n in enumerate(counts)]

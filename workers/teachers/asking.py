@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -141,6 +142,10 @@ async def ask_one(ask: Asking, prompt: Prompt, record: RequestRecord, part: str 
     raise AssertionError("unreachable")
 
 
+RE_ASK_MARK = "\n\n(request {request}/{variant})"  # a re-ask's last line (``_marked``)
+RE_ASK_MARK_RE = re.compile(r"\n\n\(request [^\n()]+\)$")  # it, read back (the sim)
+
+
 def _marked(messages: list[dict[str, str]], request: str,
             variant: str) -> list[dict[str, str]]:
     """A re-ask's messages, told apart from every other request's in their text too (a
@@ -150,7 +155,7 @@ def _marked(messages: list[dict[str, str]], request: str,
         return messages
     last = max(i for i, m in enumerate(messages) if m.get("role") == "user")
     marked = dict(messages[last])
-    marked["content"] = f"{marked['content']}\n\n(request {request}/{variant})"
+    marked["content"] = marked["content"] + RE_ASK_MARK.format(request=request, variant=variant)
     return [*messages[:last], marked, *messages[last + 1:]]
 
 

@@ -76,6 +76,14 @@ class Endpoint:
     def namespace(self) -> str:
         return endpoint_namespace(self.base_url, self.model)
 
+    def blank(self, text: str) -> str:
+        """``text`` with the API key and the header values blanked (a server that echoes
+        them: never in a record, a log or a message)."""
+        for secret in (self.api_key, *self.headers.values()):
+            if secret and len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
+
     def request_headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", **self.headers}
         if self.api_key:
@@ -321,11 +329,7 @@ class ChatClient:
 
     async def _raise_for_status(self, status: int, headers: Mapping[str, str],
                                 raw: bytes) -> None:
-        detail = raw[:4000].decode("utf-8", "replace")
-        for secret in (self.endpoint.api_key, *self.endpoint.headers.values()):
-            if secret and len(secret) >= 4:  # a server echoing the key: never in a record
-                detail = detail.replace(secret, "***")
-        detail = detail[:300]
+        detail = self.endpoint.blank(raw[:4000].decode("utf-8", "replace"))[:300]
         if status == 429:
             wait = parse_retry_after(headers)
             if wait is not None:  # a daily quota's "come back tomorrow", a skewed clock

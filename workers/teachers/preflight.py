@@ -24,14 +24,15 @@ import aiohttp
 
 from distillq.errors import TeacherUnavailableError
 from distillq.spec import TeacherSpec
-from workers.teachers.errors import TeacherPermanentError
-from workers.teachers.openai import Endpoint, endpoint_for, host_of, payload
+from workers.teachers.completion import read_completion
+from workers.teachers.errors import TeacherPermanentError, TeacherTransientError
+from workers.teachers.openai import RETRYABLE_STATUS, Endpoint, endpoint_for, host_of, payload
 
 PROMPT = [{"role": "user", "content": 'Reply with the JSON {"ok": true} and nothing else.'}]
 MAX_TOKENS = 16
 TIMEOUT_CAP_S = 30.0  # the most one pre-flight attempt waits, whatever teacher.timeout_s
 ATTEMPTS = 2  # a 5xx, a timeout or a 408/409/425 is tried once more, a second later
-RETRIED = {408, 409, 425}
+RETRIED = RETRYABLE_STATUS - {429}  # as the client retries them (429: see QUOTA)
 QUOTA = re.compile(r"quota|billing|credit", re.IGNORECASE)  # a 429 that waiting will not mend
 
 
@@ -80,7 +81,7 @@ async def _preflight(teacher: TeacherSpec, endpoint: Endpoint) -> Preflight:
                 latency = time.monotonic() - t0
                 if status == 200:
                     return _answered(raw, endpoint, latency, where)
-                message = _server_message(raw, _secrets(endpoint))
+                message = _server_message(raw, endpoint)
                 if status == 429 and not QUOTA.search(message):
                     return Preflight(endpoint.model, host_of(endpoint.base_url), latency, True)
                 problem = f"HTTP {status}: {message}"
@@ -93,31 +94,18 @@ async def _preflight(teacher: TeacherSpec, endpoint: Endpoint) -> Preflight:
 
 def _answered(raw: bytes, endpoint: Endpoint, latency: float, where: str) -> Preflight:
     try:
-        data = json.loads(raw)
-        data["choices"][0]["message"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        head = _blank(raw.decode("utf-8", "replace"), _secrets(endpoint))[:200]
+        answer = read_completion(raw, latency, 0, endpoint.model)
+    except TeacherTransientError:
+        head = endpoint.blank(raw.decode("utf-8", "replace"))[:200]
         raise TeacherUnavailableError(f"{where} answered, but not with a chat completion: "
                                       f"{head!r}") from None
-    model = str(data.get("model") or endpoint.model)
-    return Preflight(model, host_of(endpoint.base_url), latency)
+    return Preflight(answer.model, host_of(endpoint.base_url), latency)
 
 
-def _secrets(endpoint: Endpoint) -> list[str]:
-    """What must never be shown: the API key and the values of the spec's headers."""
-    return [s for s in (endpoint.api_key, *endpoint.headers.values()) if s and len(s) >= 4]
-
-
-def _blank(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
-
-
-def _server_message(raw: bytes, secrets: list[str]) -> str:
+def _server_message(raw: bytes, endpoint: Endpoint) -> str:
     """The server's own error message (OpenAI's ``{"error": {"message": ...}}`` and the
     usual variants), else the start of its answer; secrets blanked wherever they appear."""
-    text = _blank(raw[:20000].decode("utf-8", "replace"), secrets)
+    text = endpoint.blank(raw[:20000].decode("utf-8", "replace"))
     try:
         data = json.loads(text)
     except ValueError:

@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import random
-import re
 import signal
 import sys
 import threading
@@ -44,6 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from aiohttp import web
 
+from workers.teachers.asking import RE_ASK_MARK_RE
 from workers.teachers.simpool import Pool, compose, read_prompt
 
 log = logging.getLogger(__name__)
@@ -105,16 +105,13 @@ def _unit(*parts: Any) -> float:
     return int(_digest(*parts)[:13], 16) / 16**13
 
 
-RE_ASK_MARK = re.compile(r"\n\n\(request [^\n()]+\)$")  # what a re-ask appends
-
-
 def prompt_of(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The prompt of a conversation: its messages up to the first user message, without the
-    line a re-ask adds to tell itself apart (``workers.teachers.generate._marked``)."""
+    line a re-ask adds to tell itself apart (``workers.teachers.asking.RE_ASK_MARK``)."""
     out: list[dict[str, Any]] = []
     for message in messages:
         if message.get("role") == "user":
-            content = RE_ASK_MARK.sub("", str(message.get("content", "")))
+            content = RE_ASK_MARK_RE.sub("", str(message.get("content", "")))
             out.append({**message, "content": content})
             break
         out.append(message)

@@ -4,7 +4,7 @@ last resume. Read by the controller every tick and by a worker before it pays fo
 from __future__ import annotations
 
 from distillq import paths
-from distillq.manifest import Manifest, read_manifest
+from distillq.manifest import Manifest
 from distillq.plans import JsonStore
 
 
@@ -18,12 +18,9 @@ def request_cancel(store: JsonStore, run_id: str, at: float) -> None:
     store.write_json(run_id, paths.CANCEL, {"at": at})
 
 
-def run_ended(store: JsonStore, run_id: str) -> str:
+def run_ended(store: JsonStore, manifest: Manifest) -> str:
     """Why the run no longer wants its jobs (done, failed, cancelled, or a cancel asked for),
-    else "" (also for a run with no manifest: the task itself reports that)."""
-    manifest = read_manifest(store, run_id)
-    if manifest is None:
-        return ""
+    else ""."""
     if manifest.ended:
         return f"the run is {manifest.status}"
     return "the run is being cancelled" if cancel_pending(store, manifest) else ""

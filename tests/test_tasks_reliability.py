@@ -203,7 +203,7 @@ def test_what_a_failed_attempt_paid_for_is_recorded_and_counted(
     """Every answer of a generate job that then fails (here: malformed, after its re-asks) is
     paid for: its attempt's stats are recorded and the run's spend in storage counts them as
     wasted; the run's counter in Redis and storage agree."""
-    from orchestrator.runs import spend_split
+    from orchestrator.runs import failed_attempts, spend_split
     from tests.teachers.conftest import LABELS, make_job, make_pool
     from workers.teachers.accounting import read_spend
     from workers.teachers.sim import start_sim
@@ -222,11 +222,10 @@ def test_what_a_failed_attempt_paid_for_is_recorded_and_counted(
     finally:
         stop()
     assert result.failed()
-    names = store.list_names(run_id, "cycle=1/jobstats-failed")
-    assert len(names) == 1 + 8, "the first attempt and each of its 8 retries"
-    for name in names:
-        record = store.read_json(run_id, f"cycle=1/jobstats-failed/{name}")
-        assert name.startswith(f"{JOB}.") and record["failed"] and record["requests"] == 2
+    records = failed_attempts(store, run_id, 1)
+    assert len(records) == 1 + tasks.generate.max_retries, "the first attempt and each retry"
+    for record in records:
+        assert record["job_id"] == JOB and record["failed"] and record["requests"] == 2
         assert record["failures_by_reason"] == {"malformed": 2}
         assert record["retries_by_reason"] == {"malformed": 4}  # two re-asks of each request
     split = spend_split(store, run_id, 1)

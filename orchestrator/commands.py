@@ -209,7 +209,8 @@ def start_sim_process(spec: RunSpec, store: ShardStore, run_id: str,
     cmd = [sys.executable, "-m", "workers.teachers.sim", "--pool", str(pool),
            "--host", "127.0.0.1", "--port", "0", "--seed", str(sim.seed),
            "--label-noise", str(sim.label_noise), "--latency-ms", str(sim.latency_ms),
-           "--fault-rate", str(sim.fault_rate)]
+           "--fault-rate", str(sim.fault_rate),
+           "--prefix-cache-tokens", str(sim.prefix_cache_tokens)]
     if sim.rpm_limit:
         cmd += ["--rpm-limit", str(sim.rpm_limit)]
     log_file = open(local / "sim.log", "ab")  # noqa: SIM115

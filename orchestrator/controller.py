@@ -152,7 +152,12 @@ class Controller:
         if cycle > 0:  # the hot loop of a big cycle: one JobId and one ensure per open job
             ensure, uri = self.dispatch.ensure, self.store.uri
             deadline = self._spec.loop.generate_deadline_s
-            for name in jobs:
+            # Cache warm-up: with shared examples, a cycle's first job goes alone; the rest
+            # follow once it is settled, and find its prompt's shared part in the provider's
+            # prompt cache (sent together, none would: a prompt is cached once answered).
+            warm_up = self._spec.generation.shared_examples and not failed and \
+                committed.isdisjoint(jobs)
+            for name in jobs[:1] if warm_up else jobs:
                 if name not in committed and name not in failed:
                     job = JobId.generate(cycle, name)
                     if sends := ensure(job, uri, deadline):

@@ -10,8 +10,12 @@ class the same score (even quotas), confuses each class once with another (so co
 get their share of the jobs, as after a real cycle 0) and mines its examples from the seed,
 so the prompts carry as many examples, of the same lengths, as a real report's would. Later cycles are planned
 the same way, so each is estimated like cycle 1; the run at ``loop.max_cycles`` is their sum
-(an upper bound: early stopping ends most runs sooner). Cached input tokens are not
-estimated: distillq's prompts are not yet ordered for a provider's prompt cache.
+(an upper bound: early stopping ends most runs sooner). Cached input tokens are those a
+provider's prompt cache would serve (``workers.teachers.prefixcache``: OpenAI's rule, prompts
+from 1,024 tokens in steps of 128; the simulated teacher's own ``prefix_cache_tokens``), the
+requests sent in plan order, ``teacher.concurrency`` at a time (with
+``generation.shared_examples``, the first job alone: the controller's cache warm-up); they
+are billed at ``price.cached_input_per_1k`` when it is set.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from orchestrator.datasets import Split, load_and_split
 from orchestrator.planning import Planner
 from workers.teachers.accounting import request_cost
 from workers.teachers.openai import estimate_tokens, host_of
+from workers.teachers.prefixcache import InFlightCache, PrefixCache
 from workers.teachers.prompts import job_prompts
 
 JSON_TOKENS_PER_EXAMPLE = 8  # {"text": "...", "label": "..."}, and the separators
@@ -39,6 +44,7 @@ class CyclePlan:
     examples: int
     tokens_in: int
     tokens_out: int
+    tokens_cached: int
     cost: float
 
 
@@ -52,7 +58,7 @@ class CostPlan:
     def run(self) -> CyclePlan:
         c, n = self.cycle, self.cycles
         return CyclePlan(c.jobs * n, c.requests * n, c.examples * n, c.tokens_in * n,
-                         c.tokens_out * n, c.cost * n)
+                         c.tokens_out * n, c.tokens_cached * n, c.cost * n)
 
     def lines(self, spec: RunSpec) -> list[str]:
         teacher = spec.teacher
@@ -63,13 +69,17 @@ class CostPlan:
                f"output {teacher.price.output_per_1k}",
                f"output tokens per example (from the data): "
                f"{self.output_tokens_per_example:.0f}", "",
-               "| | jobs | requests | examples | input tokens | output tokens | cost |",
-               "|---|---|---|---|---|---|---|"]
+               "| | jobs | requests | examples | input tokens | of them cached | "
+               "output tokens | cost |",
+               "|---|---|---|---|---|---|---|---|"]
         out += [f"| {name} | {r.jobs} | {r.requests} | {r.examples} | {r.tokens_in:,} | "
-                f"{r.tokens_out:,} | {r.cost:.4f} |" for name, r in rows]
+                f"{r.tokens_cached:,} | {r.tokens_out:,} | {r.cost:.4f} |" for name, r in rows]
+        cached_price = ("billed at price.cached_input_per_1k" if
+                        teacher.price.cached_input_per_1k is not None else
+                        "billed as input: price.cached_input_per_1k is not set")
         out += ["", "Estimates before any answer: retries, re-asks and malformed answers are "
-                "extra; cached input tokens are not estimated (docs/teachers.md, \"Cost "
-                "plan\")."]
+                f"extra; cached tokens assume a provider prompt cache ({cached_price}; "
+                "docs/teachers.md, \"Cost plan\")."]
         return out
 
 
@@ -109,14 +119,21 @@ def plan_costs(spec: RunSpec) -> CostPlan:
                       seed=spec.dataset.sample_seed)
     jobs = planner.plan(1, stand_in_report(split, spec.dataset.sample_seed))
     per_example = output_tokens_per_example(split, spec.generation.max_chars)
-    requests = tokens_in = examples = tokens_out = 0
+    teacher = spec.teacher
+    cache = InFlightCache(PrefixCache(teacher.sim.prefix_cache_tokens if teacher.kind == "sim"
+                                      else 1024), teacher.concurrency)
+    requests = tokens_in = examples = tokens_out = tokens_cached = 0
     cost = 0.0
     for job in jobs:
         for prompt in job_prompts(spec, job, list(split.taxonomy)):
             t_in = estimate_tokens(prompt.messages)
-            t_out = min(round(prompt.n * per_example), spec.teacher.max_output_tokens)
+            t_cached = min(cache.send(prompt.messages), t_in)
+            t_out = min(round(prompt.n * per_example), teacher.max_output_tokens)
             requests, examples = requests + 1, examples + prompt.n
             tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
-            cost += request_cost(spec.teacher.price, t_in, t_out)
-    cycle = CyclePlan(len(jobs), requests, examples, tokens_in, tokens_out, cost)
+            tokens_cached += t_cached
+            cost += request_cost(teacher.price, t_in, t_out, t_cached)
+        if spec.generation.shared_examples and job is jobs[0]:
+            cache.settle()  # the controller sends the rest once the first job is done
+    cycle = CyclePlan(len(jobs), requests, examples, tokens_in, tokens_out, tokens_cached, cost)
     return CostPlan(cycle, spec.loop.max_cycles, per_example)

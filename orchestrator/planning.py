@@ -10,7 +10,11 @@ Three modes (``generation.mode``):
 - ``unguided`` (for comparison): uniform quotas, no report, no mined examples.
 
 Jobs hold at most ``examples_per_request`` examples; a class's quota becomes several jobs
-("parts"), each with a different slice of its examples. Job ids are deterministic:
+("parts"), each with a different slice of its examples. With ``generation.shared_examples``
+every job of a cycle carries the same mined examples, of any class (the prompt shows them in
+its shared part, for a provider's prompt cache); the report's cycle-wide part (``confusions``)
+is the same for every job either way, the targets' own confusions ride in
+``target_confusions``. Job ids are deterministic:
 ``distillq.jobs.plan_name(cycle, k)`` in a fixed order, so re-planning a cycle gives the same jobs.
 """
 
@@ -147,12 +151,13 @@ class Planner:
             "mode": self.gen.mode, "target_labels": list(labels), "n_examples": n,
             "part": part, "n_parts": n_parts, "cycle": cycle,
             "fewshot": self._fewshot(labels, part, n_parts, cycle),
-            "report": {}, "confusions": [], "correct": [], "misclassified": [],
-            "hard_negatives": [],
+            "report": {}, "confusions": [], "target_confusions": [], "correct": [],
+            "misclassified": [], "hard_negatives": [],
         }
         if guided and self.gen.use_report:
             job["report"] = self._report_for(labels, report)
-            job["confusions"] = self._confusions_for(labels, report)
+            job["confusions"] = report.get("confusions", [])[:10]  # the cycle's, as shown
+            job["target_confusions"] = self._confusions_for(labels, report)
         if guided:
             self._add_mined(job, labels, report, part)
         return job
@@ -184,10 +189,10 @@ class Planner:
         return {**head, "per_class": chosen}
 
     def _confusions_for(self, labels: tuple[str, ...], report: dict[str, Any]) -> list[Any]:
+        if not labels:
+            return []
         conf = report.get("confusions", [])
-        if labels:
-            conf = [c for c in conf if c[0] in labels or c[1] in labels]
-        return conf[:10]
+        return [c for c in conf if c[0] in labels or c[1] in labels][:10]
 
     def _add_mined(self, job: Item, labels: tuple[str, ...], report: dict[str, Any],
                    part: int) -> None:
@@ -197,11 +202,12 @@ class Planner:
             "misclassified": self.gen.n_misclassified,
             "hard_negatives": self.gen.n_hard_negatives if self.gen.use_hard_negatives else 0,
         }
+        shared = self.gen.shared_examples  # every job of the cycle shows the same ones
         for key, n in wanted.items():
             items = list(mined.get(key, []))
-            if labels:
+            if labels and not shared:
                 items = [x for x in items if _involves(x, set(labels))]
-            job[key] = [_public(x) for x in _slice(items, n, part)]
+            job[key] = [_public(x) for x in _slice(items, n, 0 if shared else part)]
 
 
 def _public(item: Item) -> Item:

@@ -85,9 +85,11 @@ class Progress:
             lost = int(wasted["tokens_in"] + wasted["tokens_out"])
             flying = self._in_flight(client, spent)
             note = f" — stop: {d.reason}" if d.action == "stop" else ""
+            cached = int(spent.get("tokens_cached", 0))
             self._say(f"cycle {d.cycle}: val {d.metric}={d.value:.4f} "
                       f"(best c{d.best_cycle}={d.best_value:.4f}) teacher tokens={tokens} "
-                      f"(wasted {lost}{flying}) cost={spent['cost']:.4f}{note}")
+                      f"(wasted {lost}{flying}{f', cached {cached}' if cached else ''}) "
+                      f"cost={spent['cost']:.4f}{note}")
         self.decided = manifest.cycle
 
     def _in_flight(self, client: redis.Redis | None, paid: dict[str, float]) -> str:

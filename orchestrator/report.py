@@ -65,7 +65,8 @@ def _teacher_totals(store: ShardStore, run_id: str, n_cycles: int) -> list[dict[
         stats = cycle_stats(store, run_id, cycle)
         wasted = failed_attempts(store, run_id, cycle)
         row = {k: sum(float(s.get(k, 0) or 0) for s in stats + wasted)
-               for k in ("requests", "tokens_in", "tokens_out", "cost", "latency_s")}
+               for k in ("requests", "tokens_in", "tokens_cached", "tokens_out", "cost",
+                         "latency_s")}
         row["examples"] = sum(float(s.get("examples", 0) or 0) for s in stats)
         row["wasted_tokens"] = sum(float(s.get("tokens_in", 0) or 0)
                                    + float(s.get("tokens_out", 0) or 0) for s in wasted)
@@ -182,13 +183,15 @@ def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, A
               f"Teacher: {teacher_line(spec)}. Every paid request is counted: those of committed "
               "jobs and those of failed attempts (wasted: their answers were thrown away).", "",
               "| cycle | requests | retries | malformed / truncated answers | examples rejected "
-              "| examples kept | tokens in | tokens out | cost | of it wasted (tokens, cost) "
+              "| examples kept | tokens in (of them cached) | tokens out | cost "
+              "| of it wasted (tokens, cost) "
               "| failed jobs |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {int(r['cycle'])} | {int(r['requests'])} | {int(r['retries'])} | "
                      f"{int(r['bad_answers'])} | {int(r['rejected'])} | {int(r['examples'])} | "
-                     f"{int(r['tokens_in'])} | {int(r['tokens_out'])} | {r['cost']:.4f} | "
+                     f"{int(r['tokens_in'])} ({int(r['tokens_cached'])}) | "
+                     f"{int(r['tokens_out'])} | {r['cost']:.4f} | "
                      f"{int(r['wasted_tokens'])}, {r['wasted_cost']:.4f} | "
                      f"{int(r.get('failed', 0))} generate, {int(r.get('failed_attribute', 0))} "
                      "attribute |")

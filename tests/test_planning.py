@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -132,3 +133,27 @@ def test_a_label_the_split_left_without_steering_examples_is_not_taken_as_weakes
     # without a split the report covers every label as it is (d as weak as can be)
     plain = class_quotas(steer, TAX, gen, 40)
     assert plain["d"] > plain["c"]
+
+
+def test_every_job_of_a_cycle_carries_the_same_cycle_wide_report_part() -> None:
+    gen = GenerationSpec(examples_per_cycle=60, examples_per_request=5)
+    jobs = Planner(gen, TAX, _seed()).plan(1, _report())
+    assert all(j["confusions"] == _report()["confusions"] for j in jobs)
+    job_a = next(j for j in jobs if j["target_labels"] == ["a"])
+    assert job_a["target_confusions"] == [["a", "d", 1]]
+
+
+def test_shared_examples_give_every_job_the_same_mined_examples_of_any_class() -> None:
+    gen = GenerationSpec(examples_per_cycle=60, examples_per_request=5, n_misclassified=3,
+                         shared_examples=True)
+    jobs = Planner(gen, TAX, _seed()).plan(1, _report())
+    mined = {json_key(j) for j in jobs}
+    assert len(mined) == 1, "the same examples for every job"
+    assert [x["text"] for x in jobs[0]["misclassified"]] == ["t0", "t1", "t2"]
+    own = Planner(GenerationSpec(examples_per_cycle=60, examples_per_request=5,
+                                 n_misclassified=3), TAX, _seed()).plan(1, _report())
+    assert len({json_key(j) for j in own}) > 1, "by default each job shows its targets' own"
+
+
+def json_key(job: dict[str, Any]) -> str:
+    return json.dumps([job[k] for k in ("correct", "misclassified", "hard_negatives")])

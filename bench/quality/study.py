@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workers.teachers.prompts import PROMPT_LAYOUT
 from workers.teachers.sim import SIM_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,6 +158,9 @@ def protocol(args: argparse.Namespace, generating: bool = True) -> dict[str, Any
     # cycle the next few-shot examples of a class)
     if generating and SIM_VERSION > 1:
         proto["sim"] = SIM_VERSION
+    # the order of the prompts' sections (2: shared parts first, workers.teachers.prompts)
+    if generating and PROMPT_LAYOUT > 1:
+        proto["prompt_layout"] = PROMPT_LAYOUT
     # only when set, so the protocols measured before the option keep their names
     if generating and args.steer_fraction:
         proto["steer_fraction"] = args.steer_fraction

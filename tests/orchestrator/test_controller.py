@@ -72,6 +72,29 @@ def test_full_loop_plans_generates_trains_and_stops_on_patience(setup: Any) -> N
     assert ctl.tick() == "done"
 
 
+@pytest.mark.parametrize("settle", ["commit", "fail"])
+def test_with_shared_examples_a_cycles_first_job_warms_the_prompt_cache(
+        setup: Any, settle: str) -> None:
+    """The first generate job of a cycle goes alone; the others once it is committed (or
+    failed), so they find the prompt's shared part in the provider's cache."""
+    ctl, sent, _ = setup(generation={"shared_examples": True,
+                                     "tolerated_failure_fraction": 0.5})
+    plan_cycle_one(ctl)
+    jobs = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"]
+    assert len(jobs) > 1 and [s.job for s in sent if s.task == "distillq.generate"] == \
+        jobs[:1]
+    sent.clear()
+    ctl.tick()
+    assert sent == [], "the rest wait for the first"
+    if settle == "commit":
+        commit_jobs(ctl, 1, jobs[:1])
+    else:
+        ctl.store.write_json("r1", f"cycle=1/failed/generate-{jobs[0]}.json",
+                             {"error": "boom"})
+    ctl.tick()
+    assert sorted(s.job for s in sent) == sorted(jobs[1:])
+
+
 def test_replanning_is_deterministic_after_a_restart(setup: Any, redis_client: Any) -> None:
     ctl, sent, clock = setup()
     plan_cycle_one(ctl)

@@ -29,13 +29,31 @@ def test_plan_prices_the_prompts_cycle_one_would_send(
     assert c.tokens_in > 12 * 200, "each prompt carries the taxonomy, the report and examples"
     assert c.tokens_out == pytest.approx(24 * plan.output_tokens_per_example, abs=6)
     assert c.cost == pytest.approx(request_cost(spec.teacher.price, c.tokens_in, c.tokens_out),
-                                   rel=1e-3)
+                                   rel=1e-3), "no cached price set: cached tokens cost as input"
     assert plan.run.tokens_in == 3 * c.tokens_in and plan.run.cost == pytest.approx(3 * c.cost)
     assert main(["plan", str(path)]) == 0
     out = capsys.readouterr().out
     assert "the SIMULATED teacher" in out
-    assert f"| cycle 1 | 12 | 12 | 24 | {c.tokens_in:,} | {c.tokens_out:,} |" in out
+    assert (f"| cycle 1 | 12 | 12 | 24 | {c.tokens_in:,} | {c.tokens_cached:,} | "
+            f"{c.tokens_out:,} |") in out
     assert not (tmp_path / "store").exists(), "nothing written"
+
+
+def test_plan_counts_what_a_prompt_cache_serves(tmp_path: Path, corpus: Path) -> None:
+    """Shared examples make most of each prompt the same: requests after the first wave
+    (``teacher.concurrency`` in flight at once) find it cached, billed at the cached price."""
+    price = {"input_per_1k": 1.0, "output_per_1k": 0.0, "cached_input_per_1k": 0.5}
+    plans = {}
+    for shared in (False, True):
+        path = write_spec(tmp_path, corpus, f"cache-{shared}",
+                          teacher={"price": price, "concurrency": 2},
+                          generation={"examples_per_cycle": 24, "examples_per_request": 4,
+                                      "shared_examples": shared, "n_correct": 40,
+                                      "n_misclassified": 40, "n_hard_negatives": 40})
+        plans[shared] = plan_costs(load_spec(path)).cycle
+    own, shared = plans[False], plans[True]
+    assert shared.tokens_cached > 0.5 * shared.tokens_in > own.tokens_cached
+    assert shared.cost == pytest.approx((shared.tokens_in - shared.tokens_cached / 2) / 1000)
 
 
 def test_plan_of_a_bad_spec_names_the_problem(tmp_path: Path,

@@ -18,7 +18,7 @@ def test_the_report_of_a_failed_run_counts_the_cycle_it_stopped_in(setup: Any) -
     ctl, sent, clock, job = failed_in_cycle_one(setup)
     text = Path(write_report(ctl.store, "r1")).read_text()
     spend = text.split("## Teacher spend per cycle")[1]
-    assert "| 1 | 0 | 0 | 0 | 0 | 0 | 0 | 0 | 0.0000 | 0, 0.0000 | 1 generate, 0 attribute |" \
+    assert "| 1 | 0 | 0 | 0 | 0 | 0 | 0 (0) | 0 | 0.0000 | 0, 0.0000 | 1 generate, 0 attribute |" \
         in spend
     assert "Teacher: SIMULATED" in spend
     assert "fails the run beyond it" in spend

@@ -95,6 +95,9 @@ def make_job(pool: list[tuple[str, str]], job_id: str = "c01-0000",
         "job_id": job_id, "mode": mode, "target_labels": list(targets), "n_examples": n,
         "report": {"accuracy": 0.7, "macro_f1": 0.65, "per_class": per_class},
         "confusions": [["refund", "card_lost", 7], ["card_arrival", "card_lost", 3]],
+        "target_confusions": [c for c in [["refund", "card_lost", 7],
+                                          ["card_arrival", "card_lost", 3]]
+                              if c[0] in targets or c[1] in targets],
         "fewshot": [{"text": t, "label": lab} for t, lab in tail[::10][:4]],
         "correct": [{"text": t, "label": lab, "pred": lab, "confidence": 0.95}
                     for t, lab in pool[1::9][:n_mined]],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from tests.teachers.conftest import LABELS, make_job, make_spec
 from workers.teachers import prompts as P
@@ -42,23 +43,71 @@ def test_descriptions_and_default_sixteen_of_each(pool) -> None:
     assert len(prompt.shown_texts) == 4 + 16 + 16 + 10
 
 
-def test_sharded_report_shows_targets_and_worst_not_all() -> None:
+def test_sharded_report_shows_worst_classes_and_targets_apart() -> None:
     gen = make_spec().generation
     per_class = {f"c{i:02d}": {"f1": i / 100, "precision": 0, "recall": 0, "support": 1}
                  for i in range(40)}
-    lines = P.report_lines({"per_class": per_class, "macro_f1": 0.2}, [], ("c30",),
-                           gen.report_token_budget, whole=False)
+    report = {"per_class": per_class, "macro_f1": 0.2}
+    lines = P.report_lines(report, [], gen.report_token_budget, whole=False)
     shown = [x.split("|")[1].strip() for x in lines if x.startswith("| c") and "class" not in x]
-    assert shown == ["c30", "c00", "c01", "c02", "c03", "c04"]
+    assert shown == ["c00", "c01", "c02", "c03", "c04"]  # the same whatever the job targets
+    own = P.target_lines(report, [["c30", "c02", 4], ["c07", "c08", 9]], ("c30",))
+    assert [x.split("|")[1].strip() for x in own if x.startswith("| c3")] == ["c30"]
+    assert sum(x.startswith("| c") for x in own) == 2  # the header and c30
+    assert "- true 'c30' predicted as 'c02': 4" in own and not any("c07" in x for x in own)
+    assert P.target_lines(report, [], ("not_reported",)) == []
+
+
+def text_index(prompt: P.Prompt, heading: str) -> int:
+    return _user(prompt).index(heading)
+
+
+def _prefix(a: P.Prompt, b: P.Prompt) -> str:
+    return os.path.commonprefix([_user(a), _user(b)])
+
+
+def test_what_requests_share_comes_first_and_the_count_last(pool) -> None:
+    """Layout 2: taxonomy, output rules and the cycle-wide report open every request of a
+    cycle, whatever it targets; a request's own part follows; the count closes it."""
+    gen = make_spec().generation
+    refund = make_job(pool, targets=("refund",), n=6)
+    lost = make_job(pool, targets=("card_lost",), n=6)
+    a, b = build_prompt(refund, LABELS, gen), build_prompt(lost, LABELS, gen)
+    shared = _prefix(a, b)
+    assert shared.startswith(P.H_TAXONOMY) and P.H_OUTPUT in shared and P.H_REPORT in shared
+    assert "Most frequent confusions:" in shared
+    text = _user(a)  # the requests part where their targets' lines start
+    assert text.index(P.H_TARGET_REPORT) < len(shared) < text.index(P.H_FEWSHOT)
+    order = [text.index(h) for h in (P.H_TAXONOMY, P.H_OUTPUT, P.H_REPORT, P.H_TARGET_REPORT,
+                                     P.H_FEWSHOT, P.H_CORRECT, P.H_MISCLASSIFIED, P.H_HARD,
+                                     P.H_TASK)]
+    assert order == sorted(order)
+    assert text.rstrip().splitlines()[-1] == "Batch: 1 of 1"
+    # two requests of one job (a split re-ask asks fewer) differ only in the task
+    whole, half = build_prompt(refund, LABELS, gen), build_prompt(refund, LABELS, gen, n=3)
+    assert _prefix(whole, half) == _user(whole)[: _user(whole).index(P.H_TASK)] + P.H_TASK + \
+        "\nWrite "
+
+
+def test_shared_examples_put_the_mined_examples_in_the_shared_part(pool) -> None:
+    gen = make_spec(generation={"shared_examples": True}).generation
+    refund, lost = make_job(pool, targets=("refund",)), make_job(pool, targets=("card_lost",))
+    a, b = build_prompt(refund, LABELS, gen), build_prompt(lost, LABELS, gen)
+    shared = _prefix(a, b)
+    for title in (P.H_CORRECT, P.H_MISCLASSIFIED, P.H_HARD):
+        assert title in shared
+    assert text_index(a, P.H_TARGET_REPORT) < len(shared) < text_index(a, P.H_FEWSHOT)
+    assert len(shared) > 0.8 * len(_user(a))
+    assert a.shown_texts == build_prompt(refund, LABELS, make_spec().generation).shown_texts
 
 
 def test_single_report_is_whole_only_within_budget() -> None:
     per_class = {f"class_{i:03d}": {"f1": i / 400, "precision": 0.5, "recall": 0.5, "support": 9}
                  for i in range(335)}
     report = {"per_class": per_class, "accuracy": 0.3}
-    small = P.report_lines({"per_class": dict(list(per_class.items())[:10])}, [], (), 1500, True)
+    small = P.report_lines({"per_class": dict(list(per_class.items())[:10])}, [], 1500, True)
     assert sum(x.startswith("| class_") for x in small) == 10
-    big = P.report_lines(report, [], (), 300, True)
+    big = P.report_lines(report, [], 300, True)
     rows = [x for x in big if x.startswith("| class_")]
     assert 0 < len(rows) < 335 and sum(len(x) + 1 for x in big) <= 300 * 4 + 60
     assert rows[0].startswith("| class_000 ") and "more classes not shown" in big[-1]

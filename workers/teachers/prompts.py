@@ -14,6 +14,16 @@ controller (``job["mode"]``):
 
 The format is plain Markdown with one JSON object per example line, so a real LLM reads it
 easily and the simulated teacher (``sim``) can parse the very same prompt.
+
+Order (``PROMPT_LAYOUT`` 2): what many requests share comes first, so a provider's prompt cache
+(OpenAI, Anthropic, vLLM prefix caching: a request whose first tokens equal an earlier one's)
+bills it at the cached rate. The system message, the taxonomy and the output rules are the
+same for every request of a run; the report's cycle-wide part (its head, the worst classes, the
+most frequent confusions) for every request of a cycle, and so are the mined examples when
+``generation.shared_examples`` is on. Then what belongs to the request: its targets' report
+lines and confusions, few-shot and (by default) mined examples, and last the task with the
+count and the batch number. Layout 1 put the task first, so no two requests shared more than
+the system message.
 """
 
 from __future__ import annotations
@@ -32,9 +42,12 @@ SYSTEM = (
     "You answer with a single JSON object and nothing else."
 )
 
+PROMPT_LAYOUT = 2  # bumped when the same job gives other prompts (bench/quality's protocol)
+
 H_TASK = "## Task"
 H_TAXONOMY = "## Label taxonomy"
 H_REPORT = "## Validation report of the student"
+H_TARGET_REPORT = "## The target labels in the report"
 H_FEWSHOT = "## Labelled examples"
 H_CORRECT = "## Examples the student classifies correctly"
 H_MISCLASSIFIED = "## Examples the student misclassifies"
@@ -78,16 +91,18 @@ def _class_line(label: str, m: Mapping[str, Any]) -> str:
             f"| {float(m.get('f1', 0)):.3f} | {int(m.get('support', 0))} |")
 
 
-def report_lines(report: Mapping[str, Any], confusions: list[Any], targets: tuple[str, ...],
-                 budget_tokens: int, whole: bool) -> list[str]:
-    """Targets' lines, then the worst classes (all classes if ``whole``), within the budget."""
+def report_lines(report: Mapping[str, Any], confusions: list[Any], budget_tokens: int,
+                 whole: bool) -> list[str]:
+    """The report's cycle-wide part: its head, the worst classes (all classes if ``whole``)
+    within the budget, and the most frequent confusions if they fit. The same for every
+    request of a cycle, whatever it targets (the targets' lines come later:
+    ``target_lines``)."""
     head = [f"{k}: {float(report[k]):.4f}" for k in ("accuracy", "macro_f1", "weighted_f1")
             if k in report]
     lines = [*head, "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
     per_class: Mapping[str, Any] = report.get("per_class", {}) or {}
-    worst = sorted(per_class, key=lambda c: (float(per_class[c].get("f1", 0)), c))
-    order = [c for c in targets if c in per_class]
-    order += [c for c in worst if c not in order][: None if whole else WORST_CLASSES]
+    order = sorted(per_class, key=lambda c: (float(per_class[c].get("f1", 0)), c))
+    order = order[: None if whole else WORST_CLASSES]
     budget = budget_tokens * 4 - sum(len(x) + 1 for x in lines)
     for shown, label in enumerate(order):
         line = _class_line(label, per_class[label])
@@ -96,10 +111,26 @@ def report_lines(report: Mapping[str, Any], confusions: list[Any], targets: tupl
             break
         budget -= len(line) + 1
         lines.append(line)
-    conf = [f"- true {t!r} predicted as {p!r}: {n}" for t, p, n in confusions[:10]]
+    conf = _confusion_lines(confusions)
     if conf and budget - sum(len(x) + 1 for x in conf) > 0:
         lines += ["", "Most frequent confusions:", *conf]
     return lines
+
+
+def target_lines(report: Mapping[str, Any], confusions: list[Any],
+                 targets: tuple[str, ...]) -> list[str]:
+    """The targets' own report lines and the confusions that involve them."""
+    per_class: Mapping[str, Any] = report.get("per_class", {}) or {}
+    rows = [_class_line(c, per_class[c]) for c in targets if c in per_class]
+    if not rows:
+        return []
+    lines = ["| class | precision | recall | f1 | support |", "|---|---|---|---|---|", *rows]
+    conf = _confusion_lines([c for c in confusions if c[0] in targets or c[1] in targets])
+    return lines + (["", "Their most frequent confusions:", *conf] if conf else [])
+
+
+def _confusion_lines(confusions: list[Any]) -> list[str]:
+    return [f"- true {t!r} predicted as {p!r}: {n}" for t, p, n in confusions[:10]]
 
 
 def _task_lines(targets: tuple[str, ...], n: int, part: int, parts: int) -> list[str]:
@@ -111,7 +142,8 @@ def _task_lines(targets: tuple[str, ...], n: int, part: int, parts: int) -> list
                "today: make the difference between these labels clear.")
     else:
         ask = "Use any labels of the taxonomy; favour the classes where the student is weakest."
-    return [H_TASK, f"Write {n} new, realistic and varied examples for the classifier. {ask}",
+    return ["", H_TASK, f"Write {n} new, realistic and varied examples for the classifier. {ask}",
+            f"Return exactly {n} new examples, following the output rules.",
             TARGETS + json.dumps(list(targets), ensure_ascii=False), COUNT + str(n),
             BATCH + f"{part + 1} of {parts}"]
 
@@ -131,45 +163,62 @@ def _section(title: str, items: list[Any], n: int, limit: int, with_pred: bool) 
     return ["", title, *(_example_line(x, limit, with_pred) for x in items)]
 
 
-def _output_lines(n: int, max_chars: int) -> list[str]:
+def _output_lines(max_chars: int) -> list[str]:
     return [
         "", H_OUTPUT,
-        f"Return exactly {n} new examples as one JSON object and nothing else:",
+        "Return the new examples as one JSON object and nothing else:",
         '{"examples": [{"text": "...", "label": "..."}]}',
         "Each label must be one of the taxonomy's labels, spelled exactly. Do not copy or "
-        "lightly edit the examples shown above; write new ones.",
+        "lightly edit the examples shown in this message; write new ones.",
         f"{MAX_CHARS}{max_chars}",
     ]
+
+
+def _mined(job: Mapping[str, Any], gen: GenerationSpec) -> tuple[list[str], list[Any]]:
+    """The correct / misclassified / hard-negative sections, and the examples they show."""
+    kinds = (("correct", H_CORRECT, gen.n_correct, False),
+             ("misclassified", H_MISCLASSIFIED, gen.n_misclassified, True),
+             ("hard_negatives", H_HARD, gen.n_hard_negatives if gen.use_hard_negatives else 0,
+              True))
+    lines: list[str] = []
+    shown: list[Any] = []
+    for key, title, count, with_pred in kinds:
+        lines += _section(title, job.get(key, []), count, gen.prompt_example_chars, with_pred)
+        shown += list(job.get(key, []))[:count]
+    return lines, shown
 
 
 def build_prompt(job: Mapping[str, Any], taxonomy: list[str], gen: GenerationSpec, *,
                  n: int | None = None, part: int = 0, parts: int = 1,
                  descriptions: Mapping[str, str] | None = None) -> Prompt:
-    """The messages of one request of ``job`` (request ``part`` of ``parts``)."""
+    """The messages of one request of ``job`` (request ``part`` of ``parts``), shared parts
+    first (module docstring)."""
     mode = job.get("mode", gen.mode)
     n = int(n if n is not None else job.get("n_examples", gen.examples_per_request))
     targets = tuple(job.get("target_labels") or ())
     guided = mode != "unguided"
-    limit = gen.prompt_example_chars
-    lines = _task_lines(targets, n, part, parts)
-    lines += ["", *_taxonomy_lines(taxonomy, descriptions or {})]
-    lines += _section(H_FEWSHOT, job.get("fewshot", []), gen.n_fewshot, limit, False)
-    if guided and gen.use_report and job.get("report"):
-        lines += ["", H_REPORT, *report_lines(job["report"], list(job.get("confusions", [])),
-                                              targets, gen.report_token_budget,
-                                              whole=mode == "single")]
-    shown = list(job.get("fewshot", []))[: gen.n_fewshot]
-    if guided:
-        mined = (("correct", H_CORRECT, gen.n_correct, False),
-                 ("misclassified", H_MISCLASSIFIED, gen.n_misclassified, True),
-                 ("hard_negatives", H_HARD,
-                  gen.n_hard_negatives if gen.use_hard_negatives else 0, True))
-        for key, title, count, with_pred in mined:
-            lines += _section(title, job.get(key, []), count, limit, with_pred)
-            shown += list(job.get(key, []))[:count]
-    lines += _output_lines(n, gen.max_chars)
+    # shared by every request of the run
+    lines = [*_taxonomy_lines(taxonomy, descriptions or {}), *_output_lines(gen.max_chars)]
+    # shared by every request of the cycle
+    report = job.get("report") if guided and gen.use_report else None
+    if report:
+        lines += ["", H_REPORT, *report_lines(report, list(job.get("confusions", [])),
+                                              gen.report_token_budget, whole=mode == "single")]
+    mined, mined_shown = _mined(job, gen) if guided else ([], [])
+    if gen.shared_examples:
+        lines += mined
+    # this request's own
+    if report and (own := target_lines(report, list(job.get("target_confusions", [])),
+                                       targets)):
+        lines += ["", H_TARGET_REPORT, *own]
+    fewshot = list(job.get("fewshot", []))[: gen.n_fewshot]
+    lines += _section(H_FEWSHOT, fewshot, gen.n_fewshot, gen.prompt_example_chars, False)
+    if not gen.shared_examples:
+        lines += mined
+    lines += _task_lines(targets, n, part, parts)
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
-    return Prompt(messages, n, targets, tuple(str(x.get("text", "")) for x in shown), part, parts)
+    shown = tuple(str(x.get("text", "")) for x in [*fewshot, *mined_shown])
+    return Prompt(messages, n, targets, shown, part, parts)
 
 
 def split_counts(total: int, per_request: int) -> list[int]:

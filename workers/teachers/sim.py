@@ -6,6 +6,9 @@ pool examples of the target labels closest to the prompt's hard negatives and mi
 examples (TF-IDF cosine, ``simpool``). Its model is called ``distillq-sim`` everywhere, so no
 report can mistake it for an LLM.
 
+It models a provider's automatic prompt cache (``prefixcache``: prompts from 1,024 tokens,
+128-token steps), reporting ``usage.prompt_tokens_details.cached_tokens`` as OpenAI does.
+
 Deterministic: an answer depends only on (seed, prompt content). Transport faults (5xx,
 timeouts, malformed JSON) depend on how many times that prompt was asked already, so a retry
 may succeed; content faults (off-taxonomy labels, prompt-injection text) and label noise
@@ -13,7 +16,8 @@ depend on the prompt only, so a retried job gets exactly the same examples.
 
     python -m workers.teachers.sim --pool POOL.parquet --host 127.0.0.1 --port 0 \
         [--label-noise P] [--latency-ms MS] [--fault-rate P] [--rpm-limit N] [--seed S] \
-        [--faults 5xx,timeout,malformed,off_taxonomy,injection] [--fault-first K]
+        [--faults 5xx,timeout,malformed,off_taxonomy,injection] [--fault-first K] \
+        [--prefix-cache-tokens T]
 
 prints its URL on the first line of stdout. ``start_sim(...)`` runs it in a thread instead.
 Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /sim/stats``.
@@ -40,11 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from aiohttp import web
 
 from workers.teachers.asking import RE_ASK_MARK_RE
-from workers.teachers.simpool import Pool, compose, read_prompt
+from workers.teachers.prefixcache import PrefixCache
+from workers.teachers.simpool import Pool, compose, load_pool, read_prompt
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ class SimOptions:
     #                               (a prompt: its system and first user message, whatever
     #                               seed or repair turns a re-ask adds)
     hang_s: float = 30.0          # how long a "timeout" fault keeps the client waiting
+    prefix_cache_tokens: int = 1024  # a provider's prompt cache (prefixcache); 0: none
     api_key: str | None = field(default=None, repr=False)
 
 
@@ -140,6 +145,7 @@ class Simulator:
         self.answers: OrderedDict[str, str] = OrderedDict()
         self.answered: OrderedDict[str, None] = OrderedDict()  # keys answered (200) so far
         self.stats: Counter[str] = Counter()
+        self.prompt_cache = PrefixCache(options.prefix_cache_tokens)
         self.started = time.time()
 
     def attempt(self, key: str) -> int:
@@ -192,18 +198,21 @@ class Simulator:
             examples[victim]["text"] = INJECTION_TEXT.format(label=examples[victim]["label"])
 
     def completion(self, key: str, attempt: int, messages: Sequence[dict[str, Any]],
-                   text: str, truncated: bool) -> dict[str, Any]:
+                   text: str, truncated: bool, cached: int) -> dict[str, Any]:
         prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+        prompt_tokens = math.ceil(prompt_chars / 4) + 4 * len(messages)
+        cached = min(cached, prompt_tokens)
+        self.stats["cached_tokens"] += cached
         return {
             "id": f"chatcmpl-sim-{key[:16]}-{attempt}", "object": "chat.completion",
             "created": int(time.time()), "model": SIM_MODEL,
             "system_fingerprint": "distillq-simulated-teacher",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": "length" if truncated else "stop"}],
-            "usage": {"prompt_tokens": math.ceil(prompt_chars / 4) + 4 * len(messages),
+            "usage": {"prompt_tokens": prompt_tokens,
                       "completion_tokens": math.ceil(len(text) / 4),
-                      "total_tokens": math.ceil(prompt_chars / 4) + 4 * len(messages)
-                      + math.ceil(len(text) / 4)},
+                      "total_tokens": prompt_tokens + math.ceil(len(text) / 4),
+                      "prompt_tokens_details": {"cached_tokens": cached}},
         }
 
 
@@ -278,6 +287,7 @@ class SimServer:
         attempt = sim.attempt(key)
         asked = sim.attempt("prompt:" + request_key(prompt_of(messages), None))
         fault = sim.transport_fault(key, attempt, asked)
+        cached = sim.prompt_cache.lookup(messages)  # on arrival; stored once answered
         if fault:
             sim.stats[f"fault_{fault}"] += 1
         if sim.opt.latency_ms:
@@ -301,16 +311,8 @@ class SimServer:
         sim.answered[key] = None
         if len(sim.answered) > 100 * CACHE:
             sim.answered.popitem(last=False)
-        return web.json_response(sim.completion(key, attempt, messages, text, truncated))
-
-
-def load_pool(source: str | Path | pa.Table | Sequence[tuple[str, str]]) -> Pool:
-    """A Pool from a Parquet file, an Arrow table, or (text, label) pairs."""
-    if isinstance(source, str | Path):
-        source = pq.read_table(source, columns=["text", "label"])
-    if isinstance(source, pa.Table):
-        return Pool(source.column("text").to_pylist(), source.column("label").to_pylist())
-    return Pool([t for t, _ in source], [lab for _, lab in source])
+        sim.prompt_cache.store(messages)
+        return web.json_response(sim.completion(key, attempt, messages, text, truncated, cached))
 
 
 async def _serve(server: SimServer, host: str, port: int) -> tuple[web.AppRunner, str]:
@@ -355,6 +357,8 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--faults", default=",".join(FAULTS), help="comma-separated fault kinds")
     p.add_argument("--fault-first", type=int, default=0)
     p.add_argument("--hang-s", type=float, default=30.0)
+    p.add_argument("--prefix-cache-tokens", type=int, default=1024,
+                   help="model a provider's prompt cache from this many tokens (0: none)")
     p.add_argument("--api-key-env", default=None, help="require this env variable's key")
     return p.parse_args(argv)
 
@@ -367,7 +371,8 @@ def _options(args: argparse.Namespace) -> SimOptions:
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     return SimOptions(seed=args.seed, label_noise=args.label_noise, latency_ms=args.latency_ms,
                       fault_rate=args.fault_rate, rpm_limit=args.rpm_limit, faults=faults,
-                      fault_first=args.fault_first, hang_s=args.hang_s, api_key=key)
+                      fault_first=args.fault_first, hang_s=args.hang_s, api_key=key,
+                      prefix_cache_tokens=args.prefix_cache_tokens)
 
 
 async def _main(args: argparse.Namespace) -> None:

@@ -18,7 +18,11 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from workers.teachers import prompts as P
 from workers.teachers.parsing import normalise
@@ -137,7 +141,7 @@ def _read_line(facts: PromptFacts, section: str, line: str) -> None:
         label = _json_after(line, "- ")
         if isinstance(label, str):
             facts.taxonomy.append(label)
-    elif section == P.H_REPORT and (m := REPORT_ROW.match(line)):
+    elif section in (P.H_REPORT, P.H_TARGET_REPORT) and (m := REPORT_ROW.match(line)):
         facts.f1[m.group(1)] = float(m.group(2))
     elif line.startswith("- {"):
         _read_example(facts, section, _json_after(line, "- "))
@@ -219,3 +223,12 @@ def _noisy(label: str, taxonomy: list[str], noise: float, rng: random.Random) ->
     if others and rng.random() < noise:
         return rng.choice(others)
     return label
+
+
+def load_pool(source: str | Path | pa.Table | Sequence[tuple[str, str]]) -> Pool:
+    """A Pool from a Parquet file, an Arrow table, or (text, label) pairs."""
+    if isinstance(source, str | Path):
+        source = pq.read_table(source, columns=["text", "label"])
+    if isinstance(source, pa.Table):
+        return Pool(source.column("text").to_pylist(), source.column("label").to_pylist())
+    return Pool([t for t, _ in source], [lab for _, lab in source])

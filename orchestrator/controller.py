@@ -68,6 +68,7 @@ class Controller:
     _plans: dict[int, list[str]] = field(default_factory=dict)
     # failed generate job → its error if the budget refused it, else None
     _refusals: dict[tuple[int, str], str | None] = field(default_factory=dict)
+    _warm_since: dict[int, float] = field(default_factory=dict)  # cycle -> warm-up start
 
     def __post_init__(self) -> None:
         self.dispatch = Dispatcher(self.redis, self.run_id, self.send, self.clock)
@@ -152,11 +153,7 @@ class Controller:
         if cycle > 0:  # the hot loop of a big cycle: one JobId and one ensure per open job
             ensure, uri = self.dispatch.ensure, self.store.uri
             deadline = self._spec.loop.generate_deadline_s
-            # Cache warm-up: with shared examples, a cycle's first job goes alone; the rest
-            # follow once it is settled, and find its prompt's shared part in the provider's
-            # prompt cache (sent together, none would: a prompt is cached once answered).
-            warm_up = self._spec.generation.shared_examples and not failed and \
-                committed.isdisjoint(jobs)
+            warm_up = not failed and committed.isdisjoint(jobs) and self._warming(cycle)
             for name in jobs[:1] if warm_up else jobs:
                 if name not in committed and name not in failed:
                     job = JobId.generate(cycle, name)
@@ -181,6 +178,18 @@ class Controller:
             return False
         attributed = self._attribution_ready(cycle, committed & set(jobs))
         return settled and attributed
+
+    def _warming(self, cycle: int) -> bool:
+        """Cache warm-up: with shared examples, a cycle's first generate job goes alone and
+        the rest once it is settled, so they find its prompt's shared part in the provider's
+        prompt cache (sent together, none would: a prompt is cached once answered). Not for
+        longer than ``loop.generate_deadline_s`` after this controller first held them back:
+        a slow or lost first job delays the cycle by that much at most."""
+        gen = self._spec.generation
+        if not gen.shared_examples or gen.mode == "unguided":
+            return False
+        since = self._warm_since.setdefault(cycle, self.clock())
+        return self.clock() - since <= self._spec.loop.generate_deadline_s
 
     def _budget_refused(self, cycle: int, failed: set[str]) -> dict[str, str]:
         """The failed generate jobs of ``cycle`` that the run's budget refused: job → error.

@@ -110,14 +110,19 @@ def output_tokens_per_example(split: Split, max_chars: int) -> float:
     return chars / max(1, len(texts)) / 4 + JSON_TOKENS_PER_EXAMPLE
 
 
-def plan_costs(spec: RunSpec) -> CostPlan:
-    """Plan cycle 1 of ``spec`` and price its requests (InvalidInputError: bad data)."""
-    split = load_and_split(spec.dataset)
+def plan_cycle_one(spec: RunSpec, split: Split) -> list[dict[str, Any]]:
+    """Cycle 1's jobs as the controller would plan them, from the stand-in report."""
     pool = [{"text": t, "label": lab}
             for t, lab in zip(split.seed_train.texts, split.seed_train.labels, strict=True)]
     planner = Planner(spec.generation, list(split.taxonomy), pool,
                       seed=spec.dataset.sample_seed)
-    jobs = planner.plan(1, stand_in_report(split, spec.dataset.sample_seed))
+    return planner.plan(1, stand_in_report(split, spec.dataset.sample_seed))
+
+
+def plan_costs(spec: RunSpec) -> CostPlan:
+    """Plan cycle 1 of ``spec`` and price its requests (InvalidInputError: bad data)."""
+    split = load_and_split(spec.dataset)
+    jobs = plan_cycle_one(spec, split)
     per_example = output_tokens_per_example(split, spec.generation.max_chars)
     teacher = spec.teacher
     cache = InFlightCache(PrefixCache(teacher.sim.prefix_cache_tokens if teacher.kind == "sim"
@@ -133,7 +138,8 @@ def plan_costs(spec: RunSpec) -> CostPlan:
             tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
             tokens_cached += t_cached
             cost += request_cost(teacher.price, t_in, t_out, t_cached)
-        if spec.generation.shared_examples and job is jobs[0]:
+        if spec.generation.shared_examples and spec.generation.mode != "unguided" and \
+                job is jobs[0]:
             cache.settle()  # the controller sends the rest once the first job is done
     cycle = CyclePlan(len(jobs), requests, examples, tokens_in, tokens_out, tokens_cached, cost)
     return CostPlan(cycle, spec.loop.max_cycles, per_example)

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from distillq.jobs import plan_name
 from distillq.spec import GenerationSpec
+from workers.teachers.prompts import WORST_CLASSES
 
 PAIR_SHARE = 0.25  # share of a sharded cycle's examples that targets confused pairs
 
@@ -182,7 +183,8 @@ class Planner:
         if not labels:
             chosen = dict(per_class)
         else:
-            worst = sorted(per_class, key=lambda c: (per_class[c].get("f1", 0.0), c))[:5]
+            worst = sorted(per_class, key=lambda c: (per_class[c].get("f1", 0.0), c))
+            worst = worst[:WORST_CLASSES]  # the report's cycle-wide part (prompts)
             chosen = {c: per_class[c] for c in (*labels, *worst) if c in per_class}
         head: dict[str, Any] = {k: report[k] for k in ("accuracy", "macro_f1", "weighted_f1")
                                 if k in report}
@@ -205,9 +207,21 @@ class Planner:
         shared = self.gen.shared_examples  # every job of the cycle shows the same ones
         for key, n in wanted.items():
             items = list(mined.get(key, []))
-            if labels and not shared:
+            if shared and key != "hard_negatives":  # hard negatives: most confident, any class
+                items = _round_robin(items)
+            elif labels and not shared:
                 items = [x for x in items if _involves(x, set(labels))]
             job[key] = [_public(x) for x in _slice(items, n, 0 if shared else part)]
+
+
+def _round_robin(items: list[Item]) -> list[Item]:
+    """``items`` taken one label at a time, each label's in their order: the first n of a
+    list mined class by class (``mining.mine`` with ``per_class``) then span the classes."""
+    by_label: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        by_label[str(item.get("label"))].append(item)
+    queues = list(by_label.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def _public(item: Item) -> Item:

@@ -88,7 +88,7 @@ class Progress:
             cached = int(spent.get("tokens_cached", 0))
             self._say(f"cycle {d.cycle}: val {d.metric}={d.value:.4f} "
                       f"(best c{d.best_cycle}={d.best_value:.4f}) teacher tokens={tokens} "
-                      f"(wasted {lost}{flying}{f', cached {cached}' if cached else ''}) "
+                      f"(wasted {lost}{flying}){f' cached={cached}' if cached else ''} "
                       f"cost={spent['cost']:.4f}{note}")
         self.decided = manifest.cycle
 

@@ -149,7 +149,8 @@ def test_shared_examples_give_every_job_the_same_mined_examples_of_any_class() -
     jobs = Planner(gen, TAX, _seed()).plan(1, _report())
     mined = {json_key(j) for j in jobs}
     assert len(mined) == 1, "the same examples for every job"
-    assert [x["text"] for x in jobs[0]["misclassified"]] == ["t0", "t1", "t2"]
+    # one of each label first (c, b, a), each label's in the report's order
+    assert [x["text"] for x in jobs[0]["misclassified"]] == ["t0", "t2", "t3"]
     own = Planner(GenerationSpec(examples_per_cycle=60, examples_per_request=5,
                                  n_misclassified=3), TAX, _seed()).plan(1, _report())
     assert len({json_key(j) for j in own}) > 1, "by default each job shows its targets' own"
@@ -157,3 +158,46 @@ def test_shared_examples_give_every_job_the_same_mined_examples_of_any_class() -
 
 def json_key(job: dict[str, Any]) -> str:
     return json.dumps([job[k] for k in ("correct", "misclassified", "hard_negatives")])
+
+
+def test_shared_examples_span_the_classes_of_a_report_mined_class_by_class() -> None:
+    """Sharded cycles mine class by class (``mining.mine`` with ``per_class``): the first n
+    of each list are one class's; shared examples take every class's first."""
+    from workers.training.mining import MiningCounts, mine
+
+    items = [{"id": f"{c}{i}", "text": f"{c} {i}", "label": c, "pred": c if i % 2 else "d",
+              "confidence": 0.5 + i / 100} for c in TAX for i in range(8)]
+    report = {**_report(), "mined": mine(items, MiningCounts(4, 4, 4, per_class=True))}
+    gen = GenerationSpec(examples_per_cycle=20, examples_per_request=5, n_correct=4,
+                         n_misclassified=4, shared_examples=True)
+    job = Planner(gen, TAX, _seed()).plan(1, report)[0]
+    assert [x["label"] for x in job["correct"]] == ["a", "b", "c", "d"]
+    assert [x["label"] for x in job["misclassified"]] == ["a", "b", "c", "a"]  # d: none wrong
+
+
+def test_the_prompts_of_a_planned_cycle_share_their_first_part() -> None:
+    """What the planner gives every job and what the prompt puts first agree: every request
+    of a cycle is the same up to its own part (with shared examples, past the examples)."""
+    from workers.teachers.prompts import H_FEWSHOT, H_TARGET_REPORT, H_TASK, build_prompt
+
+    taxonomy = [f"k{i:02d}" for i in range(12)]
+    per_class = {c: {"precision": 0.5, "recall": 0.5, "f1": 0.3 + (i % 5) / 10, "support": 9}
+                 for i, c in enumerate(taxonomy)}  # ties: the order must not hang on the job
+    items = [{"id": f"{c}{i}", "text": f"about {c} number {i}", "label": c,
+              "pred": taxonomy[(j + 1) % 12] if i % 2 else c, "confidence": 0.4 + i / 50}
+             for j, c in enumerate(taxonomy) for i in range(6)]
+    from workers.training.mining import MiningCounts, mine
+
+    report = {"accuracy": 0.5, "macro_f1": 0.5, "per_class": per_class,
+              "confusions": [[c, taxonomy[(j + 1) % 12], 3] for j, c in enumerate(taxonomy)],
+              "mined": mine(items, MiningCounts(4, 4, 4, per_class=True))}
+    seed = [{"text": f"seed {c} {i}", "label": c} for c in taxonomy for i in range(4)]
+    for shared in (False, True):
+        gen = GenerationSpec(examples_per_cycle=60, examples_per_request=5, n_correct=4,
+                             n_misclassified=4, n_hard_negatives=4, shared_examples=shared)
+        texts = [build_prompt(job, taxonomy, gen).messages[1]["content"]
+                 for job in Planner(gen, taxonomy, seed).plan(1, report)]
+        own = [min(t.find(h) for h in (H_TARGET_REPORT, H_FEWSHOT, H_TASK) if h in t)
+               for t in texts]
+        assert len({t[:i] for t, i in zip(texts, own, strict=True)}) == 1
+        assert ("Hard negatives" in texts[0][: own[0]]) == shared

@@ -2,9 +2,9 @@
 
 Three layouts of the same cycle's requests, side by side in one run, same data and seed:
 
-- ``layout 1 (task first)``: the order distillq used before prompt layout 2 (the task with
-  its count and batch number first, then the taxonomy, few-shot, report, mined examples and
-  output rules), rebuilt here from layout 2's sections;
+- ``layout 1 (task first)``: the prompts distillq built before prompt layout 2 (the task
+  with its count and batch number first, then the taxonomy, few-shot, report, mined examples
+  and output rules), built by ``bench/promptcache/layout1.py``, a copy of that code;
 - ``layout 2``: what requests share first, the count last; each request shows its targets'
   own mined examples (the default);
 - ``layout 2 + shared examples``: ``generation.shared_examples``, every request of the cycle
@@ -30,59 +30,35 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from bench.promptcache import layout1
 from bench.quality.study import BANKING77, base_spec
 from bench.quality.study import parser as quality_parser
-from distillq.spec import RunSpec, load_spec, parse_spec, spec_to_dict
-from orchestrator.costplan import stand_in_report
+from distillq.spec import PriceSpec, RunSpec, load_spec, parse_spec, spec_to_dict
+from orchestrator.costplan import plan_cycle_one
 from orchestrator.datasets import load_and_split
 from orchestrator.embedded import EmbeddedRedis
-from orchestrator.planning import Planner
 from workers.teachers import generate, prompts
+from workers.teachers.accounting import request_cost
 from workers.teachers.generate import generate_job
-from workers.teachers.prompts import Prompt
 from workers.teachers.sim import start_sim
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo-20newsgroups.yaml"
-LAYOUT_1 = (prompts.H_TASK, prompts.H_TAXONOMY, prompts.H_FEWSHOT, prompts.H_REPORT,
-            prompts.H_TARGET_REPORT, prompts.H_CORRECT, prompts.H_MISCLASSIFIED, prompts.H_HARD,
-            prompts.H_OUTPUT)
 LAYOUTS = ("layout 1 (task first)", "layout 2", "layout 2 + shared examples")
-
-
-def task_first(prompt: Prompt) -> Prompt:
-    """``prompt`` (layout 2) with its sections in layout 1's order: the same text, the task
-    (count and batch number) first."""
-    system, user = prompt.messages
-    sections: dict[str, list[str]] = {}
-    head = ""
-    for line in user["content"].split("\n"):
-        if line.startswith("## "):
-            head = line
-        sections.setdefault(head, []).append(line)
-    order = [h for h in LAYOUT_1 if h in sections] + [h for h in sections if h not in LAYOUT_1]
-    text = "\n\n".join("\n".join(x for x in sections[h]).strip("\n") for h in order)
-    return Prompt([system, {"role": "user", "content": text}], prompt.n, prompt.target_labels,
-                  prompt.shown_texts, prompt.part, prompt.parts)
 
 
 @contextmanager
 def layout_1() -> Iterator[None]:
-    """Every prompt the workers' code builds, in layout 1's order."""
-    build: Callable[..., Prompt] = prompts.build_prompt
-
-    def built(*args: Any, **kwargs: Any) -> Prompt:
-        return task_first(build(*args, **kwargs))
-
-    with mock.patch.object(prompts, "build_prompt", built), \
-            mock.patch.object(generate, "build_prompt", built):
+    """Every prompt the workers' code builds, as layout 1 built it."""
+    with mock.patch.object(prompts, "build_prompt", layout1.build_prompt), \
+            mock.patch.object(generate, "build_prompt", layout1.build_prompt):
         yield
 
 
@@ -113,8 +89,8 @@ class Measured:
 
     def billed_input(self, price: float, discount: float) -> float:
         """Input cost, the cached tokens at ``discount`` off."""
-        return ((self.tokens_in - self.tokens_cached) + self.tokens_cached * (1 - discount)) \
-            * price / 1000
+        rates = PriceSpec(input_per_1k=price, cached_input_per_1k=price * (1 - discount))
+        return request_cost(rates, self.tokens_in, 0, self.tokens_cached)
 
 
 def measure(name: str, spec: RunSpec, layout: str, redis: Any) -> Measured:
@@ -122,18 +98,16 @@ def measure(name: str, spec: RunSpec, layout: str, redis: Any) -> Measured:
     shared = layout.endswith("shared examples")
     spec = spec.model_copy(update={"generation": spec.generation.model_copy(
         update={"shared_examples": shared})})
-    fewshot = [{"text": t, "label": lab}
-               for t, lab in zip(split.seed_train.texts, split.seed_train.labels, strict=True)]
-    planner = Planner(spec.generation, list(split.taxonomy), fewshot,
-                      seed=spec.dataset.sample_seed)
-    jobs = planner.plan(1, stand_in_report(split, spec.dataset.sample_seed))
+    jobs = plan_cycle_one(spec, split)
     pool = list(zip(split.pool.texts, split.pool.labels, strict=True))
-    url, stop = start_sim(pool, seed=spec.teacher.sim.seed, prefix_cache_tokens=1024)
+    sim = spec.teacher.sim
+    url, stop = start_sim(pool, seed=sim.seed, label_noise=sim.label_noise,
+                          fault_rate=sim.fault_rate, prefix_cache_tokens=1024)
     out = Measured(name, layout)
     run_id = f"{name}-{LAYOUTS.index(layout)}"
     seed_texts = list(split.seed_train.texts) + list(split.val.texts)
     try:
-        with layout_1() if layout == LAYOUTS[0] else _nothing():
+        with layout_1() if layout == LAYOUTS[0] else nullcontext():
             for job in jobs:
                 result = generate_job(spec, job, run_id=run_id, cycle=1,
                                       taxonomy=list(split.taxonomy), redis=redis,
@@ -147,11 +121,6 @@ def measure(name: str, spec: RunSpec, layout: str, redis: Any) -> Measured:
     finally:
         stop()
     return out
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def main(argv: list[str] | None = None) -> int:

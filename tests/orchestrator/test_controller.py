@@ -95,6 +95,26 @@ def test_with_shared_examples_a_cycles_first_job_warms_the_prompt_cache(
     assert sorted(s.job for s in sent) == sorted(jobs[1:])
 
 
+def test_a_slow_first_job_holds_the_others_back_one_deadline_at_most(setup: Any) -> None:
+    ctl, sent, clock = setup(generation={"shared_examples": True})
+    plan_cycle_one(ctl)
+    jobs = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"]
+    sent.clear()
+    clock.now += 59
+    ctl.tick()
+    assert sent == []
+    clock.now += 2  # past generate_deadline_s (60) since the first went: the rest go too
+    ctl.tick()
+    assert sorted(s.job for s in sent) == sorted(jobs), "the first re-sent, the rest sent"
+
+
+def test_an_unguided_cycle_has_nothing_to_warm(setup: Any) -> None:
+    ctl, sent, _ = setup(generation={"shared_examples": True, "mode": "unguided"})
+    plan_cycle_one(ctl)
+    jobs = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"]
+    assert sorted(s.job for s in sent if s.task == "distillq.generate") == sorted(jobs)
+
+
 def test_replanning_is_deterministic_after_a_restart(setup: Any, redis_client: Any) -> None:
     ctl, sent, clock = setup()
     plan_cycle_one(ctl)

@@ -40,13 +40,15 @@ def test_plan_prices_the_prompts_cycle_one_would_send(
 
 
 def test_plan_counts_what_a_prompt_cache_serves(tmp_path: Path, corpus: Path) -> None:
-    """Shared examples make most of each prompt the same: requests after the first wave
-    (``teacher.concurrency`` in flight at once) find it cached, billed at the cached price."""
+    """Shared examples make most of each prompt the same: the first job goes alone (the
+    controller's warm-up), and every request after it finds that part cached, billed at the
+    cached price. (All 12 requests fit ``teacher.concurrency`` 16: without the warm-up none
+    would.)"""
     price = {"input_per_1k": 1.0, "output_per_1k": 0.0, "cached_input_per_1k": 0.5}
     plans = {}
     for shared in (False, True):
         path = write_spec(tmp_path, corpus, f"cache-{shared}",
-                          teacher={"price": price, "concurrency": 2},
+                          teacher={"price": price},
                           generation={"examples_per_cycle": 24, "examples_per_request": 4,
                                       "shared_examples": shared, "n_correct": 40,
                                       "n_misclassified": 40, "n_hard_negatives": 40})

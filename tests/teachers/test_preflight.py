@@ -31,8 +31,15 @@ def server() -> Iterator[Server]:
     in turn (the last one again after that)."""
     stops: list[Callable[[], None]] = []
 
-    def start(*replies: Reply) -> tuple[str, list[dict[str, Any]]]:
+    def start(*replies: Reply, models: list[str] | None = None
+              ) -> tuple[str, list[dict[str, Any]]]:
         received: list[dict[str, Any]] = []
+
+        async def listing(request: web.Request) -> web.Response:
+            if models is None:
+                return web.json_response({"detail": "Not Found"}, status=404)
+            return web.json_response({"object": "list",
+                                      "data": [{"id": m, "object": "model"} for m in models]})
 
         async def chat(request: web.Request) -> web.Response:
             received.append(await request.json())
@@ -43,6 +50,7 @@ def server() -> Iterator[Server]:
 
         app = web.Application()
         app.router.add_post("/v1/chat/completions", chat)
+        app.router.add_get("/v1/models", listing)
         loop = asyncio.new_event_loop()
         runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(runner.setup())
@@ -81,6 +89,18 @@ def test_a_teacher_that_answers_passes_with_the_runs_own_request(server: Server)
     assert body["model"] == "big-llm" and body["top_k"] == 20 and "seed" in body
     assert body["response_format"] == {"type": "json_object"}
     assert "JSON" in body["messages"][0]["content"], "json_mode needs the word in the prompt"
+
+
+def test_a_model_the_server_does_not_list_is_named_in_a_warning(server: Server) -> None:
+    """llama-cpp-python answers any model name with the one it serves: pre-flight passes, and
+    says so with the models the server lists."""
+    url, _ = server((200, CHAT), models=["smollm2-135m"])
+    line = preflight(teacher(url)).line()
+    assert "warning: the server lists the models 'smollm2-135m', not 'big-llm'" in line
+    listed, _ = server((200, CHAT), models=["other", "big-llm"])
+    assert "warning" not in preflight(teacher(listed)).line()
+    unlisted, _ = server((200, CHAT))  # no /v1/models: nothing to say
+    assert "warning" not in preflight(teacher(unlisted)).line()
 
 
 def test_the_simulated_teacher_passes(sim: SimFactory) -> None:

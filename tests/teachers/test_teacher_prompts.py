@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from tests.teachers.conftest import LABELS, make_job, make_spec
 from workers.teachers import prompts as P
@@ -29,7 +30,7 @@ def test_sharded_prompt_carries_taxonomy_report_and_mined_examples(pool) -> None
     assert len(hard) == 5 and all(json.loads(x[2:])["predicted"] for x in hard)
     assert len(text.split(P.H_CORRECT)[1].split("##")[0].strip().splitlines()) == 3
     assert '{"examples": [{"text": "...", "label": "..."}]}' in text
-    assert "Return exactly 7 new examples" in text
+    assert "Write 7 new, realistic and varied examples" in text
 
 
 def test_descriptions_and_default_sixteen_of_each(pool) -> None:
@@ -58,6 +59,15 @@ def test_sharded_report_shows_worst_classes_and_targets_apart() -> None:
     assert P.target_lines(report, [], ("not_reported",)) == []
 
 
+def _among_many(job: dict[str, Any]) -> dict[str, Any]:
+    """``job`` with a report of ten more classes, all weaker than the fixture's four: its
+    targets are not among the worst classes the cycle-wide part shows."""
+    worse = {f"weak_{i}": {"precision": 0.1, "recall": 0.1, "f1": 0.1 + i / 100, "support": 5}
+             for i in range(10)}
+    job["report"]["per_class"] = {**job["report"]["per_class"], **worse}
+    return job
+
+
 def text_index(prompt: P.Prompt, heading: str) -> int:
     return _user(prompt).index(heading)
 
@@ -70,13 +80,14 @@ def test_what_requests_share_comes_first_and_the_count_last(pool) -> None:
     """Layout 2: taxonomy, output rules and the cycle-wide report open every request of a
     cycle, whatever it targets; a request's own part follows; the count closes it."""
     gen = make_spec().generation
-    refund = make_job(pool, targets=("refund",), n=6)
-    lost = make_job(pool, targets=("card_lost",), n=6)
+    refund = _among_many(make_job(pool, targets=("refund",), n=6))
+    lost = _among_many(make_job(pool, targets=("card_lost",), n=6))
     a, b = build_prompt(refund, LABELS, gen), build_prompt(lost, LABELS, gen)
     shared = _prefix(a, b)
     assert shared.startswith(P.H_TAXONOMY) and P.H_OUTPUT in shared and P.H_REPORT in shared
-    assert "Most frequent confusions:" in shared
+    assert "confusions" not in shared, "a class-targeted request shows its targets' only"
     text = _user(a)  # the requests part where their targets' lines start
+    assert "Their most frequent confusions:\n- true 'refund' predicted as 'card_lost': 7" in text
     assert text.index(P.H_TARGET_REPORT) < len(shared) < text.index(P.H_FEWSHOT)
     order = [text.index(h) for h in (P.H_TAXONOMY, P.H_OUTPUT, P.H_REPORT, P.H_TARGET_REPORT,
                                      P.H_FEWSHOT, P.H_CORRECT, P.H_MISCLASSIFIED, P.H_HARD,
@@ -91,7 +102,8 @@ def test_what_requests_share_comes_first_and_the_count_last(pool) -> None:
 
 def test_shared_examples_put_the_mined_examples_in_the_shared_part(pool) -> None:
     gen = make_spec(generation={"shared_examples": True}).generation
-    refund, lost = make_job(pool, targets=("refund",)), make_job(pool, targets=("card_lost",))
+    refund = _among_many(make_job(pool, targets=("refund",)))
+    lost = _among_many(make_job(pool, targets=("card_lost",)))
     a, b = build_prompt(refund, LABELS, gen), build_prompt(lost, LABELS, gen)
     shared = _prefix(a, b)
     for title in (P.H_CORRECT, P.H_MISCLASSIFIED, P.H_HARD):
@@ -99,6 +111,29 @@ def test_shared_examples_put_the_mined_examples_in_the_shared_part(pool) -> None
     assert text_index(a, P.H_TARGET_REPORT) < len(shared) < text_index(a, P.H_FEWSHOT)
     assert len(shared) > 0.8 * len(_user(a))
     assert a.shown_texts == build_prompt(refund, LABELS, make_spec().generation).shown_texts
+
+
+def test_a_target_among_the_worst_classes_is_not_shown_twice(pool) -> None:
+    gen = make_spec().generation
+    text = _user(build_prompt(make_job(pool, targets=("refund",)), LABELS, gen))
+    assert text.count("| refund | 0.800 |") == 1, "its line is among the worst classes'"
+    own = text.split(P.H_TARGET_REPORT)[1].split("##")[0]
+    assert "| refund" not in own and "- true 'refund' predicted as 'card_lost': 7" in own
+    shared = make_spec(generation={"shared_examples": True}).generation
+    text = _user(build_prompt(make_job(pool, targets=("refund",)), LABELS, shared))
+    assert text.count("predicted as 'card_lost': 7") == 1  # the cycle's list shows it already
+    assert P.H_TARGET_REPORT not in text, "nothing of its own left to show"
+
+
+def test_a_job_planned_before_layout_2_shows_its_confusions_as_its_targets(pool) -> None:
+    """Such a job has no ``target_confusions``; its ``confusions`` are its targets' (they
+    differ from job to job, so they must not go into the shared part)."""
+    job = _among_many(make_job(pool, targets=("card_arrival",)))
+    del job["target_confusions"]
+    job["confusions"] = [["card_arrival", "card_lost", 3]]
+    text = _user(build_prompt(job, LABELS, make_spec().generation))
+    shared, own = text.split(P.H_TARGET_REPORT)
+    assert "confusions" not in shared and "- true 'card_arrival' predicted as 'card_lost': 3" in own
 
 
 def test_single_report_is_whole_only_within_budget() -> None:

@@ -69,8 +69,12 @@ class Endpoint:
 
     @property
     def url(self) -> str:
+        return self.api("chat/completions")
+
+    def api(self, path: str) -> str:
+        """The URL of ``/v1/<path>`` (``base_url`` with or without its ``/v1``)."""
         base = self.base_url.rstrip("/")
-        return f"{base}/chat/completions" if base.endswith("/v1") else f"{base}/v1/chat/completions"
+        return f"{base}/{path}" if base.endswith("/v1") else f"{base}/v1/{path}"
 
     @property
     def namespace(self) -> str:

@@ -1,9 +1,9 @@
 """A model of a provider's automatic prompt cache, for the simulated teacher and the cost plan.
 
-OpenAI's rule (platform.openai.com, "Prompt caching"): a prompt of at least 1,024 tokens is
-cached; a later request whose prompt starts with the same tokens is served that prefix from
-the cache, counted in ``usage.prompt_tokens_details.cached_tokens``, in steps of 128 tokens
-(1,024, 1,152, …). Anthropic and vLLM's prefix caching work the same way with other sizes.
+OpenAI's rule (its "Prompt caching" guide): a prompt of at least 1,024 tokens is cached; a
+later request whose prompt starts with the same tokens is served that prefix from the cache,
+counted in ``usage.prompt_tokens_details.cached_tokens``, in steps of 128 tokens (1,024,
+1,152, …). Other providers differ (docs/teachers.md, "Prompt caching").
 
 A prompt is looked up when it arrives and cached once it has been answered, so requests sent
 together (in flight at once) do not serve each other, as with a provider.

@@ -10,6 +10,12 @@ message (the API key and header values, should the server echo them, are blanked
 CLI exits with ``EXIT_TEACHER`` (5). A 429 is not a refusal — the endpoint is there and the
 key works — unless it says the account's quota or credit is spent (OpenAI's
 ``insufficient_quota``): waiting would not mend that.
+
+After an answer it asks ``GET /v1/models``: a server that lists its models without the
+spec's ``model`` answered anyway — llama-cpp-python answers any name with the one model it
+serves, and names that model as asked in its answers and so in distillq's records — so the
+line printed says so, naming the models listed. A server without the endpoint is not
+questioned.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncio
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 
@@ -44,10 +50,18 @@ class Preflight:
     host: str
     latency_s: float
     rate_limited: bool = False
+    asked: str = ""  # the spec's model
+    listed: tuple[str, ...] = ()  # the server's models, where they lack ``asked``
 
     def line(self) -> str:
         busy = " (rate limited now: the run will wait for it)" if self.rate_limited else ""
-        return f"teacher {self.model} at {self.host} answered in {self.latency_s:.2f}s{busy}"
+        line = f"teacher {self.model} at {self.host} answered in {self.latency_s:.2f}s{busy}"
+        if self.listed:
+            shown = ", ".join(repr(m) for m in self.listed[:5])
+            more = f" and {len(self.listed) - 5} more" if len(self.listed) > 5 else ""
+            line += (f"; warning: the server lists the models {shown}{more}, not "
+                     f"{self.asked!r}: it answers under any name, so check teacher.model")
+        return line
 
 
 def preflight(teacher: TeacherSpec, base_url: str | None = None) -> Preflight:
@@ -80,7 +94,8 @@ async def _preflight(teacher: TeacherSpec, endpoint: Endpoint) -> Preflight:
             else:
                 latency = time.monotonic() - t0
                 if status == 200:
-                    return _answered(raw, endpoint, latency, where)
+                    return await _listed(session, endpoint,
+                                         _answered(raw, endpoint, latency, where))
                 message = _server_message(raw, endpoint)
                 if status == 429 and not QUOTA.search(message):
                     return Preflight(endpoint.model, host_of(endpoint.base_url), latency, True)
@@ -90,6 +105,29 @@ async def _preflight(teacher: TeacherSpec, endpoint: Endpoint) -> Preflight:
             if attempt < ATTEMPTS:
                 await asyncio.sleep(1.0)
     raise TeacherUnavailableError(f"{where}: {problem}")
+
+
+async def _listed(session: aiohttp.ClientSession, endpoint: Endpoint,
+                  answered: Preflight) -> Preflight:
+    """``answered``, with the server's models where they lack the spec's."""
+    listed = await _models(session, endpoint)
+    if listed and endpoint.model not in listed:
+        return replace(answered, asked=endpoint.model, listed=listed)
+    return answered
+
+
+async def _models(session: aiohttp.ClientSession, endpoint: Endpoint) -> tuple[str, ...]:
+    """The model ids ``GET /v1/models`` lists; () where it lists none or is not there."""
+    try:
+        async with session.get(endpoint.api("models"),
+                               headers=endpoint.request_headers()) as resp:
+            data = await resp.json(content_type=None) if resp.status == 200 else None
+    except (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, ValueError):
+        return ()
+    rows = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        return ()
+    return tuple(str(r["id"]) for r in rows if isinstance(r, dict) and "id" in r)
 
 
 def _answered(raw: bytes, endpoint: Endpoint, latency: float, where: str) -> Preflight:

@@ -6,8 +6,9 @@ default), and how many new examples to return as strict JSON
 (``{"examples": [{"text": ..., "label": ...}]}``). Three modes, as planned by the
 controller (``job["mode"]``):
 
-- ``sharded``: the job targets one class or a confused pair; the report shows the targets'
-  lines and the worst classes, and the mined examples are the targets' own.
+- ``sharded``: the job targets one class or a confused pair; the report shows the worst
+  classes and the targets' lines, and the mined examples are the targets' own (with
+  ``generation.shared_examples``, the cycle's, of every class).
 - ``single``: the paper's single prompt: the whole report (as much as fits in
   ``report_token_budget``), any classes.
 - ``unguided``: no report, no mined examples: taxonomy, few-shot and the count only.
@@ -15,22 +16,22 @@ controller (``job["mode"]``):
 The format is plain Markdown with one JSON object per example line, so a real LLM reads it
 easily and the simulated teacher (``sim``) can parse the very same prompt.
 
-Order (``PROMPT_LAYOUT`` 2): what many requests share comes first, so a provider's prompt cache
-(OpenAI, Anthropic, vLLM prefix caching: a request whose first tokens equal an earlier one's)
-bills it at the cached rate. The system message, the taxonomy and the output rules are the
-same for every request of a run; the report's cycle-wide part (its head, the worst classes, the
-most frequent confusions) for every request of a cycle, and so are the mined examples when
-``generation.shared_examples`` is on. Then what belongs to the request: its targets' report
-lines and confusions, few-shot and (by default) mined examples, and last the task with the
-count and the batch number. Layout 1 put the task first, so no two requests shared more than
-the system message.
+Order (``PROMPT_LAYOUT`` 2): what many requests share comes first, so a provider's prompt
+cache (a request whose first tokens equal a recent one's: docs/teachers.md, "Prompt
+caching") serves it at its cached price. The system message, the taxonomy and the output rules
+are the same for every request of a run; the report's cycle-wide part (its head and the worst
+classes) for every request of a cycle, and with ``generation.shared_examples`` (or a single
+prompt) the cycle's most frequent confusions and the mined examples too. Then what belongs to
+the request: its targets' report lines and confusions, few-shot and (by default) mined
+examples, and last the task with the count and the batch number. Layout 1 put the task
+first, so no two requests shared more than the system message.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +58,8 @@ TARGETS = "Target labels: "   # followed by a JSON list ([] = any label)
 COUNT = "Number of examples: "
 BATCH = "Batch: "
 MAX_CHARS = "Longest text (characters): "
-WORST_CLASSES = 5
+WORST_CLASSES = 5  # the report's cycle-wide part shows the worst classes (orchestrator.planning)
+TABLE_HEAD = ("| class | precision | recall | f1 | support |", "|---|---|---|---|---|")
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def report_lines(report: Mapping[str, Any], confusions: list[Any], budget_tokens
     ``target_lines``)."""
     head = [f"{k}: {float(report[k]):.4f}" for k in ("accuracy", "macro_f1", "weighted_f1")
             if k in report]
-    lines = [*head, "", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+    lines = [*head, "", *TABLE_HEAD]
     per_class: Mapping[str, Any] = report.get("per_class", {}) or {}
     order = sorted(per_class, key=lambda c: (float(per_class[c].get("f1", 0)), c))
     order = order[: None if whole else WORST_CLASSES]
@@ -117,16 +119,19 @@ def report_lines(report: Mapping[str, Any], confusions: list[Any], budget_tokens
     return lines
 
 
-def target_lines(report: Mapping[str, Any], confusions: list[Any],
-                 targets: tuple[str, ...]) -> list[str]:
-    """The targets' own report lines and the confusions that involve them."""
+def target_lines(report: Mapping[str, Any], confusions: list[Any], targets: tuple[str, ...],
+                 shown: Collection[str] = ()) -> list[str]:
+    """The targets' own report lines and the confusions that involve them, less the lines
+    ``shown`` already (the cycle-wide part's)."""
     per_class: Mapping[str, Any] = report.get("per_class", {}) or {}
-    rows = [_class_line(c, per_class[c]) for c in targets if c in per_class]
-    if not rows:
-        return []
-    lines = ["| class | precision | recall | f1 | support |", "|---|---|---|---|---|", *rows]
-    conf = _confusion_lines([c for c in confusions if c[0] in targets or c[1] in targets])
-    return lines + (["", "Their most frequent confusions:", *conf] if conf else [])
+    rows = [line for c in targets if c in per_class
+            if (line := _class_line(c, per_class[c])) not in shown]
+    conf = [line for line in _confusion_lines(
+        [c for c in confusions if c[0] in targets or c[1] in targets]) if line not in shown]
+    lines = [*TABLE_HEAD, *rows] if rows else []
+    if conf:
+        lines += [*([""] if lines else []), "Their most frequent confusions:", *conf]
+    return lines
 
 
 def _confusion_lines(confusions: list[Any]) -> list[str]:
@@ -143,7 +148,6 @@ def _task_lines(targets: tuple[str, ...], n: int, part: int, parts: int) -> list
     else:
         ask = "Use any labels of the taxonomy; favour the classes where the student is weakest."
     return ["", H_TASK, f"Write {n} new, realistic and varied examples for the classifier. {ask}",
-            f"Return exactly {n} new examples, following the output rules.",
             TARGETS + json.dumps(list(targets), ensure_ascii=False), COUNT + str(n),
             BATCH + f"{part + 1} of {parts}"]
 
@@ -201,15 +205,20 @@ def build_prompt(job: Mapping[str, Any], taxonomy: list[str], gen: GenerationSpe
     lines = [*_taxonomy_lines(taxonomy, descriptions or {}), *_output_lines(gen.max_chars)]
     # shared by every request of the cycle
     report = job.get("report") if guided and gen.use_report else None
+    cycle_conf, own_conf = list(job.get("confusions", [])), job.get("target_confusions")
+    if own_conf is None:  # a job planned before layout 2: its confusions are its targets'
+        cycle_conf, own_conf = [], cycle_conf
+    elif targets and not gen.shared_examples:
+        cycle_conf = []  # its targets' are enough; the cycle's would only lengthen it
+    cycle_lines = report_lines(report, cycle_conf, gen.report_token_budget,
+                               whole=mode == "single") if report else []
     if report:
-        lines += ["", H_REPORT, *report_lines(report, list(job.get("confusions", [])),
-                                              gen.report_token_budget, whole=mode == "single")]
+        lines += ["", H_REPORT, *cycle_lines]
     mined, mined_shown = _mined(job, gen) if guided else ([], [])
     if gen.shared_examples:
         lines += mined
     # this request's own
-    if report and (own := target_lines(report, list(job.get("target_confusions", [])),
-                                       targets)):
+    if report and (own := target_lines(report, list(own_conf), targets, set(cycle_lines))):
         lines += ["", H_TARGET_REPORT, *own]
     fewshot = list(job.get("fewshot", []))[: gen.n_fewshot]
     lines += _section(H_FEWSHOT, fewshot, gen.n_fewshot, gen.prompt_example_chars, False)

@@ -9,10 +9,11 @@ report can mistake it for an LLM.
 It models a provider's automatic prompt cache (``prefixcache``: prompts from 1,024 tokens,
 128-token steps), reporting ``usage.prompt_tokens_details.cached_tokens`` as OpenAI does.
 
-Deterministic: an answer depends only on (seed, prompt content). Transport faults (5xx,
-timeouts, malformed JSON) depend on how many times that prompt was asked already, so a retry
-may succeed; content faults (off-taxonomy labels, prompt-injection text) and label noise
-depend on the prompt only, so a retried job gets exactly the same examples.
+Deterministic: an answer's examples depend only on (seed, prompt content), its cached tokens
+also on the prompts answered before. Transport faults (5xx, timeouts, malformed JSON) depend
+on how many times that prompt was asked already, so a retry may succeed; content faults
+(off-taxonomy labels, prompt-injection text) and label noise depend on the prompt only, so a
+retried job gets exactly the same examples.
 
     python -m workers.teachers.sim --pool POOL.parquet --host 127.0.0.1 --port 0 \
         [--label-noise P] [--latency-ms MS] [--fault-rate P] [--rpm-limit N] [--seed S] \
@@ -73,9 +74,8 @@ class SimOptions:
     fault_rate: float = 0.0
     rpm_limit: int | None = None
     faults: tuple[str, ...] = FAULTS
-    fault_first: int = 0          # the first K requests of every prompt get a transport fault
-    #                               (a prompt: its system and first user message, whatever
-    #                               seed or repair turns a re-ask adds)
+    fault_first: int = 0  # the first K requests of every prompt get a transport fault (a
+    #                       prompt: its system and first user message, whatever a re-ask adds)
     hang_s: float = 30.0          # how long a "timeout" fault keeps the client waiting
     prefix_cache_tokens: int = 1024  # a provider's prompt cache (prefixcache); 0: none
     api_key: str | None = field(default=None, repr=False)

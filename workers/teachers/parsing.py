@@ -102,7 +102,7 @@ def _candidates(text: str) -> Iterable[str]:
     yield text
 
 
-def _decode_from(text: str) -> Any:
+def _decode_from(text: str, key: str) -> Any:
     """The first JSON object or list that decodes, starting at any '{' or '['."""
     decoder = json.JSONDecoder()
     starts = [m.start() for m in re.finditer(r"[\[{]", text)][:MAX_CANDIDATES]
@@ -111,20 +111,21 @@ def _decode_from(text: str) -> Any:
             value, _ = decoder.raw_decode(text, i)
         except ValueError:
             continue
-        if isinstance(value, dict) and isinstance(value.get("examples"), list):
-            return value["examples"]
+        if isinstance(value, dict) and isinstance(value.get(key), list):
+            return value[key]
         if isinstance(value, list) and all(isinstance(x, dict) for x in value) and value:
             return value
     return None
 
 
-def extract_items(text: str) -> list[Any]:
-    """The list of example objects in an answer; MalformedOutputError when there is none."""
+def extract_items(text: str, key: str = "examples") -> list[Any]:
+    """The list of objects under ``key`` in an answer (``{"examples": [...]}``, or a bare
+    list of objects); MalformedOutputError when there is none."""
     for candidate in _candidates(text):
-        items = _decode_from(candidate)
+        items = _decode_from(candidate, key)
         if items is not None:
             return list(items)
-    raise MalformedOutputError(f"no JSON examples object in {len(text)} characters of answer")
+    raise MalformedOutputError(f"no JSON {key} object in {len(text)} characters of answer")
 
 
 @dataclass

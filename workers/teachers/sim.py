@@ -16,7 +16,8 @@ on how many times that prompt was asked already, so a retry may succeed; content
 retried job gets exactly the same examples.
 
     python -m workers.teachers.sim --pool POOL.parquet --host 127.0.0.1 --port 0 \
-        [--label-noise P] [--latency-ms MS] [--fault-rate P] [--rpm-limit N] [--seed S] \
+        [--label-noise P] [--noise-kind uniform|confusion] [--latency-ms MS] \
+        [--fault-rate P] [--rpm-limit N] [--seed S] \
         [--faults 5xx,timeout,malformed,off_taxonomy,injection] [--fault-first K] \
         [--prefix-cache-tokens T]
 
@@ -49,7 +50,7 @@ from aiohttp import web
 
 from workers.teachers.asking import RE_ASK_MARK_RE
 from workers.teachers.prefixcache import PrefixCache
-from workers.teachers.simpool import Pool, compose, load_pool, read_prompt
+from workers.teachers.simpool import Pool, answer, load_pool, read_prompt
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ SIM_VERSION = 3
 class SimOptions:
     seed: int = 0
     label_noise: float = 0.0
+    noise_kind: str = "uniform"  # or "confusion": a wrong label is the nearest other one
     latency_ms: float = 0.0
     fault_rate: float = 0.0
     rpm_limit: int | None = None
@@ -175,9 +177,9 @@ class Simulator:
     def _compose(self, key: str, messages: Sequence[dict[str, Any]]) -> str:
         rng = random.Random(_digest(self.opt.seed, key))
         facts = read_prompt(prompt_of(messages))  # a re-ask's repair turns are not read
-        examples = compose(self.pool, facts, rng, self.opt.label_noise)
-        self._content_fault(key, examples, rng)
-        body = json.dumps({"examples": examples}, ensure_ascii=False)
+        obj = answer(self.pool, facts, rng, self.opt.label_noise, self.opt.noise_kind)
+        self._content_fault(key, next(iter(obj.values())), rng)
+        body = json.dumps(obj, ensure_ascii=False)
         style = rng.random()
         if style < 0.2:
             return f"```json\n{body}\n```"
@@ -192,7 +194,7 @@ class Simulator:
         kind = kinds[int(_unit(self.opt.seed, key, "ck") * len(kinds))]
         self.stats[f"fault_{kind}"] += 1
         victim = rng.randrange(len(examples))
-        if kind == "off_taxonomy":
+        if kind == "off_taxonomy" or "text" not in examples[victim]:  # labels: no text
             examples[victim]["label"] = "not_a_label_" + examples[victim]["label"]
         else:
             examples[victim]["text"] = INJECTION_TEXT.format(label=examples[victim]["label"])
@@ -351,6 +353,7 @@ def _args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--label-noise", type=float, default=0.0)
+    p.add_argument("--noise-kind", choices=("uniform", "confusion"), default="uniform")
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--fault-rate", type=float, default=0.0)
     p.add_argument("--rpm-limit", type=int, default=None)
@@ -369,10 +372,8 @@ def _options(args: argparse.Namespace) -> SimOptions:
     if unknown:
         raise SystemExit(f"unknown fault kinds {sorted(unknown)}; known: {list(FAULTS)}")
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    return SimOptions(seed=args.seed, label_noise=args.label_noise, latency_ms=args.latency_ms,
-                      fault_rate=args.fault_rate, rpm_limit=args.rpm_limit, faults=faults,
-                      fault_first=args.fault_first, hang_s=args.hang_s, api_key=key,
-                      prefix_cache_tokens=args.prefix_cache_tokens)
+    same = {k: v for k, v in vars(args).items() if k in SimOptions.__dataclass_fields__}
+    return SimOptions(**{**same, "faults": faults, "api_key": key})
 
 
 async def _main(args: argparse.Namespace) -> None:

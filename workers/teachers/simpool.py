@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from workers.teachers import labelprompts as L
 from workers.teachers import prompts as P
 from workers.teachers.parsing import normalise
 
@@ -48,6 +49,7 @@ class Pool:
         self.texts = [str(t) for t in texts]
         self.labels = [str(lab) for lab in labels]
         self.keys = [normalise(t) for t in self.texts]
+        self.label_by_key = {k: lab for k, lab in zip(self.keys, self.labels, strict=True) if k}
         self.by_label: dict[str, list[int]] = defaultdict(list)
         for i, label in enumerate(self.labels):
             if self.keys[i]:
@@ -61,6 +63,20 @@ class Pool:
             vec = self.vector(d)
             for tok, w in vec.items():
                 self.postings[self.labels[i]][tok].append((i, w))
+
+    def label_of(self, text: str) -> str | None:
+        """The pool's label of ``text`` (normalised), None where the pool lacks it."""
+        return self.label_by_key.get(normalise(text))
+
+    def nearest_labels(self, text: str, taxonomy: Sequence[str]) -> list[str]:
+        """``taxonomy`` ordered by how close ``text`` is to each label's closest texts (the
+        sum of its three best cosines), closest first; ties in taxonomy order."""
+        query = self.vector(Counter(tokens(text)))
+
+        def closeness(label: str) -> float:
+            return sum(sorted(self.scores(label, query).values(), reverse=True)[:3])
+
+        return sorted(taxonomy, key=lambda label: -closeness(label))
 
     def vector(self, counts: Counter[str]) -> dict[str, float]:
         vec = {t: c * self.idf.get(t, 0.0) for t, c in counts.items()}
@@ -117,6 +133,8 @@ class PromptFacts:
     shown_cut: set[str] = field(default_factory=set)  # examples the prompt showed cut short
     batch: tuple[int, int] = (0, 1)
     max_chars: int | None = None
+    to_label: list[tuple[str, str]] = field(default_factory=list)  # (key, text): a labelling
+    #                                                                 request's texts
 
 
 def _json_after(line: str, prefix: str) -> Any:
@@ -130,8 +148,8 @@ def _read_line(facts: PromptFacts, section: str, line: str) -> None:
     if line.startswith(P.TARGETS):
         value = _json_after(line, P.TARGETS)
         facts.targets = [str(x) for x in value] if isinstance(value, list) else []
-    elif line.startswith(P.COUNT) and line[len(P.COUNT):].strip().isdigit():
-        facts.n = int(line[len(P.COUNT):].strip())
+    elif line.startswith((P.COUNT, L.COUNT)) and line.split(": ", 1)[-1].strip().isdigit():
+        facts.n = int(line.split(": ", 1)[-1].strip())
     elif line.startswith(P.BATCH) and (m := BATCH_RE.match(line[len(P.BATCH):].strip())):
         k, parts = int(m.group(1)), int(m.group(2))
         facts.batch = (k - 1, parts) if 1 <= k <= parts else (0, 1)
@@ -151,6 +169,9 @@ def _read_example(facts: PromptFacts, section: str, item: Any) -> None:
     if not isinstance(item, dict) or not isinstance(item.get("text"), str):
         return
     text = item["text"]
+    if section == L.H_TEXTS:
+        facts.to_label.append((str(item.get("id", "")), text))
+        return
     facts.shown.add(normalise(text.rstrip("…")))
     if text.endswith("…") and normalise(text.rstrip("…")):
         facts.shown_cut.add(normalise(text.rstrip("…")))
@@ -205,6 +226,34 @@ def compose(pool: Pool, facts: PromptFacts, rng: random.Random,
             out.append({"text": clip(pool.texts[i], facts.max_chars),
                         "label": _noisy(label, taxonomy, label_noise, rng)})
     rng.shuffle(out)
+    return out
+
+
+def answer(pool: Pool, facts: PromptFacts, rng: random.Random, label_noise: float,
+           noise_kind: str = "uniform") -> dict[str, Any]:
+    """The answer object: the labels of a labelling request's texts, else new examples."""
+    if facts.to_label:
+        return {L.ANSWER_KEY: label_texts(pool, facts, rng, label_noise, noise_kind)}
+    return {"examples": compose(pool, facts, rng, label_noise)}
+
+
+def label_texts(pool: Pool, facts: PromptFacts, rng: random.Random, label_noise: float,
+                noise_kind: str = "uniform") -> list[dict[str, str]]:
+    """Each text's label: its own where the pool holds the text (an oracle: the pool is real
+    labelled data), else the label whose texts are closest to it (TF-IDF: a guess). With
+    ``label_noise`` a label is replaced by another: any other (``uniform``), or the other
+    label whose texts are closest to the text (``confusion``: the mistake a teacher would
+    make)."""
+    taxonomy = facts.taxonomy or sorted(pool.by_label)
+    out = []
+    for key, text in facts.to_label:
+        ranked = pool.nearest_labels(text, taxonomy)
+        label = pool.label_of(text) or ranked[0]
+        if rng.random() < label_noise and len(taxonomy) > 1:
+            others = [x for x in (ranked if noise_kind == "confusion" else taxonomy)
+                      if x != label]
+            label = others[0] if noise_kind == "confusion" else rng.choice(others)
+        out.append({"id": key, "label": label})
     return out
 
 

@@ -1,8 +1,9 @@
 """Job ids: one type, ``JobId``, rendered one way per use.
 
 A job is a kind, a cycle and a name. Generate and attribute jobs are named by the cycle's plan
-(``c01-0003``: ``plan_name``); a run has one train job per cycle, one test job (of the best
-cycle) and one prepare-teacher job (cycle 0), named ``train``, ``test`` and ``teacher``.
+(``c01-0003``: ``plan_name``); score jobs by the unlabelled shard they score (``u00000``); a
+run has one train job and one select job per cycle, one test job (of the best cycle) and one
+prepare-teacher job (cycle 0), named ``train``, ``select``, ``test`` and ``teacher``.
 
     rendering          example                        where
     .name              c01-0003                       plan.json, shards' job_id, jobstats
@@ -29,9 +30,12 @@ _KINDS = {
     "train": (queues.TRAIN, "train"),
     "test": (queues.TEST, "test"),
     "prepare_teacher": (queues.PREPARE_TEACHER, "teacher"),
+    "score": (queues.SCORE, "score"),  # one per unlabelled shard (u00000, ...) and cycle
+    "select": (queues.SELECT, "select"),
 }
 # the name of the run's (or the cycle's) only job of a kind
-SINGLE_JOBS = {"train": "train", "test": "test", "prepare_teacher": "teacher"}
+SINGLE_JOBS = {"train": "train", "test": "test", "prepare_teacher": "teacher",
+               "select": "select"}
 
 
 def plan_name(cycle: int, index: int) -> str:
@@ -69,7 +73,7 @@ class JobId:
                 from None
         if self.kind in ("test", "prepare_teacher"):  # one per run
             self.key = part
-        elif self.kind == "train":  # one per cycle
+        elif self.kind in ("train", "select"):  # one per cycle
             self.key = f"c{self.cycle:02d}/{part}"
         else:
             self.key = f"c{self.cycle:02d}/{part}/{self.name}"
@@ -102,7 +106,7 @@ class JobId:
         """The task's arguments (the wire format: see ``distillq.queues``)."""
         if self.kind == "prepare_teacher":
             return [run_id, storage]
-        if self.kind in ("train", "test"):
+        if self.kind in ("train", "test", "select"):
             return [run_id, self.cycle, storage]
         return [run_id, self.cycle, self.name, storage]
 

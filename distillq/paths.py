@@ -34,6 +34,11 @@ def eval_report(cycle: int) -> str:
     return f"{cycle_dir(cycle)}/eval.json"
 
 
+def selection(cycle: int) -> str:
+    """The unlabelled texts the cycle's select job chose for the teacher to label."""
+    return f"{cycle_dir(cycle)}/selection.json"
+
+
 def student(cycle: int) -> str:
     """The cycle's trained student, a committed folder."""
     return f"{cycle_dir(cycle)}/student"

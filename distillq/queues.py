@@ -9,6 +9,8 @@ ATTRIBUTE = "distillq.attribute"  # args: run_id, cycle, job_id, storage URI
 PREPARE_TEACHER = "distillq.prepare_teacher"  # args: run_id, storage URI
 TRAIN = "distillq.train"  # args: run_id, cycle, storage URI
 TEST = "distillq.test"  # args: run_id, cycle, storage URI
+SCORE = "distillq.score"  # args: run_id, cycle, shard name, storage URI
+SELECT = "distillq.select"  # args: run_id, cycle, storage URI
 PING = "distillq.ping"  # args: payload, reply list (the controller benchmark's no-op)
 
 QUEUES = ("generate", "attribute", "train")
@@ -20,4 +22,6 @@ ROUTES = {
     ATTRIBUTE: {"queue": "attribute"},
     TRAIN: {"queue": "train"},
     TEST: {"queue": "train"},
+    SCORE: {"queue": "train"},
+    SELECT: {"queue": "train"},
 }

@@ -58,6 +58,17 @@ class DatasetSpec(_Model):
     test_limit: int | None = Field(default=None, ge=1, description="evaluate on a subset of test")
     max_text_chars: int = Field(default=20_000, ge=16, description="longer texts are an error")
     sample_seed: int = 0
+    unlabelled: str | None = Field(
+        default=None, description="texts without labels for the teacher to label "
+        "(labelling.share): a CSV/TSV/Parquet/JSONL file, a folder of them, or rest_of_train "
+        "(the training rows outside the seed, as texts only); texts also in the seed, "
+        "validation or test split are dropped")
+    unlabelled_text_column: str | None = Field(
+        default=None, description="the text column of dataset.unlabelled (default: "
+        "text_column)")
+    unlabelled_id_column: str | None = Field(
+        default=None, description="a column of unique ids in dataset.unlabelled (default: "
+        "file and row)")
 
 
 class PriceSpec(_Model):
@@ -74,7 +85,12 @@ class SimSpec(_Model):
     """The simulated teacher: an OpenAI-compatible server answering from a pool of real data."""
 
     pool: Literal["rest_of_train"] = "rest_of_train"
-    label_noise: float = Field(default=0.0, ge=0.0, le=1.0)
+    label_noise: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="the share of labels the sim gets wrong, in "
+        "the examples it writes and the texts it labels")
+    noise_kind: Literal["uniform", "confusion"] = Field(
+        default="uniform", description="a wrong label is any other (uniform) or the other "
+        "label whose texts are closest to the text (confusion)")
     latency_ms: float = Field(default=0.0, ge=0.0)
     fault_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     rpm_limit: int | None = Field(default=None, ge=1, description="the sim answers 429 above this")
@@ -177,6 +193,33 @@ class GenerationSpec(_Model):
     min_chars: int = Field(default=3, ge=1)
     max_chars: int = Field(default=2000, ge=10)
     tolerated_failure_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+class LabellingSpec(_Model):
+    """Active labelling: the teacher labels the unlabelled texts the student is least sure of
+    (docs/labelling.md)."""
+
+    share: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="the share of each cycle's "
+        "generation.examples_per_cycle spent on labelling texts of dataset.unlabelled (0: "
+        "none; 1: labelling only; between: mixed, the rest PGKD generation)")
+    strategy: Literal["random", "margin", "entropy", "diverse"] = Field(
+        default="diverse", description="random; margin or entropy: the most uncertain first; "
+        "diverse: the most uncertain, clustered, one per cluster")
+    balance: bool = Field(
+        default=True, description="spread the texts over the student's predicted classes, "
+        "weak classes getting more (as generation quotas do)")
+    texts_per_request: int = Field(default=20, ge=1, le=200)
+    self_consistency: int = Field(
+        default=1, ge=1, le=9, description="answers asked per text; the majority label is "
+        "kept and the agreement recorded")
+    candidates_factor: int = Field(
+        default=10, ge=1, description="diverse: this many times the texts to label are "
+        "clustered, the most uncertain")
+    shard_rows: int = Field(default=20_000, ge=100,
+                            description="unlabelled texts per shard (one scoring job each)")
+    text_chars: int = Field(default=2000, ge=20,
+                            description="each text is cut to this length in a request")
 
 
 class AttributionSpec(_Model):
@@ -290,6 +333,7 @@ class RunSpec(_Model):
     dataset: DatasetSpec
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    labelling: LabellingSpec = Field(default_factory=LabellingSpec)
     attribution: AttributionSpec = Field(default_factory=AttributionSpec)
     student: StudentSpec = Field(default_factory=StudentSpec)
     loop: LoopSpec = Field(default_factory=LoopSpec)
@@ -304,6 +348,8 @@ class RunSpec(_Model):
     def _cross_checks(self) -> RunSpec:
         if self.student.rationales and not self.attribution.enabled:
             raise ValueError("student.rationales needs attribution.enabled: true")
+        if self.labelling.share > 0 and not self.dataset.unlabelled:
+            raise ValueError("labelling.share > 0 needs dataset.unlabelled: the texts to label")
         return self
 
 
@@ -324,8 +370,8 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
 
     ds = data.get("dataset")
     if isinstance(ds, dict):
-        for key in ("train", "test"):
-            if key in ds:
+        for key in ("train", "test", "unlabelled"):
+            if key in ds and ds[key] != "rest_of_train":  # unlabelled: a name, not a file
                 ds[key] = fix(ds[key])
     for section, key in (("student", "model"), ("attribution", "model"), ("teacher", "api_key_file")):
         sec = data.get(section)

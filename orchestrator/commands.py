@@ -208,7 +208,8 @@ def start_sim_process(spec: RunSpec, store: ShardStore, run_id: str,
     sim = spec.teacher.sim
     cmd = [sys.executable, "-m", "workers.teachers.sim", "--pool", str(pool),
            "--host", "127.0.0.1", "--port", "0", "--seed", str(sim.seed),
-           "--label-noise", str(sim.label_noise), "--latency-ms", str(sim.latency_ms),
+           "--label-noise", str(sim.label_noise), "--noise-kind", sim.noise_kind,
+           "--latency-ms", str(sim.latency_ms),
            "--fault-rate", str(sim.fault_rate),
            "--prefix-cache-tokens", str(sim.prefix_cache_tokens)]
     if sim.rpm_limit:

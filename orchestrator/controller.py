@@ -127,15 +127,45 @@ class Controller:
             return self._plans[cycle]
         plan = self.store.read_json(self.run_id, paths.plan(cycle))
         if plan is None:
+            selection = self._selection(cycle) if self._spec.labelling.share > 0 else []
+            if selection is None:  # the unlabelled texts are still being scored
+                return None
             previous = self.store.read_json(self.run_id, paths.eval_report(cycle - 1)) or {}
             planner = Planner(self._spec.generation, list(self._manifest.taxonomy),
-                              self._fewshot_pool(), seed=self._spec.dataset.sample_seed)
-            plan = write_plan(self.store, self.run_id, cycle, planner.plan(cycle, previous))
+                              self._fewshot_pool(), seed=self._spec.dataset.sample_seed,
+                              labelling=self._spec.labelling)
+            plan = write_plan(self.store, self.run_id, cycle,
+                              planner.plan(cycle, previous, selection))
             log.info("run=%s cycle=%d planned %d generation jobs", self.run_id, cycle,
                      len(plan["jobs"]))
             self._restore_spend(cycle)
         self._plans[cycle] = list(plan["jobs"])
         return self._plans[cycle]
+
+    def _selection(self, cycle: int) -> list[dict[str, Any]] | None:
+        """The texts the cycle labels (``selection.json``), or None while it waits for them:
+        a score job per unlabelled shard the cycle has not scored, then the select job
+        (``workers.labelling.cycle``). Scores already committed are kept, so a restarted
+        controller sends only what is missing."""
+        assert self.progress is not None
+        chosen = self.store.read_json(self.run_id, paths.selection(cycle))
+        if chosen is not None:
+            return list(chosen["texts"])
+        shards = self.store.list_jobs(self.run_id, 0, "unlabelled")
+        scored = set(self.store.list_jobs(self.run_id, cycle, "scores"))
+        self.progress.phase, self.progress.planned = "score", len(shards)
+        self.progress.generated = len(scored & set(shards))
+        deadline = self._spec.loop.train_deadline_s
+        for shard in sorted(set(shards) - scored):
+            job = JobId("score", cycle, shard)
+            if self._gave_up(job):
+                return None
+            self._ensure(job, deadline)
+        if scored >= set(shards):
+            self.progress.phase = "select"
+            if not self._gave_up(JobId.single("select", cycle)):
+                self._ensure(JobId.single("select", cycle), deadline)
+        return None
 
     def _fewshot_pool(self) -> list[dict[str, Any]]:
         seed = self.store.read_shard(self.run_id, 0, "generated", "seed")
@@ -255,9 +285,10 @@ class Controller:
             self._give_up(job, sends)
 
     def _gave_up(self, job: JobId) -> bool:
-        """A worker recorded this run-level job (train, test, prepare_teacher) as failed for
-        good (a permanent error, or its retries used up): fail the run now, not after the
-        job's deadline. ``orchestrator resume`` gives it another chance."""
+        """A worker recorded a job the run cannot go on without (train, test,
+        prepare_teacher, score, select) as failed for good (a permanent error, or its retries
+        used up): fail the run now, not after the job's deadline. ``orchestrator resume``
+        gives it another chance."""
         record = self.store.read_json(self.run_id, job.failed_record)
         if record is None:
             return False
@@ -270,7 +301,7 @@ class Controller:
         self.store.write_json(self.run_id, job.failed_record,
                               {"kind": job.kind, "job_id": job.name, "error_type": "NoResult",
                                "error": f"no result after {sends} sends"})
-        if job.kind in ("train", "test", "prepare_teacher"):
+        if job.kind in ("train", "test", "prepare_teacher", "score", "select"):
             self._finish("failed", f"{job.kind} of cycle {job.cycle} got no result after "
                          f"{sends} sends")
 

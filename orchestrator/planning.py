@@ -23,48 +23,16 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from typing import Any, TypeVar
+from typing import Any
 
 from distillq.jobs import plan_name
-from distillq.spec import GenerationSpec
+from distillq.quotas import class_quotas, label_budget, largest_remainder
+from distillq.spec import GenerationSpec, LabellingSpec
 from workers.teachers.prompts import WORST_CLASSES
 
 PAIR_SHARE = 0.25  # share of a sharded cycle's examples that targets confused pairs
 
 Item = dict[str, Any]
-
-
-K = TypeVar("K", str, tuple[str, str])
-
-
-def largest_remainder(weights: dict[K, float], total: int) -> dict[K, int]:
-    """Split ``total`` integer units in proportion to ``weights`` (ties broken by name)."""
-    if total <= 0 or not weights:
-        return {k: 0 for k in weights}
-    s = sum(weights.values())
-    if s <= 0:
-        weights, s = {k: 1.0 for k in weights}, float(len(weights))
-    raw = {k: total * w / s for k, w in weights.items()}
-    out = {k: int(math.floor(v)) for k, v in raw.items()}
-    left = total - sum(out.values())
-    for k in sorted(raw, key=lambda k: (-(raw[k] - out[k]), k))[:left]:
-        out[k] += 1
-    return out
-
-
-def class_quotas(report: dict[str, Any], taxonomy: list[str], gen: GenerationSpec,
-                 total: int) -> dict[str, int]:
-    """Every class gets the floor; the rest in proportion to 1 - F1 (weak classes get more).
-    A class the report does not cover gets the mean weakness of those it does (all the same
-    when it covers none)."""
-    per_class = report.get("per_class", {})
-    floor = min(gen.class_floor, total // max(1, len(taxonomy)))
-    known = {c: max(0.0, 1.0 - float(per_class[c].get("f1", 0.0)))
-             for c in taxonomy if c in per_class}
-    unknown = sum(known.values()) / len(known) if known else 1.0
-    weakness = {c: known.get(c, unknown) for c in taxonomy}
-    extra = largest_remainder(weakness, total - floor * len(taxonomy))
-    return {c: floor + extra[c] for c in taxonomy}
 
 
 def pair_quotas(report: dict[str, Any], total: int) -> dict[tuple[str, str], int]:
@@ -94,15 +62,32 @@ class Planner:
     """Builds one cycle's jobs from the previous cycle's report."""
 
     def __init__(self, gen: GenerationSpec, taxonomy: list[str],
-                 fewshot_pool: list[Item], seed: int = 0):
+                 fewshot_pool: list[Item], seed: int = 0,
+                 labelling: LabellingSpec | None = None):
         self.gen = gen
+        self.labelling = labelling or LabellingSpec()
         self.taxonomy = taxonomy
         self.seed = seed
         self.fewshot_by_class: dict[str, list[Item]] = defaultdict(list)
         for item in fewshot_pool:
             self.fewshot_by_class[item["label"]].append(item)
 
-    def plan(self, cycle: int, report: dict[str, Any]) -> list[Item]:
+    def plan(self, cycle: int, report: dict[str, Any],
+             selection: list[Item] | None = None) -> list[Item]:
+        """The cycle's jobs: PGKD generation for its share of ``examples_per_cycle``, then
+        (with ``labelling.share``) one labelling job per ``texts_per_request`` of the
+        ``selection`` (the select job's texts: ``{"id", "text", ...}``)."""
+        jobs = self._generation(cycle, report, self.gen.examples_per_cycle
+                                - label_budget(self.gen, self.labelling))
+        per = self.labelling.texts_per_request
+        for start in range(0, len(selection or []), per):
+            batch = (selection or [])[start:start + per]
+            jobs.append({"kind": "label", "mode": "label", "cycle": cycle,
+                         "job_id": plan_name(cycle, len(jobs)), "n_examples": len(batch),
+                         "texts": [[x["id"], x["text"]] for x in batch]})
+        return jobs
+
+    def _generation(self, cycle: int, report: dict[str, Any], total: int) -> list[Item]:
         # With dataset.steer_fraction the report's metrics are those of the validation
         # examples that select; generation is steered by the others' (``steer``) alone. A
         # label the split left without steering examples is not known to be weak: it is left
@@ -112,23 +97,25 @@ class Planner:
             known = {c: v for c, v in steer.get("per_class", {}).items()
                      if v.get("support", 1) > 0}
             report = {**report, **steer, "per_class": known}
+        if total <= 0:
+            return []
         if self.gen.mode == "sharded":
-            targets = self._sharded_targets(report)
+            targets = self._sharded_targets(report, total)
         elif self.gen.mode == "single":
-            targets = [((), self.gen.examples_per_cycle)]
+            targets = [((), total)]
         else:
-            quotas = largest_remainder({c: 1.0 for c in self.taxonomy},
-                                       self.gen.examples_per_cycle)
+            quotas = largest_remainder({c: 1.0 for c in self.taxonomy}, total)
             targets = [((c,), q) for c, q in sorted(quotas.items())]
         jobs: list[Item] = []
         for labels, quota in targets:
             jobs.extend(self._jobs_for(cycle, labels, quota, report, len(jobs)))
         return jobs
 
-    def _sharded_targets(self, report: dict[str, Any]) -> list[tuple[tuple[str, ...], int]]:
-        total = self.gen.examples_per_cycle
+    def _sharded_targets(self, report: dict[str, Any],
+                         total: int) -> list[tuple[tuple[str, ...], int]]:
         pairs = pair_quotas(report, int(total * PAIR_SHARE)) if report.get("confusions") else {}
-        per_class = class_quotas(report, self.taxonomy, self.gen, total - sum(pairs.values()))
+        per_class = class_quotas(report, self.taxonomy, self.gen.class_floor,
+                                 total - sum(pairs.values()))
         targets: list[tuple[tuple[str, ...], int]] = [((c,), q) for c, q in per_class.items()]
         targets += [((t, p), q) for (t, p), q in sorted(pairs.items())]
         return [t for t in targets if t[1] > 0]

@@ -64,12 +64,15 @@ class Progress:
                                  attributed=len(attributed), phase="generate"))
 
     def _show(self, p: CycleProgress) -> None:
-        self._bar(f"cycle {p.cycle} generate", p.generated + p.failed, p.planned)
+        scoring = p.phase in ("score", "select")  # counts are unlabelled shards scored
+        self._bar(f"cycle {p.cycle} {'score' if scoring else 'generate'}",
+                  p.generated + p.failed, p.planned)
         if p.attributed:
             self._bar(f"cycle {p.cycle} attribute", p.attributed, p.planned)
         self._bar(f"cycle {p.cycle} train", int(p.trained), 1)
         if not self.live and p.phase != self.last_phase:
-            self._say(f"cycle {p.cycle}: {p.phase} ({p.generated}/{p.planned} jobs generated)")
+            done = "unlabelled shards scored" if scoring else "jobs generated"
+            self._say(f"cycle {p.cycle}: {p.phase} ({p.generated}/{p.planned} {done})")
         self.last_phase = p.phase
 
     def _bar(self, name: str, done: int, total: int) -> None:

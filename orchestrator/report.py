@@ -21,6 +21,7 @@ from orchestrator.runs import (
     cycle_stats,
     failed_attempts,
     failure_causes,
+    labelling_rows,
     load_manifest,
     spend_split,
 )
@@ -92,6 +93,36 @@ def _generated_counts(store: ShardStore, run_id: str, n_cycles: int) -> Counter[
     return counts
 
 
+def labelling_lines(rows: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]:
+    """The "Labelled texts" section: per cycle, the selection and the labelling jobs."""
+    if not rows:
+        return []
+    lab, source = spec.get("labelling", {}), spec["dataset"].get("unlabelled")
+    lines = ["", "## Labelled texts per cycle", "",
+             f"The teacher labelled texts of `dataset.unlabelled` ({source}): "
+             f"{lab.get('share', 0):.0%} of each cycle's "
+             f"{spec['generation']['examples_per_cycle']} examples, chosen by the student of "
+             f"the cycle before (strategy `{lab.get('strategy')}`, "
+             f"{'balanced over its predicted classes' if lab.get('balance') else 'unbalanced'}"
+             f"), {lab.get('self_consistency', 1)} answer(s) per text, the majority kept."]
+    if spec["teacher"]["kind"] == "sim":
+        sim = spec["teacher"].get("sim", {})
+        lines += ["", "The simulated teacher labels a text of its pool by the pool's own label "
+                  "(an oracle) and any other by the label whose texts are closest to it; "
+                  f"label noise {sim.get('label_noise', 0)} ({sim.get('noise_kind', 'uniform')})."]
+    lines += ["", "| cycle | strategy | texts scored | selected | labelled | rejected (by reason) "
+              "| answers per text | mean agreement | requests | tokens | cost |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "0"
+        agree = "" if r["agreement"] is None else f"{r['agreement']:.3f}"
+        lines.append(f"| {r['cycle']} | {r['strategy']} | {r['scored']} | {r['selected']} | "
+                     f"{r['labelled']} | {why} | {r['answers']} | {agree} | "
+                     f"{int(r['requests'])} | {int(r['tokens_in'] + r['tokens_out'])} | "
+                     f"{r['cost']:.4f} |")
+    return lines
+
+
 def rationale_lines(quality: dict[str, Any] | None) -> list[str]:
     """Teacher rationale quality (Ballout et al.): the deletion test and label-word overlap."""
     if not quality:
@@ -155,9 +186,10 @@ def _steer_note(spec: dict[str, Any], evals: list[dict[str, Any]]) -> list[str]:
 
 def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, Any],
               rows: list[dict[str, float]], plots: list[str],
-              quality: dict[str, Any] | None = None, causes: list[str] | None = None) -> str:
+              quality: dict[str, Any] | None = None, causes: list[str] | None = None,
+              labelled: list[dict[str, Any]] | None = None) -> str:
     spec = manifest.spec
-    causes = causes or []
+    causes, labelled = causes or [], labelled or []
     lines = [f"# distillq run `{manifest.run_id}`", ""]
     if spec["teacher"]["kind"] == "sim":
         lines += [SIM_NOTE, ""]
@@ -202,6 +234,7 @@ def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, A
     if any(r.get("failed_attribute") for r in rows):
         lines += ["", "Failed attribute jobs leave their examples without rationale words; "
                   "the student still trains on them."]
+    lines += labelling_lines(labelled, spec)
     lines += rationale_lines(quality)
     sim_ms = spec["teacher"]["sim"]["latency_ms"] if spec["teacher"]["kind"] == "sim" else None
     lines += ["", "## Student vs teacher", "", *latency_table(test, rows, sim_ms), ""]
@@ -235,8 +268,9 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
         quality = store.read_json(run_id, paths.ATTRIBUTION_QUALITY)
         causes = (failure_causes(store, manifest)
                   if manifest.status in ("failed", "cancelled") else [])
+        labelled = labelling_rows(store, run_id, manifest.cycle + int(unfinished))
         (folder / "report.md").write_text(_markdown(manifest, evals, test, rows, images, quality,
-                                                    causes))
+                                                    causes, labelled))
         where = store.put_dir(folder, run_id, paths.REPORT_DIR)  # a local path, or bucket/key
         if out_dir is not None:
             shutil.copytree(folder, out_dir, dirs_exist_ok=True)

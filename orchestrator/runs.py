@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from distillq.errors import InvalidInputError
 from distillq.manifest import Manifest, read_manifest, save_manifest
 from distillq.spec import RunSpec, spec_to_dict, validate_run_id
 from orchestrator.datasets import Labelled, load_and_split
+from orchestrator.unlabelled import check_unlabelled, write_unlabelled
 from storage.schemas import EXAMPLES
 from storage.store import ShardStore
 
@@ -111,6 +113,7 @@ def create_run(spec: RunSpec, store: ShardStore | None = None) -> str:
     if store.read_json(run_id, paths.MANIFEST) is not None:
         raise InvalidInputError(f"run {run_id!r} already exists in {spec.storage}")
     split = load_and_split(spec.dataset)  # raises InvalidInputError before any write
+    unlabelled = check_unlabelled(spec.dataset, split) if spec.labelling.share > 0 else None
     store.write_table(run_id, "val", examples_table(split.val, run_id, 0, "seed", "val", "val"))
     store.write_table(run_id, "pool", examples_table(split.pool, run_id, 0, "pool", "pool", "pool"))
     if split.test is not None:
@@ -118,10 +121,17 @@ def create_run(spec: RunSpec, store: ShardStore | None = None) -> str:
                           examples_table(split.test, run_id, 0, "test", "test", "test"))
     seed = examples_table(split.seed_train, run_id, 0, "seed", "seed", "seed")
     store.commit(run_id, 0, "generated", "seed", seed)
+    counts = {"seed_train": len(split.seed_train), "val": len(split.val),
+              "pool": len(split.pool), "test": len(split.test or [])}
+    if unlabelled is not None:
+        keep, found = unlabelled
+        write_unlabelled(store, run_id, spec.dataset, split, keep, found,
+                         spec.labelling.shard_rows)
+        counts |= {"unlabelled": found.kept, "unlabelled_shards": found.shards,
+                   **{f"unlabelled_dropped_{k}": v for k, v in found.dropped.items()}}
     save_manifest(store, Manifest(
         run_id=run_id, spec=spec_to_dict(spec), taxonomy=split.taxonomy, created_at=time.time(),
-        counts={"seed_train": len(split.seed_train), "val": len(split.val),
-                "pool": len(split.pool), "test": len(split.test or [])}))
+        counts=counts))
     return run_id
 
 
@@ -166,10 +176,15 @@ def summarize(store: ShardStore, run_id: str,
         extra = unrecorded(live, split["paid"])
         spend |= {"in_flight_or_unrecorded_tokens": round(extra["tokens"], 6),
                   "in_flight_or_unrecorded_cost": round(extra["cost"], 6)}
-    return {"run_id": run_id, "status": manifest.status,
-            "metric": manifest.spec["loop"]["metric"], "cycles": cycles, "final": final,
-            "stop_reason": manifest.stop_reason, "teacher": manifest.spec["teacher"]["kind"],
-            "spend": spend}
+    out = {"run_id": run_id, "status": manifest.status,
+           "metric": manifest.spec["loop"]["metric"], "cycles": cycles, "final": final,
+           "stop_reason": manifest.stop_reason, "teacher": manifest.spec["teacher"]["kind"],
+           "spend": spend}
+    if manifest.spec.get("labelling", {}).get("share", 0) > 0:
+        out["labelling"] = {"strategy": manifest.spec["labelling"]["strategy"],
+                            "unlabelled": manifest.counts.get("unlabelled"),
+                            "cycles": labelling_rows(store, run_id, manifest.cycle)}
+    return out
 
 
 SPEND_FIELDS = ("tokens_in", "tokens_out", "tokens_cached", "cost", "requests")
@@ -268,3 +283,30 @@ def failure_causes(store: ShardStore, manifest: Manifest, top: int = 3) -> list[
         lines.append(f"... and {sum(n for _, n in ranked[top:])} more failures "
                      f"({paths.failed_dir(manifest.cycle)}/ in the run's storage)")
     return lines
+
+
+def labelling_rows(store: ShardStore, run_id: str, upto_cycle: int) -> list[dict[str, Any]]:
+    """Per cycle that labelled unlabelled texts: the selection (strategy, texts scored and
+    chosen) and what the labelling jobs did (texts labelled, rejected by reason, answers per
+    text, mean agreement, requests, tokens, cost), from storage alone."""
+    rows = []
+    for cycle in range(1, upto_cycle + 1):
+        chosen = store.read_json(run_id, paths.selection(cycle))
+        if chosen is None:
+            continue
+        stats = [s for s in cycle_stats(store, run_id, cycle) if s.get("kind") == "label"]
+        wasted = [s for s in failed_attempts(store, run_id, cycle) if s.get("kind") == "label"]
+        rejects: Counter[str] = Counter()
+        for s in stats + wasted:
+            rejects.update(s.get("rejects_by_reason") or {})
+        agreement = [float(s["agreement"]) for s in stats if s.get("agreement") is not None]
+        rows.append({
+            "cycle": cycle, "strategy": chosen.get("strategy"), "scored": chosen.get("scored"),
+            "selected": len(chosen.get("texts", [])),
+            "labelled": sum(int(s.get("examples", 0) or 0) for s in stats),
+            "rejected": dict(rejects), "answers": max(
+                (int(s.get("self_consistency", 1)) for s in stats), default=1),
+            "agreement": round(sum(agreement) / len(agreement), 4) if agreement else None,
+            **{k: sum(float(s.get(k, 0) or 0) for s in stats + wasted)
+               for k in ("requests", "tokens_in", "tokens_out", "cost")}})
+    return rows

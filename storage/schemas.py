@@ -1,4 +1,4 @@
-"""Arrow schemas of the three shard kinds, and validation that names the bad column.
+"""Arrow schemas of the shard kinds, and validation that names the bad column.
 
 ``validate(kind, table)`` is what every commit goes through: it keeps the schema's columns in
 the schema's order (extra columns are dropped), casts compatible types and raises
@@ -53,10 +53,25 @@ PREDICTIONS = pa.schema([
     ("confidence", pa.float32()),
 ])
 
+UNLABELLED = pa.schema([          # dataset.unlabelled, as stored (cycle 0)
+    ("id", pa.string()),
+    ("text", pa.string()),
+])
+
+SCORES = pa.schema([              # the student's view of unlabelled texts (one cycle)
+    ("id", pa.string()),
+    ("pred", pa.string()),
+    ("margin", pa.float32()),         # top-1 minus top-2 probability
+    ("entropy", pa.float32()),
+    ("embedding", pa.list_(pa.float32())),  # the most uncertain texts' only (else null)
+])
+
 KINDS: dict[str, pa.Schema] = {
     "generated": EXAMPLES,
     "attributed": ATTRIBUTIONS,
     "predictions": PREDICTIONS,
+    "unlabelled": UNLABELLED,
+    "scores": SCORES,
 }
 
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)

@@ -4,8 +4,9 @@ import json
 from collections import Counter
 from typing import Any
 
+from distillq.quotas import class_quotas, largest_remainder
 from distillq.spec import GenerationSpec
-from orchestrator.planning import Planner, class_quotas, largest_remainder
+from orchestrator.planning import Planner
 
 TAX = ["a", "b", "c", "d"]
 
@@ -40,7 +41,7 @@ def test_largest_remainder_sums_exactly() -> None:
 
 
 def test_weak_classes_get_more_and_all_keep_a_floor() -> None:
-    q = class_quotas(_report(), TAX, GenerationSpec(class_floor=2), 40)
+    q = class_quotas(_report(), TAX, 2, 40)
     assert sum(q.values()) == 40
     assert min(q.values()) >= 2
     assert q["c"] > q["b"] > q["a"]
@@ -131,7 +132,7 @@ def test_a_label_the_split_left_without_steering_examples_is_not_taken_as_weakes
     assert all("d" not in job["report"].get("per_class", {}) for job in jobs
                if job["target_labels"] != ["d"])
     # without a split the report covers every label as it is (d as weak as can be)
-    plain = class_quotas(steer, TAX, gen, 40)
+    plain = class_quotas(steer, TAX, gen.class_floor, 40)
     assert plain["d"] > plain["c"]
 
 

@@ -20,7 +20,7 @@ import ast
 import re
 from typing import Any
 
-from distillq.queues import ATTRIBUTE, GENERATE, PREPARE_TEACHER, TEST, TRAIN
+from distillq.queues import ATTRIBUTE, GENERATE, PREPARE_TEACHER, SCORE, SELECT, TEST, TRAIN
 
 _SECRET = re.compile(r"(?i)(://[^/@\s]*:)[^@\s]*@|((?:secret|key|token|password)[^=&]*=)[^&\s]*")
 _ID_ARGS = {
@@ -29,6 +29,8 @@ _ID_ARGS = {
     TRAIN: ("run", "cycle"),
     TEST: ("run", "cycle"),
     PREPARE_TEACHER: ("run",),
+    SCORE: ("run", "cycle", "job"),
+    SELECT: ("run", "cycle"),
 }
 _DESCRIBED = re.compile(r"^(?:run|cycle|job)=\S*(?: (?:run|cycle|job)=\S*)*$")
 HIDDEN = "…"

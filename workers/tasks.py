@@ -31,7 +31,7 @@ from distillq import paths
 from distillq.errors import PermanentError, TransientError
 from distillq.jobs import JobId
 from distillq.plans import read_job
-from distillq.queues import ATTRIBUTE, GENERATE, PING, PREPARE_TEACHER, TEST, TRAIN
+from distillq.queues import ATTRIBUTE, GENERATE, PING, PREPARE_TEACHER, SCORE, SELECT, TEST, TRAIN
 from distillq.runstate import run_ended
 from workers.app import SOFT_MARGIN_S, TIME_LIMITS, app, redis_url, task_time_limits
 from workers.context import (
@@ -45,7 +45,9 @@ from workers.context import (
     teacher_base_url,
     workdir,
 )
+from workers.labelling.cycle import score_shard, select_texts
 from workers.teachers.generate import failed_attempt_stats, generate_job
+from workers.teachers.labelling import label_job
 
 log = logging.getLogger("distillq.tasks")
 
@@ -177,17 +179,18 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
             raise PermanentError(f"job {job_id} is not in the plan of cycle {cycle}")
         client = redis_client(redis_url())
         task_id = self.request.id  # read here: Celery's request is per thread, the beat is not
+        where: dict[str, Any] = {
+            "run_id": run_id, "cycle": cycle, "taxonomy": list(ctx.taxonomy), "redis": client,
+            "base_url": teacher_base_url(client, ctx.store, run_id),
+            "deadline_s": GENERATE_DEADLINE_S,
+            "beat": lambda: mark_started(client, run_id, task_id)}
         try:
-            result = generate_job(
-                ctx.spec, job, run_id=run_id, cycle=cycle,
-                taxonomy=list(ctx.taxonomy), redis=client,
-                base_url=teacher_base_url(client, ctx.store, run_id),
-                deadline_s=GENERATE_DEADLINE_S,
-                beat=lambda: mark_started(client, run_id, task_id),
-                seed_texts=seed_texts(ctx),
-            )
+            if job.get("kind") == "label":  # the teacher labels unlabelled texts
+                result = label_job(ctx.spec, job, **where)
+            else:
+                result = generate_job(ctx.spec, job, **where, seed_texts=seed_texts(ctx))
         except Exception as exc:  # what the failed attempt paid for is recorded, then raised
-            _record_paid(ctx, run_id, cycle, job_id, exc)
+            _record_paid(ctx, run_id, cycle, job_id, exc, str(job.get("kind", "generate")))
             raise
         ctx.store.write_json(run_id, paths.jobstats(cycle, job_id), result.stats)
         ctx.store.commit(run_id, cycle, "generated", job_id, result.table)
@@ -197,12 +200,14 @@ def generate(self: Task, run_id: str, cycle: int, job_id: str, storage: str) -> 
 
 
 def _record_paid(ctx: RunContext, run_id: str, cycle: int, job_id: str,
-                 exc: BaseException) -> None:
-    """``paths.failed_attempt`` for a generate attempt that failed after paying for answers
-    (the run's spend in storage counts it); a storage error here is logged, not raised."""
+                 exc: BaseException, kind: str) -> None:
+    """``paths.failed_attempt`` for a generate (or label) attempt that failed after paying for
+    answers (the run's spend in storage counts it); a storage error here is logged, not
+    raised."""
     stats = failed_attempt_stats(exc)
     if stats is None:
         return
+    stats = {**stats, "kind": kind}
     stamp = f"{time.time():.6f}".replace(".", "")
     try:
         ctx.store.write_json(run_id, paths.failed_attempt(cycle, job_id, stamp), stats)
@@ -273,3 +278,21 @@ def test(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
         return {"macro_f1": round(float(report.get("macro_f1", 0.0)), 4)}
 
     return _run_job(self, JobId.single("test", cycle), storage, run_id, body)
+
+
+@app.task(**_options(SCORE))
+def score(self: Task, run_id: str, cycle: int, shard: str, storage: str) -> dict[str, Any]:
+    def body(ctx: RunContext) -> dict[str, Any]:
+        n = score_shard(ctx.spec, ctx.store, run_id, cycle, shard, workdir(run_id, ctx.store.uri))
+        return {"scored": n}
+
+    return _run_job(self, JobId("score", cycle, shard), storage, run_id, body)
+
+
+@app.task(**_options(SELECT))
+def select(self: Task, run_id: str, cycle: int, storage: str) -> dict[str, Any]:
+    def body(ctx: RunContext) -> dict[str, Any]:
+        chosen = select_texts(ctx.spec, ctx.store, run_id, cycle)
+        return {"selected": len(chosen["texts"])}
+
+    return _run_job(self, JobId.single("select", cycle), storage, run_id, body)

@@ -16,7 +16,7 @@ import re
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis as redis_lib
 
@@ -27,7 +27,6 @@ from workers.teachers.completion import Completion
 from workers.teachers.errors import MalformedOutputError, TeacherTransientError
 from workers.teachers.openai import ChatClient, request_seed
 from workers.teachers.parsing import extract_items
-from workers.teachers.prompts import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +85,25 @@ class Spend:
                         self.error)
 
 
-REPAIR = ("Your answer could not be used: {problem}. Answer again with only the JSON object "
-          '{{"examples": [...]}} holding {n} examples, each {{"text": ..., "label": ...}}, '
-          "and nothing else.")
+REPAIR = {  # by the answer's key
+    "examples": ("Your answer could not be used: {problem}. Answer again with only the JSON "
+                 'object {{"examples": [...]}} holding {n} examples, each {{"text": ..., '
+                 '"label": ...}}, and nothing else.'),
+    "labels": ("Your answer could not be used: {problem}. Answer again with only the JSON "
+               'object {{"labels": [...]}} holding {n} entries, each {{"id": ..., '
+               '"label": ...}}, and nothing else.'),
+}
+
+
+class Request(Protocol):
+    """What a request needs to be asked: its messages and how many items it asks for."""
+
+    @property
+    def messages(self) -> list[dict[str, str]]: ...
+
+    @property
+    def n(self) -> int: ...
+
 ANSWER_SHOWN_CHARS = 1500  # of a bad answer, sent back with the repair request
 
 
@@ -100,16 +115,17 @@ class Asking:
     tally: Tally
     price: PriceSpec
     spend: Spend
-    per_example: float  # the output tokens an example is expected to cost (the limiter's)
-    remake: Callable[[Prompt, int], Prompt]  # the same request for fewer examples
+    per_example: float  # the output tokens an item is expected to cost (the limiter's)
+    split: Callable[[Any], tuple[Any, Any]]  # a request as two asking for half its items each
     attempt: int = 0  # the job's earlier attempts that failed on their answers
+    answer_key: str = "examples"  # the answer's list: {"examples": [...]} or {"labels": [...]}
 
 
-async def ask_one(ask: Asking, prompt: Prompt, record: RequestRecord, part: str = "") -> Answer:
+async def ask_one(ask: Asking, prompt: Request, record: RequestRecord, part: str = "") -> Answer:
     """One request. A malformed answer is asked again (it is still paid for) with another seed
     and a repair message naming what was wrong; one cut at ``max_tokens`` is asked again as
-    two requests for half the examples each (``part``: which half, for their seeds). No
-    re-ask repeats an earlier request."""
+    two requests for half the items each (``part``: which half, for their seeds). No re-ask
+    repeats an earlier request."""
     messages = prompt.messages
     for round_ in range(MALFORMED_RETRIES + 1):
         variant = "".join(x for x in (f"a{ask.attempt}" if ask.attempt else "", part,
@@ -118,9 +134,8 @@ async def ask_one(ask: Asking, prompt: Prompt, record: RequestRecord, part: str 
                                record, request_seed(record.request_id, variant))
         if done.truncated and prompt.n > 1:
             ask.tally.retry("truncated")
-            halves = (prompt.n // 2, prompt.n - prompt.n // 2)
-            answers = await _all_or_none([ask_one(ask, ask.remake(prompt, k), record,
-                                               f"{part}s{i}") for i, k in enumerate(halves)])
+            answers = await _all_or_none([ask_one(ask, half, record, f"{part}s{i}")
+                                          for i, half in enumerate(ask.split(prompt))])
             return Answer(record, [x for a in answers for x in a.items], answers[0].model)
         if done.truncated:
             limit = ask.client.teacher.max_output_tokens
@@ -128,7 +143,7 @@ async def ask_one(ask: Asking, prompt: Prompt, record: RequestRecord, part: str 
                 "truncated", f"the answer was cut at {limit} tokens (teacher.max_output_tokens)")
         else:
             try:
-                return Answer(record, extract_items(done.text), done.model)
+                return Answer(record, extract_items(done.text, ask.answer_key), done.model)
             except MalformedOutputError as exc:
                 error = exc
         if round_ == MALFORMED_RETRIES:
@@ -138,7 +153,8 @@ async def ask_one(ask: Asking, prompt: Prompt, record: RequestRecord, part: str 
         problem = str(error).removeprefix(f"{error.reason}: ")
         messages = [*prompt.messages,
                     {"role": "assistant", "content": done.text[:ANSWER_SHOWN_CHARS]},
-                    {"role": "user", "content": REPAIR.format(problem=problem, n=prompt.n)}]
+                    {"role": "user",
+                     "content": REPAIR[ask.answer_key].format(problem=problem, n=prompt.n)}]
     raise AssertionError("unreachable")
 
 
@@ -192,7 +208,7 @@ async def _complete(ask: Asking, messages: list[dict[str, str]], n: int, record:
     return done
 
 
-async def ask_all(ask: Asking, prompts: Sequence[Prompt],
+async def ask_all(ask: Asking, prompts: Sequence[Request],
                    job_id: str) -> list[Answer | BaseException]:
     records = [RequestRecord(request_id(job_id, i)) for i in range(len(prompts))]
     ask.tally.requests.extend(records)

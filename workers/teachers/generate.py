@@ -47,7 +47,7 @@ from workers.teachers.accounting import (
     output_tokens_per_example,
     record_endpoint,
 )
-from workers.teachers.asking import Answer, Asking, Spend, ask_all
+from workers.teachers.asking import Answer, Asking, Request, Spend, ask_all
 from workers.teachers.errors import TeacherTransientError
 from workers.teachers.openai import ChatClient, client_for, host_of
 from workers.teachers.parsing import Validator, validate_items
@@ -85,7 +85,7 @@ def _rows(answers: list[Answer | BaseException], prompts: Sequence[Prompt],
         tally.reject(parsed.rejects)
         rec = answer.record
         rec.kept = k = len(parsed.examples)
-        tin, tout = _shares(rec.input_tokens, k), _shares(rec.output_tokens, k)
+        tin, tout = shares(rec.input_tokens, k), shares(rec.output_tokens, k)
         for j, (text, label) in enumerate(parsed.examples):
             rows.append({
                 **ids, "id": f"{ids['job_id']}-{len(rows):04d}", "source": "teacher",
@@ -96,7 +96,7 @@ def _rows(answers: list[Answer | BaseException], prompts: Sequence[Prompt],
     return rows
 
 
-def _shares(total: int, k: int) -> list[int]:
+def shares(total: int, k: int) -> list[int]:
     """``total`` split into ``k`` integers that add up to it exactly."""
     base, extra = divmod(total, max(k, 1))
     return [base + (1 if i < extra else 0) for i in range(k)]
@@ -105,6 +105,57 @@ def _shares(total: int, k: int) -> list[int]:
 def _job_texts(job: dict[str, Any]) -> list[str]:
     keys = ("fewshot", "correct", "misclassified", "hard_negatives")
     return [str(x.get("text", "")) for k in keys for x in job.get(k, []) or []]
+
+
+@dataclass(frozen=True)
+class JobCall:
+    """Where and how a job's requests are sent (the task shell's part of ``generate_job``)."""
+
+    run_id: str
+    cycle: int
+    redis: redis_lib.Redis
+    pool: Runtime | None = None  # the teacher runtime; default: the process's
+    base_url: str | None = None  # overrides teacher.base_url (the embedded simulated teacher)
+    deadline_s: float | None = None  # the most the requests may take together
+    beat: Callable[[], None] | None = None  # the task's heartbeat
+
+
+def ask_job(spec: RunSpec, job_id: str, call: JobCall, prompts: Sequence[Request],
+            split: Callable[[Any], tuple[Any, Any]], tally: Tally,
+            answer_key: str = "examples") -> list[Answer | BaseException]:
+    """Send a job's requests (and their re-asks) and account for them; raise as the job
+    must fail (``_check_failures``), carrying what the attempt paid for."""
+    job_id, run_id, redis = str(job_id), call.run_id, call.redis
+    per_item = output_tokens_per_example(check_budget(redis, run_id, spec.budget))
+    runtime = call.pool or get_runtime()
+    client = client_for(spec.teacher, runtime, redis, call.base_url)
+    spend = Spend(redis, run_id)
+    reasks = REASKS_KEY.format(run_id=run_id)
+    ask = Asking(client, tally, spec.teacher.price, spend, per_item, split,
+                 _failed_on_answers(redis, reasks, job_id), answer_key)
+    try:
+        # the deadline is applied on the loop: the requests are cancelled, and done being
+        # cancelled, before the tally and the spend are read below
+        answers = runtime.run(asyncio.wait_for(
+            _beating(ask_all(ask, prompts, job_id), call.beat, beat_interval(spec)),
+            call.deadline_s))
+    except (TimeoutError, asyncio.TimeoutError):  # one class since Python 3.11: deadline
+        tally.fail("job_deadline")
+        raise _paid(TeacherTransientError(
+            "job_deadline", f"job {job_id} not done within {call.deadline_s}s"), tally,
+            job_id, call.cycle) from None
+    finally:
+        spend.flush()  # never raises: the answers paid for are not thrown away
+        _record_endpoint(redis, client, tally)
+        _flush_limiter(runtime, client)
+    try:
+        _check_failures(answers, spec.generation.tolerated_failure_fraction)
+    except Exception as exc:
+        if getattr(exc, "reason", "") in ANSWER_FAILURES:
+            _count_failed_on_answers(redis, reasks, job_id)
+        _paid(exc, tally, job_id, call.cycle)
+        raise
+    return answers
 
 
 def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
@@ -132,47 +183,24 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
     """
     t0 = time.perf_counter()
     job_id = str(job["job_id"])
-    per_example = output_tokens_per_example(check_budget(redis, run_id, spec.budget))
-    runtime = pool or get_runtime()
-    client = client_for(spec.teacher, runtime, redis, base_url)
     prompts = job_prompts(spec, job, taxonomy)
     tally = Tally()
-    spend = Spend(redis, run_id)
 
-    def remake(prompt: Prompt, n: int) -> Prompt:
-        return build_prompt(job, taxonomy, spec.generation, n=n, part=prompt.part,
-                            parts=prompt.parts, descriptions=spec.dataset.label_descriptions)
+    def split(prompt: Prompt) -> tuple[Prompt, Prompt]:
+        def ask_for(n: int) -> Prompt:
+            return build_prompt(job, taxonomy, spec.generation, n=n, part=prompt.part,
+                                parts=prompt.parts, descriptions=spec.dataset.label_descriptions)
 
-    reasks = REASKS_KEY.format(run_id=run_id)
-    ask = Asking(client, tally, spec.teacher.price, spend, per_example, remake,
-               _failed_on_answers(redis, reasks, job_id))
-    try:
-        # the deadline is applied on the loop: the requests are cancelled, and done being
-        # cancelled, before the tally and the spend are read below
-        answers = runtime.run(asyncio.wait_for(
-            _beating(ask_all(ask, prompts, job_id), beat, beat_interval(spec)), deadline_s))
-    except (TimeoutError, asyncio.TimeoutError):  # one class since Python 3.11: deadline
-        tally.fail("job_deadline")
-        raise _paid(TeacherTransientError(
-            "job_deadline", f"job {job_id} not done within {deadline_s}s"), tally, job_id,
-            cycle) from None
-    finally:
-        spend.flush()  # never raises: the answers paid for are not thrown away
-        _record_endpoint(redis, client, tally)
-        _flush_limiter(runtime, client)
-    try:
-        _check_failures(answers, spec.generation.tolerated_failure_fraction)
-    except Exception as exc:
-        if getattr(exc, "reason", "") in ANSWER_FAILURES:
-            _count_failed_on_answers(redis, reasks, job_id)
-        _paid(exc, tally, job_id, cycle)
-        raise
+        return ask_for(prompt.n // 2), ask_for(prompt.n - prompt.n // 2)
+
+    call = JobCall(run_id, cycle, redis, pool, base_url, deadline_s, beat)
+    answers = ask_job(spec, job_id, call, prompts, split, tally)
     validator = Validator(taxonomy, spec.generation, shown=_job_texts(job), seed=seed_texts)
     ids = {"run_id": run_id, "cycle": cycle, "job_id": job_id}
     rows = _rows(answers, prompts, validator, tally, ids)
     table = pa.Table.from_pylist(rows, schema=EXAMPLES)
     stats = {**tally.stats(len(rows)), "job_id": job_id, "cycle": cycle,
-             "requested": int(job.get("n_examples", 0)), "teacher_model": _model(answers),
+             "requested": int(job.get("n_examples", 0)), "teacher_model": answer_model(answers),
              "wall_s": round(time.perf_counter() - t0, 4)}
     log.info("%6.2fs → generate(run=%s cycle=%d job=%s) examples=%d requests=%d tokens=%d+%d "
              "cost=%.4f retries=%s rejects=%s", stats["wall_s"], run_id, cycle, job_id,
@@ -249,7 +277,7 @@ def _count_failed_on_answers(client: redis_lib.Redis, key: str, job_id: str) -> 
                     "requests", job_id, exc)
 
 
-def _model(answers: list[Answer | BaseException]) -> str:
+def answer_model(answers: list[Answer | BaseException]) -> str:
     return next((a.model for a in answers if isinstance(a, Answer)), "")
 
 

@@ -31,6 +31,7 @@ SYSTEM = (
 )
 H_TEXTS = "## Texts to label"
 COUNT = "Number of texts: "
+ANSWER = "Answer: "  # k of K, when K answers are asked for the same texts
 ANSWER_KEY = "labels"
 
 
@@ -41,6 +42,13 @@ class LabelPrompt:
     messages: list[dict[str, str]]
     keys: tuple[str, ...]  # t01, t02, … in the order shown
     ids: tuple[str, ...]  # the pool ids, in the same order
+    texts: tuple[tuple[str, str], ...] = ()  # (pool id, text), as asked
+    answer: tuple[int, int] = (0, 1)  # the k-th of K answers asked for these texts
+
+    @property
+    def n(self) -> int:
+        """How many texts it asks to label."""
+        return len(self.ids)
 
     def pool_id(self, key: str) -> str | None:
         try:
@@ -55,12 +63,15 @@ def key_of(i: int, n: int) -> str:
 
 def build_label_prompt(texts: Sequence[tuple[str, str]], taxonomy: list[str], *,
                        descriptions: Mapping[str, str] | None = None,
-                       text_chars: int = 2000) -> LabelPrompt:
+                       text_chars: int = 2000, first: int = 0, of: int | None = None,
+                       answer: tuple[int, int] = (0, 1)) -> LabelPrompt:
     """The request labelling ``texts`` (``(pool id, text)`` pairs), each cut to
-    ``text_chars``."""
+    ``text_chars``. ``first`` / ``of``: where they sit in a larger request (a half of one cut
+    short keeps its keys); ``answer`` = (k, K): the k-th of K answers asked for the same texts
+    (self-consistency), said in the task so that no two requests are alike."""
     if not texts:
         raise ValueError("a labelling request needs at least one text")
-    keys = tuple(key_of(i, len(texts)) for i in range(len(texts)))
+    keys = tuple(key_of(first + i, of or len(texts)) for i in range(len(texts)))
     lines = [*P._taxonomy_lines(taxonomy, descriptions or {}), "", P.H_OUTPUT,
              "Return one JSON object and nothing else:",
              '{"labels": [{"id": "t01", "label": "..."}]}',
@@ -71,8 +82,27 @@ def build_label_prompt(texts: Sequence[tuple[str, str]], taxonomy: list[str], *,
               for k, (_, t) in zip(keys, texts, strict=True)]
     lines += ["", P.H_TASK, f"Label each of the {len(texts)} texts above.",
               COUNT + str(len(texts))]
+    if answer[1] > 1:
+        lines.append(f"{ANSWER}{answer[0] + 1} of {answer[1]}")
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
-    return LabelPrompt(messages, keys, tuple(i for i, _ in texts))
+    return LabelPrompt(messages, keys, tuple(i for i, _ in texts), tuple(texts), answer)
+
+
+def halves(prompt: LabelPrompt, taxonomy: list[str], *,
+           descriptions: Mapping[str, str] | None = None,
+           text_chars: int = 2000) -> tuple[LabelPrompt, LabelPrompt]:
+    """``prompt`` as two requests for half its texts each, keeping their keys and which
+    answer they are (an answer cut short is asked again this way)."""
+    h = prompt.n // 2
+    width = int(prompt.keys[-1][1:]) if prompt.keys else prompt.n
+    first = int(prompt.keys[0][1:]) - 1 if prompt.keys else 0
+
+    def part(texts: tuple[tuple[str, str], ...], start: int) -> LabelPrompt:
+        return build_label_prompt(texts, taxonomy, descriptions=descriptions,
+                                  text_chars=text_chars, first=start, of=width,
+                                  answer=prompt.answer)
+
+    return part(prompt.texts[:h], first), part(prompt.texts[h:], first + h)
 
 
 @dataclass

@@ -35,26 +35,35 @@ class Predictions:
     preds: np.ndarray  # (n,) int64
     confidences: np.ndarray  # (n,) float64
     probs: np.ndarray  # (n, n_labels) float64
+    embeddings: np.ndarray | None = None  # (n, hidden) float32, when asked for
 
 
 @torch.no_grad()
 def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
-            *, max_length: int = 64, batch_size: int = 128) -> Predictions:
-    """Class probabilities for ``texts``, in batches of similar length, without gradients."""
+            *, max_length: int = 64, batch_size: int = 128, embed: bool = False) -> Predictions:
+    """Class probabilities for ``texts``, in batches of similar length, without gradients;
+    with ``embed``, also each text's embedding: the mean of the last layer's token states
+    (padding left out), what active labelling clusters."""
     model.eval()
     device = next(model.parameters()).device
     precision = Precision(device)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     probs = np.zeros((len(texts), model.config.num_labels or 0))
+    embeddings = np.zeros((len(texts), model.config.hidden_size), np.float32) if embed else None
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
                         max_length=max_length, return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
         with precision.autocast():
-            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
-        probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            out = model(**enc, output_hidden_states=embed)
+        probs[idx] = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+        if embeddings is not None:
+            mask = enc["attention_mask"].unsqueeze(-1).float()
+            states = out.hidden_states[-1].float()
+            embeddings[idx] = ((states * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu().numpy()
     preds = probs.argmax(axis=1)
-    return Predictions(preds, probs[np.arange(len(texts)), preds], probs)
+    return Predictions(preds, probs[np.arange(len(texts)), preds], probs, embeddings)
 
 
 @dataclass
@@ -80,9 +89,10 @@ class Classifier:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def predict(self, texts: Sequence[str], batch_size: int = 128) -> Predictions:
+    def predict(self, texts: Sequence[str], batch_size: int = 128,
+                embed: bool = False) -> Predictions:
         return predict(self.model, self.tokenizer, texts, max_length=self.max_length,
-                       batch_size=batch_size)
+                       batch_size=batch_size, embed=embed)
 
     def label_ids(self, names: Sequence[str]) -> np.ndarray:
         """Label names to indices; InvalidInputError for a label outside the taxonomy."""

@@ -1,0 +1,236 @@
+"""The unlabelled texts of a run (``dataset.unlabelled``), read in batches and stored as shards.
+
+Sources: a CSV, TSV, Parquet or JSONL file (by suffix: ``.csv``, ``.tsv``, ``.parquet``/``.pq``,
+``.jsonl``/``.ndjson``), a folder of them (read in name order), or
+``rest_of_train``: the training rows outside the seed, as texts only (the quality study's
+pool). Parquet is read column by column (only the text and id columns) and every format in
+batches, twice (to check, then to write), so a pool of millions of texts never sits in memory
+whole; only an 8-byte digest of each text is kept, to drop repeats.
+
+A text is dropped, and counted, when its normalised form (``workers.teachers.parsing.
+normalise``: case, spaces and punctuation ignored, as the teacher's copies are judged) is
+that of a seed, validation or test text (the teacher must not label what the student is
+evaluated on) or of an earlier unlabelled text (never label a text twice). A missing column,
+an empty text, a text over ``dataset.max_text_chars`` or a repeated id is an
+``InvalidInputError`` naming the file and row; nothing is written until the whole source has
+been read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from distillq.errors import InvalidInputError
+from distillq.spec import DatasetSpec
+from orchestrator.datasets import Split
+from storage.schemas import UNLABELLED
+from storage.store import ShardStore
+from workers.teachers.parsing import normalise
+
+REST_OF_TRAIN = "rest_of_train"
+BATCH_ROWS = 10_000
+SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
+            ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+@dataclass
+class PoolCounts:
+    """What reading the source found: texts kept, and dropped by reason."""
+
+    kept: int = 0
+    read: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: {"in_seed_or_val": 0,
+                                                              "in_test": 0, "repeated": 0})
+    shards: int = 0
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(normalise(text).encode(), digest_size=8).digest()
+
+
+def files_of(ref: str) -> list[Path]:
+    path = Path(ref)
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
+        if not found:
+            raise InvalidInputError(f"dataset.unlabelled folder {ref} holds no "
+                                    f"{'/'.join(sorted(SUFFIXES))} file")
+        return found
+    if not path.is_file():
+        raise InvalidInputError(f"dataset.unlabelled {ref} does not exist")
+    if path.suffix.lower() not in SUFFIXES:
+        raise InvalidInputError(f"dataset.unlabelled {ref}: unknown format {path.suffix!r}; "
+                                f"known: {sorted(SUFFIXES)}")
+    return [path]
+
+
+def batches(ds: DatasetSpec, split: Split) -> Iterator[tuple[list[str], list[str]]]:
+    """(ids, texts) of the source, in batches, checked (module docstring)."""
+    if ds.unlabelled == REST_OF_TRAIN:
+        pool = split.pool
+        for i in range(0, len(pool), BATCH_ROWS):  # ids as in the run's pool table
+            yield ([f"pool-{x}" for x in pool.ids[i:i + BATCH_ROWS]],
+                   list(pool.texts[i:i + BATCH_ROWS]))
+        return
+    assert ds.unlabelled is not None
+    text_col = ds.unlabelled_text_column or ds.text_column
+    for path in files_of(ds.unlabelled):
+        kind = SUFFIXES[path.suffix.lower()]
+        row = 0
+        for ids, texts in _read(path, kind, text_col, ds.unlabelled_id_column):
+            for j, text in enumerate(texts):
+                _check_text(text, path, row + j + 1, ds.max_text_chars)
+            if ds.unlabelled_id_column is None:
+                ids = [f"{path.stem}:{row + j}" for j in range(len(texts))]
+            row += len(texts)
+            yield ids, [" ".join(str(t).split()) for t in texts]
+
+
+def _check_text(text: Any, path: Path, row: int, limit: int) -> None:
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInputError(f"{path}: row {row} has an empty text")
+    if len(text) > limit:
+        raise InvalidInputError(f"{path}: row {row} text is {len(text)} characters, over "
+                                f"dataset.max_text_chars={limit}")
+
+
+def _read(path: Path, kind: str, text_col: str,
+          id_col: str | None) -> Iterator[tuple[list[Any], list[Any]]]:
+    columns = [text_col] + ([id_col] if id_col else [])
+    if kind == "jsonl":
+        yield from _read_jsonl(path, text_col, id_col)
+        return
+    try:
+        if kind == "parquet":
+            reader: Any = pq.ParquetFile(path)
+            names = reader.schema_arrow.names
+            _need(columns, names, path)
+            stream = reader.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+        else:
+            names = _csv_names(path, kind)
+            _need(columns, names, path)
+            stream = pacsv.open_csv(
+                path, read_options=pacsv.ReadOptions(block_size=1 << 22),
+                parse_options=pacsv.ParseOptions(delimiter="," if kind == "csv" else "\t",
+                                                 newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=columns,
+                    column_types={c: pa.string() for c in columns}))
+        for batch in stream:
+            texts = batch.column(text_col).to_pylist()
+            ids = batch.column(id_col).to_pylist() if id_col else [None] * len(texts)
+            yield [str(i) for i in ids], texts
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidInputError(f"{path}: cannot read it as {kind}: {exc}") from None
+
+
+def _csv_names(path: Path, kind: str) -> list[str]:
+    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as f:
+        return next(csv.reader(f, delimiter="," if kind == "csv" else "\t"), [])
+
+
+def _read_jsonl(path: Path, text_col: str,
+                id_col: str | None) -> Iterator[tuple[list[Any], list[Any]]]:
+    ids: list[Any] = []
+    texts: list[Any] = []
+    with path.open("r", encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise InvalidInputError(f"{path}: line {n} is not JSON: {exc}") from None
+            if not isinstance(obj, dict) or text_col not in obj or (id_col and id_col not in obj):
+                missing = text_col if not isinstance(obj, dict) or text_col not in obj else id_col
+                raise InvalidInputError(f"{path}: line {n} has no {missing!r} field")
+            texts.append(obj[text_col])
+            ids.append(obj.get(id_col) if id_col else None)
+            if len(texts) == BATCH_ROWS:
+                yield [str(i) for i in ids], texts
+                ids, texts = [], []
+    if texts:
+        yield [str(i) for i in ids], texts
+
+
+def _need(columns: Sequence[str], names: Sequence[str], path: Path) -> None:
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise InvalidInputError(f"{path}: column {missing[0]!r} not found (dataset.unlabelled"
+                                f"_text_column / _id_column); columns are {list(names)}")
+
+
+def check_unlabelled(ds: DatasetSpec, split: Split) -> tuple[bytearray, PoolCounts]:
+    """Read the source once: check it (InvalidInputError) and choose the texts to keep (1 per
+    row kept, 0 dropped; counts by reason). Writes nothing."""
+    counts = PoolCounts()
+    return _choose(ds, split, counts), counts
+
+
+def write_unlabelled(store: ShardStore, run_id: str, ds: DatasetSpec, split: Split,
+                     keep: bytearray, counts: PoolCounts, shard_rows: int) -> None:
+    """Read the source again and commit the rows ``keep`` says as shards
+    ``cycle=0/unlabelled/u00000.parquet`` … of ``shard_rows`` texts."""
+    row = 0
+    ids_out: list[str] = []
+    texts_out: list[str] = []
+    for ids, texts in batches(ds, split):
+        for pool_id, text in zip(ids, texts, strict=True):
+            if keep[row]:
+                ids_out.append(pool_id)
+                texts_out.append(text)
+            row += 1
+            if len(ids_out) == shard_rows:
+                _commit(store, run_id, counts, ids_out, texts_out)
+                ids_out, texts_out = [], []
+    if ids_out:
+        _commit(store, run_id, counts, ids_out, texts_out)
+
+
+def _choose(ds: DatasetSpec, split: Split, counts: PoolCounts) -> bytearray:
+    """Which rows of the source to keep (1) or drop (0, counted by reason)."""
+    evaluated = {_digest(t) for t in split.seed_train.texts + split.val.texts}
+    tested = {_digest(t) for t in (split.test.texts if split.test else [])}
+    seen: set[bytes] = set()
+    ids_seen: set[str] = set()
+    keep = bytearray()
+    for ids, texts in batches(ds, split):
+        for pool_id, text in zip(ids, texts, strict=True):
+            counts.read += 1
+            if pool_id in ids_seen:
+                raise InvalidInputError(f"dataset.unlabelled: the id {pool_id!r} is repeated")
+            ids_seen.add(pool_id)
+            key = _digest(text)
+            reason = ("in_seed_or_val" if key in evaluated else "in_test" if key in tested
+                      else "repeated" if key in seen else None)
+            if reason:
+                counts.dropped[reason] += 1
+            seen.add(key)
+            keep.append(reason is None)
+    counts.kept = sum(keep)
+    if not counts.kept:
+        raise InvalidInputError("dataset.unlabelled: no text left to label (all "
+                                f"{counts.read} are in the seed, validation or test split, "
+                                "or repeated)")
+    return keep
+
+
+def _commit(store: ShardStore, run_id: str, counts: PoolCounts, ids: list[str],
+            texts: list[str]) -> None:
+    table = pa.table({"id": ids, "text": texts}, schema=UNLABELLED)
+    store.commit(run_id, 0, "unlabelled", shard_name(counts.shards), table)
+    counts.shards += 1
+
+
+def shard_name(k: int) -> str:
+    return f"u{k:05d}"

@@ -108,7 +108,7 @@ def test_targets_are_always_listed_and_checked_on_shared_seeds() -> None:
     from bench.quality.render import targets
 
     text = "\n".join(targets({}))
-    assert text.count("**not checked**") == 3, "every target is listed, even with no rows"
+    assert text.count("**not checked**") == 6, "every target is listed, even with no rows"
 
     got = targets(_cells(r0=[(0, 0.92, 9803)], r1=[(0, 0.80, 0), (1, 0.82, 0)],
                          r2=[(0, 0.90, 1200), (1, 0.95, 1200)]))
@@ -123,6 +123,29 @@ def test_targets_are_always_listed_and_checked_on_shared_seeds() -> None:
     # (0) below (1) and (2) below (1): two negatives must not make a "met"
     upside = targets(_cells(r0=[(0, 0.80, 9803)], r1=[(0, 0.81, 0)], r2=[(0, 0.79, 800)]))
     assert "**not checkable**" in upside[4] and "met" not in upside[4]
+
+
+def test_the_labelling_targets_are_judged_on_their_rows() -> None:
+    """(10) against the gap, against (9), and per teacher token against (2)."""
+    from bench.quality.render import targets, tokens_per_point
+
+    cells = _cells(r0=[(0, 0.92, 9803), (1, 0.92, 9803)], r1=[(0, 0.80, 0), (1, 0.80, 0)],
+                   r2=[(0, 0.85, 1600), (1, 0.85, 1600)], r9=[(0, 0.88, 1600), (1, 0.87, 1600)],
+                   r10=[(0, 0.90, 1600), (1, 0.91, 1600)])
+    for seed_cells, tokens in ((cells[2], 500_000), (cells[10], 60_000), (cells[9], 60_000)):
+        for cell in seed_cells:
+            cell["tokens"] = tokens
+    got = "\n".join(targets(cells))
+    assert "(10) closes 87% ((1) 0.800, (10) 0.905, (0) 0.920) on seeds 0, 1: **met**" in got
+    # stds (n - 1): (10) 0.00707, (9) 0.00707; the bar 0.0141; (10) - (9) = +0.030
+    assert "(10) − (9) = +0.030 against 0.014 on seeds 0, 1: **met**" in got
+    # (2): 500k / 5 points = 100,000; (10): 60k / 10 and 60k / 11 points
+    assert tokens_per_point(cells, 2) == pytest.approx([100_000.0, 100_000.0])
+    assert "(10) 5,727 against (2) 100,000 tokens per point (6%)" in got and \
+        "**met**" in got.split("tokens per point (6%)")[1]
+    lost = _cells(r1=[(0, 0.80, 0)], r10=[(0, 0.78, 1600)])
+    lost[10][0]["tokens"] = 1000
+    assert tokens_per_point(lost, 10) == [], "no gain: no tokens per point"
 
 
 def test_the_guided_against_unguided_target_needs_two_seeds_and_beats_twice_the_std() -> None:

@@ -71,8 +71,9 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
         f"{', '.join(map(str, seeds)) or 'none'}.",
         "",
         "| row | setting | seeds | accuracy | macro-F1 | weighted-F1 | validation macro-F1 "
-        "| examples added | teacher tokens | teacher cost | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| examples added | teacher tokens | teacher tokens per point gained | teacher cost "
+        "| wall time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     missing = []
     for row in ROWS:
@@ -87,7 +88,8 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
         lines.append(
             f"| {row.key} | {row.name} | {len(got)} | {' | '.join(cells)} | "
             f"{_ms([float(r['added']) for r in got], 0)} | "
-            f"{_ms([r['tokens'] for r in got], 0)} | {_ms([r['cost'] for r in got], 2)} | "
+            f"{_ms([r['tokens'] for r in got], 0)} | {_per_point(results, row.key)} | "
+            f"{_ms([r['cost'] for r in got], 2)} | "
             f"{_ms([r['wall_s'] for r in got], 0)}"
             f"{' †' if any(r.get('resumed') or r.get('cycle0_cached') for r in got) else ''} |")
     if missing:
@@ -254,6 +256,24 @@ def notes(args: argparse.Namespace, results: dict[int, list[dict[str, Any]]]) ->
     ]
 
 
+def tokens_per_point(results: dict[int, list[dict[str, Any]]], key: int,
+                     seeds: list[int] | None = None) -> list[float]:
+    """Teacher tokens per point of test macro-F1 the row gained over the seed-only row (1),
+    seed by seed (a seed without row 1, or without a gain, gives none)."""
+    base = {r["seed"]: float(r["macro_f1"]) for r in results.get(1, [])}
+    out = []
+    for r in results.get(key, []):
+        gain = (float(r["macro_f1"]) - base.get(r["seed"], float("inf"))) * 100
+        if (seeds is None or r["seed"] in seeds) and gain > 0 and r.get("tokens"):
+            out.append(float(r["tokens"]) / gain)
+    return out
+
+
+def _per_point(results: dict[int, list[dict[str, Any]]], key: int) -> str:
+    got = tokens_per_point(results, key) if key not in NON_GENERATING else []
+    return _ms(got, 0) if got else "—"
+
+
 def _seeds(results: dict[int, list[dict[str, Any]]], keys: tuple[int, ...]) -> list[int]:
     """The seeds measured for every one of the rows ``keys``."""
     sets = [{r["seed"] for r in results.get(k, [])} for k in keys]
@@ -312,6 +332,7 @@ def targets(results: dict[int, list[dict[str, Any]]]) -> list[str]:
         diff, bar = mean(a) - mean(b), 2 * max(statistics.stdev(a), statistics.stdev(b))
         out.append(f"- {name}: (2) − (4) = {diff:+.3f} against {bar:.3f} {_on(seeds)}: "
                    f"**{'met' if diff > bar else 'missed'}**.")
+    out += _labelling_targets(results)
     name = "(7) is at least (2)"
     seeds = _seeds(results, (2, 7))
     if not seeds:
@@ -320,6 +341,51 @@ def targets(results: dict[int, list[dict[str, Any]]]) -> list[str]:
         diff = mean(_f1(results, 7, seeds)) - mean(_f1(results, 2, seeds))
         out.append(f"- {name}: (7) − (2) = {diff:+.3f} {_on(seeds)}: "
                    f"**{'met' if diff >= 0 else 'missed'}**.")
+    return out
+
+
+def _closes(results: dict[int, list[dict[str, Any]]], key: int, name: str) -> str:
+    """Whether row ``key`` closes ≥ 80 % of the (1) → (0) gap with at most TARGET_ADDED
+    examples added."""
+    seeds = _seeds(results, (0, 1, key))
+    if not seeds:
+        return f"- {name}: **not checked** ({_have(results, (0, 1, key))})."
+    m0, m1, mk = (statistics.mean(_f1(results, k, seeds)) for k in (0, 1, key))
+    if m0 - m1 <= 0:
+        return f"- {name}: **not checkable** — (0) {m0:.3f} is not above (1) {m1:.3f}."
+    closed = (mk - m1) / (m0 - m1)
+    added = max(float(r["added"]) for r in results[key] if r["seed"] in seeds)
+    over = f"; {added:,.0f} added, over {TARGET_ADDED:,}" if added > TARGET_ADDED else ""
+    met = closed >= 0.8 and not over
+    return (f"- {name}: ({key}) closes {closed:.0%} ((1) {m1:.3f}, ({key}) {mk:.3f}, (0) "
+            f"{m0:.3f}{over}) {_on(seeds)}: **{'met' if met else 'missed'}**.")
+
+
+def _labelling_targets(results: dict[int, list[dict[str, Any]]]) -> list[str]:
+    """The active-labelling targets (rows 9, 10, 2)."""
+    out = [_closes(results, 10, f"(10) closes ≥ 80% of the macro-F1 gap between (1) and (0) "
+                                f"with at most {TARGET_ADDED:,} labels")]
+    name = "(10) beats (9) at the same budget by more than twice the larger std"
+    seeds = _seeds(results, (9, 10))
+    if len(seeds) < 2:
+        out.append(f"- {name}: **not checked** — needs at least 2 seeds of both "
+                   f"({_have(results, (9, 10))}).")
+    else:
+        a, b = _f1(results, 10, seeds), _f1(results, 9, seeds)
+        diff = statistics.mean(a) - statistics.mean(b)
+        bar = 2 * max(statistics.stdev(a), statistics.stdev(b))
+        out.append(f"- {name}: (10) − (9) = {diff:+.3f} against {bar:.3f} {_on(seeds)}: "
+                   f"**{'met' if diff > bar else 'missed'}**.")
+    name = "(10)'s teacher tokens per point of macro-F1 at most half of (2)'s"
+    seeds = _seeds(results, (1, 2, 10))
+    ten, two = tokens_per_point(results, 10, seeds), tokens_per_point(results, 2, seeds)
+    if not ten or not two:
+        out.append(f"- {name}: **not checked** ({_have(results, (1, 2, 10))}; a row that "
+                   "gained nothing has no tokens per point).")
+    else:
+        a, b = statistics.mean(ten), statistics.mean(two)
+        out.append(f"- {name}: (10) {a:,.0f} against (2) {b:,.0f} tokens per point "
+                   f"({a / b:.0%}) {_on(seeds)}: **{'met' if a <= b / 2 else 'missed'}**.")
     return out
 
 

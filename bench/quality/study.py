@@ -41,7 +41,7 @@ RESULTS = ROOT / "bench" / "quality" / "results"
 FINDINGS = ROOT / "bench" / "quality" / "findings.md"
 # Which cells run first when the whole study is asked for: the rows the targets need, then
 # the ablations (the table is always printed in row order).
-PRIORITY = "1,2,4,0,7,3,5,6,8"
+PRIORITY = "1,2,4,0,10,9,11,12,7,3,5,6,8"
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,21 @@ ROWS = [
         {"attribution": {"enabled": True, "method": "saliency", "top_k": 2},
          "student": {"rationales": True}}),
     Row(8, "guided, teacher at 10% label noise", {"teacher": {"sim": {"label_noise": 0.1}}}),
+    # active labelling (issue 25): the teacher labels training texts outside the seed, given
+    # as texts only (dataset.unlabelled: rest_of_train), chosen by the last student
+    Row(9, "labelling, random selection",
+        {"dataset": {"unlabelled": "rest_of_train"},
+         "labelling": {"share": 1.0, "strategy": "random", "balance": False}}),
+    Row(10, "labelling, uncertainty + diversity",
+        {"dataset": {"unlabelled": "rest_of_train"},
+         "labelling": {"share": 1.0, "strategy": "diverse"}}),
+    Row(11, "mixed: half labelling (uncertainty + diversity), half guided generation",
+        {"dataset": {"unlabelled": "rest_of_train"},
+         "labelling": {"share": 0.5, "strategy": "diverse"}}),
+    Row(12, "labelling, uncertainty + diversity, teacher at 10% label noise",
+        {"dataset": {"unlabelled": "rest_of_train"},
+         "labelling": {"share": 1.0, "strategy": "diverse"},
+         "teacher": {"sim": {"label_noise": 0.1}}}),
 ]
 METRICS = ("accuracy", "macro_f1", "weighted_f1")
 TARGET_ADDED = 1600  # target 1: PGKD with at most this many examples added

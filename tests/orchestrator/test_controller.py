@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import redis
 from controller_kit import (
@@ -23,6 +24,7 @@ from controller_kit import (
 from distillq.plans import read_job
 from orchestrator.controller import Controller
 from orchestrator.runs import create_run, load_manifest
+from storage.schemas import SCORES
 from storage.store import ShardStore
 
 
@@ -428,3 +430,62 @@ def test_a_job_its_worker_keeps_marking_is_not_re_sent(
     clock.now += 61  # the worker died: no mark for a deadline
     ctl.tick()
     assert sorted(s.job for s in sent[-len(generate):]) == sorted(s.job for s in generate)
+
+
+def _with_unlabelled(tmp_path: Path, rows: int = 250) -> dict[str, Any]:
+    pool = tmp_path / "unlabelled.csv"
+    pool.write_text("text\n" + "".join(f"an unlabelled text number {i}\n" for i in range(rows)))
+    return {"dataset": {"unlabelled": str(pool)},
+            "labelling": {"share": 0.5, "shard_rows": 100, "texts_per_request": 3},
+            "loop": {"train_deadline_s": 60, "queue_deadline_s": 60}}
+
+
+def test_a_labelling_cycle_scores_every_shard_then_selects_then_plans(
+        setup: Any, tmp_path: Path) -> None:
+    """Cycle 1 of a run with labelling.share: a score job per unlabelled shard; the select
+    job once all are scored; then the plan, labelling jobs beside generation ones. A
+    controller started again (after a kill mid-scoring) sends only the shards not scored."""
+    ctl, sent, _ = setup(**_with_unlabelled(tmp_path))
+    ctl.tick()
+    write_eval(ctl, 0, 0.5)
+    ctl.tick()
+    sent.clear()
+    ctl.tick()
+    assert sorted(s.args[2] for s in sent if s.task == "distillq.score") == \
+        ["u00000", "u00001", "u00002"]
+    assert ctl.store.read_json("r1", "cycle=1/plan.json") is None, "not planned yet"
+    empty = pa.table({"id": [], "pred": [], "margin": [], "entropy": [], "embedding": []},
+                     schema=SCORES)
+    ctl.store.commit("r1", 1, "scores", "u00001", empty)
+    # the controller is killed mid-scoring; a new one, past the jobs' deadline, sends again
+    # only the two shards not scored
+    again = Controller(ctl.store, ctl.redis, "r1", lambda *a: sent.append(Sent(*a)),
+                       clock=ctl.clock)
+    ctl.clock.now += 61  # type: ignore[attr-defined]
+    sent.clear()
+    again.tick()
+    assert sorted(s.args[2] for s in sent if s.task == "distillq.score") == ["u00000", "u00002"]
+    for shard in ("u00000", "u00002"):
+        ctl.store.commit("r1", 1, "scores", shard, empty)
+    sent.clear()
+    again.tick()
+    assert [s.task for s in sent] == ["distillq.select"]
+    texts = [{"id": f"unlabelled:{i}", "text": f"an unlabelled text number {i}", "pred": "c0",
+              "margin": 0.1} for i in range(6)]
+    ctl.store.write_json("r1", "cycle=1/selection.json", {"texts": texts})
+    sent.clear()
+    again.tick()
+    jobs = [read_job(ctl.store, "r1", 1, j) for j in
+            ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"]]
+    label = [j for j in jobs if j.get("kind") == "label"]
+    assert [len(j["texts"]) for j in label] == [3, 3]
+    assert sum(j["n_examples"] for j in jobs if j.get("kind") != "label") == 6, "half of 12"
+    assert sorted(s.job for s in sent) == sorted(j["job_id"] for j in jobs)
+
+
+def test_a_score_job_that_failed_for_good_fails_the_run(setup: Any, tmp_path: Path) -> None:
+    ctl, _, _ = setup(**_with_unlabelled(tmp_path, rows=50))
+    plan_cycle_one(ctl)
+    ctl.store.write_json("r1", "cycle=1/failed/score-u00000.json", {"error": "no student"})
+    assert ctl.tick() == "failed"
+    assert "score of cycle 1 failed: no student" in load_manifest(ctl.store, "r1").stop_reason

@@ -27,7 +27,8 @@ def write_plan(store: JsonStore, run_id: str, cycle: int,
         chunk = {job["job_id"]: job for job in jobs[start : start + PLAN_CHUNK]}
         store.write_json(run_id, paths.jobs_chunk(cycle, start // PLAN_CHUNK), chunk)
     plan = {"cycle": cycle, "chunk": PLAN_CHUNK, "jobs": [job["job_id"] for job in jobs],
-            "examples": sum(int(job["n_examples"]) for job in jobs)}
+            "examples": sum(int(job["n_examples"]) for job in jobs),
+            "labelling": [job["job_id"] for job in jobs if job.get("kind") == "label"]}
     store.write_json(run_id, paths.plan(cycle), plan)
     return plan
 

@@ -44,3 +44,16 @@ def label_budget(gen: GenerationSpec, labelling: LabellingSpec) -> int:
     """How many texts a cycle has labelled: ``labelling.share`` of ``examples_per_cycle``
     (the rest is PGKD generation's)."""
     return round(gen.examples_per_cycle * labelling.share)
+
+
+def steering(report: dict[str, Any]) -> dict[str, Any]:
+    """The report that steers a cycle: with ``dataset.steer_fraction`` the report's metrics
+    are those of the validation examples that select; generation (and the choice of texts
+    to label) is steered by the others' (``steer``) alone. A label the split left without
+    steering examples is not known to be weak: it is left out (mean weakness in the quotas,
+    not among the worst classes shown)."""
+    if "steer" not in report:
+        return report
+    steer = report["steer"]
+    known = {c: v for c, v in steer.get("per_class", {}).items() if v.get("support", 1) > 0}
+    return {**report, **steer, "per_class": known}

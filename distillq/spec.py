@@ -214,8 +214,8 @@ class LabellingSpec(_Model):
         default=1, ge=1, le=9, description="answers asked per text; the majority label is "
         "kept and the agreement recorded")
     candidates_factor: int = Field(
-        default=10, ge=1, description="diverse: this many times the texts to label are "
-        "clustered, the most uncertain")
+        default=10, ge=1, le=50, description="diverse: this many times the texts to label "
+        "are clustered, the most uncertain")
     shard_rows: int = Field(default=20_000, ge=100,
                             description="unlabelled texts per shard (one scoring job each)")
     text_chars: int = Field(default=2000, ge=20,
@@ -350,6 +350,10 @@ class RunSpec(_Model):
             raise ValueError("student.rationales needs attribution.enabled: true")
         if self.labelling.share > 0 and not self.dataset.unlabelled:
             raise ValueError("labelling.share > 0 needs dataset.unlabelled: the texts to label")
+        if 0 < self.labelling.share * self.generation.examples_per_cycle < 0.5:
+            raise ValueError(
+                f"labelling.share {self.labelling.share} of generation.examples_per_cycle "
+                f"{self.generation.examples_per_cycle} labels no text a cycle")
         return self
 
 

@@ -69,6 +69,7 @@ class Controller:
     # failed generate job → its error if the budget refused it, else None
     _refusals: dict[tuple[int, str], str | None] = field(default_factory=dict)
     _warm_since: dict[int, float] = field(default_factory=dict)  # cycle -> warm-up start
+    _labelling: dict[int, set[str]] = field(default_factory=dict)  # cycle -> its label jobs
 
     def __post_init__(self) -> None:
         self.dispatch = Dispatcher(self.redis, self.run_id, self.send, self.clock)
@@ -134,12 +135,19 @@ class Controller:
             planner = Planner(self._spec.generation, list(self._manifest.taxonomy),
                               self._fewshot_pool(), seed=self._spec.dataset.sample_seed,
                               labelling=self._spec.labelling)
-            plan = write_plan(self.store, self.run_id, cycle,
-                              planner.plan(cycle, previous, selection))
-            log.info("run=%s cycle=%d planned %d generation jobs", self.run_id, cycle,
-                     len(plan["jobs"]))
+            jobs = planner.plan(cycle, previous, selection)
+            if not jobs:  # labelling only, and nothing left to label
+                self._stop_at_best(cycle, f"cycle {cycle} has nothing to ask the teacher: "
+                                   "every text of dataset.unlabelled is labelled")
+                return None
+            plan = write_plan(self.store, self.run_id, cycle, jobs)
+            labelling = sum(1 for j in jobs if j.get("kind") == "label")
+            log.info("run=%s cycle=%d planned %d generation jobs%s", self.run_id, cycle,
+                     len(jobs) - labelling, f" and {labelling} labelling jobs" if labelling
+                     else "")
             self._restore_spend(cycle)
         self._plans[cycle] = list(plan["jobs"])
+        self._labelling[cycle] = set(plan.get("labelling", []))
         return self._plans[cycle]
 
     def _selection(self, cycle: int) -> list[dict[str, Any]] | None:
@@ -184,7 +192,10 @@ class Controller:
             ensure, uri = self.dispatch.ensure, self.store.uri
             deadline = self._spec.loop.generate_deadline_s
             warm_up = not failed and committed.isdisjoint(jobs) and self._warming(cycle)
-            for name in jobs[:1] if warm_up else jobs:
+            labels = self._labelling.get(cycle, set())
+            # the warm-up holds back generation jobs only: labelling prompts share no examples
+            for name in [n for i, n in enumerate(jobs) if i == 0 or n in labels] if warm_up \
+                    else jobs:
                 if name not in committed and name not in failed:
                     job = JobId.generate(cycle, name)
                     if sends := ensure(job, uri, deadline):
@@ -216,7 +227,7 @@ class Controller:
         longer than ``loop.generate_deadline_s`` after this controller first held them back:
         a slow or lost first job delays the cycle by that much at most."""
         gen = self._spec.generation
-        if not gen.shared_examples or gen.mode == "unguided":
+        if not gen.shared_examples or gen.mode == "unguided" or self._spec.labelling.share >= 1:
             return False
         since = self._warm_since.setdefault(cycle, self.clock())
         return self.clock() - since <= self._spec.loop.generate_deadline_s

@@ -15,7 +15,9 @@ provider's prompt cache would serve (``workers.teachers.prefixcache``: OpenAI's 
 from 1,024 tokens in steps of 128; the simulated teacher's own ``prefix_cache_tokens``), the
 requests sent in plan order, ``teacher.concurrency`` at a time (with
 ``generation.shared_examples``, the first job alone: the controller's cache warm-up); they
-are billed at ``price.cached_input_per_1k`` when it is set.
+are billed at ``price.cached_input_per_1k`` when it is set. With ``labelling.share`` the
+labelling requests are planned too (seed texts standing in for the texts a cycle would
+select), each label at ``generate.LABEL_OUTPUT_TOKENS`` output tokens.
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from distillq.quotas import label_budget
 from distillq.spec import RunSpec
 from orchestrator.datasets import Split, load_and_split
 from orchestrator.planning import Planner
 from workers.teachers.accounting import request_cost
+from workers.teachers.generate import LABEL_OUTPUT_TOKENS
+from workers.teachers.labelling import label_prompts
+from workers.teachers.labelprompts import LabelPrompt
 from workers.teachers.openai import estimate_tokens, host_of
 from workers.teachers.prefixcache import InFlightCache, PrefixCache
 from workers.teachers.prompts import job_prompts
@@ -111,12 +117,18 @@ def output_tokens_per_example(split: Split, max_chars: int) -> float:
 
 
 def plan_cycle_one(spec: RunSpec, split: Split) -> list[dict[str, Any]]:
-    """Cycle 1's jobs as the controller would plan them, from the stand-in report."""
+    """Cycle 1's jobs as the controller would plan them, from the stand-in report; with
+    ``labelling.share``, labelling jobs of seed texts standing in for the selection (texts
+    of the same data, so of the same lengths)."""
     pool = [{"text": t, "label": lab}
             for t, lab in zip(split.seed_train.texts, split.seed_train.labels, strict=True)]
     planner = Planner(spec.generation, list(split.taxonomy), pool,
-                      seed=spec.dataset.sample_seed)
-    return planner.plan(1, stand_in_report(split, spec.dataset.sample_seed))
+                      seed=spec.dataset.sample_seed, labelling=spec.labelling)
+    texts = split.seed_train.texts + split.val.texts
+    budget = label_budget(spec.generation, spec.labelling)
+    chosen = [{"id": f"stand-in-{i}", "text": texts[i % len(texts)]} for i in range(budget)]
+    return planner.plan(1, stand_in_report(split, spec.dataset.sample_seed),
+                        chosen if spec.labelling.share > 0 else None)
 
 
 def plan_costs(spec: RunSpec) -> CostPlan:
@@ -129,12 +141,18 @@ def plan_costs(spec: RunSpec) -> CostPlan:
                                       else 1024), teacher.concurrency)
     requests = tokens_in = examples = tokens_out = tokens_cached = 0
     cost = 0.0
+    taxonomy = list(split.taxonomy)
     for job in jobs:
-        for prompt in job_prompts(spec, job, list(split.taxonomy)):
+        label = job.get("kind") == "label"
+        prompts = label_prompts(spec, job, taxonomy) if label else job_prompts(spec, job, taxonomy)
+        for prompt in prompts:
             t_in = estimate_tokens(prompt.messages)
             t_cached = min(cache.send(prompt.messages), t_in)
-            t_out = min(round(prompt.n * per_example), teacher.max_output_tokens)
-            requests, examples = requests + 1, examples + prompt.n
+            t_out = min(round(prompt.n * (LABEL_OUTPUT_TOKENS if label else per_example)),
+                        teacher.max_output_tokens)
+            # a text k answers label is one example
+            counted = not isinstance(prompt, LabelPrompt) or prompt.answer[0] == 0
+            requests, examples = requests + 1, examples + (prompt.n if counted else 0)
             tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
             tokens_cached += t_cached
             cost += request_cost(teacher.price, t_in, t_out, t_cached)

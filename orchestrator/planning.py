@@ -26,7 +26,7 @@ from collections import defaultdict
 from typing import Any
 
 from distillq.jobs import plan_name
-from distillq.quotas import class_quotas, label_budget, largest_remainder
+from distillq.quotas import class_quotas, label_budget, largest_remainder, steering
 from distillq.spec import GenerationSpec, LabellingSpec
 from workers.teachers.prompts import WORST_CLASSES
 
@@ -88,15 +88,7 @@ class Planner:
         return jobs
 
     def _generation(self, cycle: int, report: dict[str, Any], total: int) -> list[Item]:
-        # With dataset.steer_fraction the report's metrics are those of the validation
-        # examples that select; generation is steered by the others' (``steer``) alone. A
-        # label the split left without steering examples is not known to be weak: it is left
-        # out of the steering report (mean weakness, not among the worst classes shown).
-        if "steer" in report:
-            steer = report["steer"]
-            known = {c: v for c, v in steer.get("per_class", {}).items()
-                     if v.get("support", 1) > 0}
-            report = {**report, **steer, "per_class": known}
+        report = steering(report)
         if total <= 0:
             return []
         if self.gen.mode == "sharded":

@@ -5,14 +5,15 @@ Sources: a CSV, TSV, Parquet or JSONL file (by suffix: ``.csv``, ``.tsv``, ``.pa
 ``rest_of_train``: the training rows outside the seed, as texts only (the quality study's
 pool). Parquet is read column by column (only the text and id columns) and every format in
 batches, twice (to check, then to write), so a pool of millions of texts never sits in memory
-whole; only an 8-byte digest of each text is kept, to drop repeats.
+whole: only each text's id and an 8-byte digest of it are kept, to find repeats.
 
 A text is dropped, and counted, when its normalised form (``workers.teachers.parsing.
 normalise``: case, spaces and punctuation ignored, as the teacher's copies are judged) is
 that of a seed, validation or test text (the teacher must not label what the student is
 evaluated on) or of an earlier unlabelled text (never label a text twice). A missing column,
-an empty text, a text over ``dataset.max_text_chars`` or a repeated id is an
-``InvalidInputError`` naming the file and row; nothing is written until the whole source has
+an empty text, a text over ``dataset.max_text_chars``, a missing or repeated id is an
+``InvalidInputError`` naming the file and row; without an id column a text's id is
+``<file name>:<row>``; nothing is written until the whole source has
 been read.
 """
 
@@ -74,13 +75,21 @@ def files_of(ref: str) -> list[Path]:
     return [path]
 
 
-def batches(ds: DatasetSpec, split: Split) -> Iterator[tuple[list[str], list[str]]]:
-    """(ids, texts) of the source, in batches, checked (module docstring)."""
+@dataclass(frozen=True)
+class Batch:
+    where: str  # the file (or rest_of_train)
+    first_row: int  # the row number of its first text (1: the first data row)
+    ids: list[str]
+    texts: list[str]
+
+
+def batches(ds: DatasetSpec, split: Split) -> Iterator[Batch]:
+    """The source's texts in batches, checked (module docstring)."""
     if ds.unlabelled == REST_OF_TRAIN:
         pool = split.pool
         for i in range(0, len(pool), BATCH_ROWS):  # ids as in the run's pool table
-            yield ([f"pool-{x}" for x in pool.ids[i:i + BATCH_ROWS]],
-                   list(pool.texts[i:i + BATCH_ROWS]))
+            yield Batch(REST_OF_TRAIN, i + 1, [f"pool-{x}" for x in pool.ids[i:i + BATCH_ROWS]],
+                        list(pool.texts[i:i + BATCH_ROWS]))
         return
     assert ds.unlabelled is not None
     text_col = ds.unlabelled_text_column or ds.text_column
@@ -91,9 +100,15 @@ def batches(ds: DatasetSpec, split: Split) -> Iterator[tuple[list[str], list[str
             for j, text in enumerate(texts):
                 _check_text(text, path, row + j + 1, ds.max_text_chars)
             if ds.unlabelled_id_column is None:
-                ids = [f"{path.stem}:{row + j}" for j in range(len(texts))]
+                ids = [f"{path.name}:{row + j + 1}" for j in range(len(texts))]
+            else:
+                for j, pool_id in enumerate(ids):
+                    if pool_id is None or not str(pool_id).strip():
+                        raise InvalidInputError(f"{path}: row {row + j + 1} has no id "
+                                                f"({ds.unlabelled_id_column!r})")
+            yield Batch(str(path), row + 1, [str(i) for i in ids],
+                        [" ".join(str(t).split()) for t in texts])
             row += len(texts)
-            yield ids, [" ".join(str(t).split()) for t in texts]
 
 
 def _check_text(text: Any, path: Path, row: int, limit: int) -> None:
@@ -129,7 +144,7 @@ def _read(path: Path, kind: str, text_col: str,
         for batch in stream:
             texts = batch.column(text_col).to_pylist()
             ids = batch.column(id_col).to_pylist() if id_col else [None] * len(texts)
-            yield [str(i) for i in ids], texts
+            yield ids, texts
     except (pa.ArrowInvalid, OSError) as exc:
         raise InvalidInputError(f"{path}: cannot read it as {kind}: {exc}") from None
 
@@ -157,10 +172,10 @@ def _read_jsonl(path: Path, text_col: str,
             texts.append(obj[text_col])
             ids.append(obj.get(id_col) if id_col else None)
             if len(texts) == BATCH_ROWS:
-                yield [str(i) for i in ids], texts
+                yield ids, texts
                 ids, texts = [], []
     if texts:
-        yield [str(i) for i in ids], texts
+        yield ids, texts
 
 
 def _need(columns: Sequence[str], names: Sequence[str], path: Path) -> None:
@@ -184,8 +199,8 @@ def write_unlabelled(store: ShardStore, run_id: str, ds: DatasetSpec, split: Spl
     row = 0
     ids_out: list[str] = []
     texts_out: list[str] = []
-    for ids, texts in batches(ds, split):
-        for pool_id, text in zip(ids, texts, strict=True):
+    for batch in batches(ds, split):
+        for pool_id, text in zip(batch.ids, batch.texts, strict=True):
             if keep[row]:
                 ids_out.append(pool_id)
                 texts_out.append(text)
@@ -204,11 +219,12 @@ def _choose(ds: DatasetSpec, split: Split, counts: PoolCounts) -> bytearray:
     seen: set[bytes] = set()
     ids_seen: set[str] = set()
     keep = bytearray()
-    for ids, texts in batches(ds, split):
-        for pool_id, text in zip(ids, texts, strict=True):
+    for batch in batches(ds, split):
+        for j, (pool_id, text) in enumerate(zip(batch.ids, batch.texts, strict=True)):
             counts.read += 1
             if pool_id in ids_seen:
-                raise InvalidInputError(f"dataset.unlabelled: the id {pool_id!r} is repeated")
+                raise InvalidInputError(f"{batch.where}: row {batch.first_row + j} repeats "
+                                        f"the id {pool_id!r} of an earlier text")
             ids_seen.add(pool_id)
             key = _digest(text)
             reason = ("in_seed_or_val" if key in evaluated else "in_test" if key in tested

@@ -91,7 +91,7 @@ def test_evaluation_texts_and_repeats_are_dropped_and_counted(tmp_path: Path) ->
         csv.writer(f).writerows(rows)
     create_run(_spec(tmp_path, str(path)))  # train = test here: every labelled text is tested
     assert [t for _, t in _stored(tmp_path)] == ["fresh one", "another fresh one"]
-    assert [i for i, _ in _stored(tmp_path)] == ["pool:2", "pool:4"], "file and row"
+    assert [i for i, _ in _stored(tmp_path)] == ["pool.csv:3", "pool.csv:5"], "file and row"
     counts = json.loads((tmp_path / "store" / "u1" / "manifest.json").read_text())["counts"]
     assert counts["unlabelled_dropped_repeated"] == 1
     assert counts["unlabelled_dropped_in_seed_or_val"] + counts["unlabelled_dropped_in_test"] == 2
@@ -107,7 +107,9 @@ def test_rest_of_train_is_the_pool_as_texts(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content,problem", [
     ("text\nfine\n\"\"\n", r"pool.csv: row 2 has an empty text"),
     ("body\nfine\n", r"pool.csv: column 'text' not found"),
-    ("text,id\nfine,1\nalso fine,1\n", r"the id '1' is repeated"),
+    ("text,id\nfine,1\nalso fine,1\n", r"pool.csv: row 2 repeats the id '1'"),
+    ("text,id\nfine,1\nalso fine,\n", r"pool.csv: row 2 has no id"),
+    ("text\nfine\n" + "x" * 20_001 + "\n", r"pool.csv: row 2 text is 20001 characters"),
     ("text\nlabelled text 1 about b\n", r"no text left to label"),
 ])
 def test_bad_input_is_named_and_nothing_is_written(tmp_path: Path, content: str,

@@ -64,3 +64,24 @@ def test_plan_of_a_bad_spec_names_the_problem(tmp_path: Path,
     path.write_text(yaml.safe_dump({"dataset": {"train": str(tmp_path / "missing.csv")}}))
     assert main(["plan", str(path)]) == 2
     assert "missing.csv" in capsys.readouterr().err
+
+
+def test_plan_prices_the_labelling_requests_too(tmp_path: Path, corpus: Path) -> None:
+    """Half the budget labelled: 12 texts in requests of 6 (each asked twice), each label a
+    few output tokens; the other half generated as before."""
+    plans = {}
+    for share in (0.0, 0.5):
+        path = write_spec(tmp_path, corpus, f"label-{share}",
+                          dataset={"unlabelled": "rest_of_train"},
+                          generation={"examples_per_cycle": 24, "examples_per_request": 4},
+                          labelling={"share": share, "texts_per_request": 6,
+                                     "self_consistency": 2})
+        plans[share] = plan_costs(load_spec(path))
+    full, mixed = plans[0.0].cycle, plans[0.5].cycle
+    assert mixed.examples == full.examples == 24
+    from workers.teachers.generate import LABEL_OUTPUT_TOKENS
+
+    generated = full.tokens_out / 24
+    assert mixed.tokens_out == pytest.approx(12 * generated + 2 * 12 * LABEL_OUTPUT_TOKENS,
+                                             abs=8)
+    assert mixed.requests > full.requests / 2 + 2, "the labelling requests are counted"

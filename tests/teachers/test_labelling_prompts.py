@@ -49,6 +49,23 @@ def test_the_request_shows_keys_not_pool_ids_shared_parts_first() -> None:
         build_label_prompt([], LABELS)
 
 
+def test_halves_keep_their_keys_however_often_they_are_split() -> None:
+    """An answer cut short is asked again as two halves, and a half cut short again: every
+    key stays the one the whole request showed (the answer is read against it)."""
+    from workers.teachers.labelprompts import halves
+
+    whole = build_label_prompt(_texts(120), LABELS)
+    first, second = halves(whole, LABELS)
+    quarter, rest = halves(second, LABELS)
+    assert first.keys[0] == "t001" and second.keys[0] == "t061" and rest.keys[-1] == "t120"
+    assert quarter.keys == whole.keys[60:90] and rest.ids == whole.ids[90:]
+    answer = [{"id": k, "label": "refund"} for k in quarter.keys]
+    assert len(read_labels(answer, whole, LABELS).labels) == 30
+    odd = halves(build_label_prompt(_texts(5), LABELS, answer=(1, 3)), LABELS)
+    assert [p.keys for p in odd] == [("t01", "t02"), ("t03", "t04", "t05")]
+    assert all("Answer: 2 of 3" in p.messages[1]["content"] for p in odd), "still answer 2"
+
+
 def test_an_answer_is_read_by_key_and_every_fault_is_counted() -> None:
     prompt = build_label_prompt(_texts(5), LABELS)
     items = [{"id": "t01", "label": "refund"}, {"id": "t02", "label": " REFUND "},
@@ -84,6 +101,17 @@ def test_the_sim_labels_pool_texts_by_their_own_label(pool) -> None:
     near = label_texts(sim_pool, facts, random.Random(0), 1.0, "confusion")
     for x, (text, lab) in zip(near, chosen, strict=True):
         assert x["label"] == [c for c in sim_pool.nearest_labels(text, LABELS) if c != lab][0]
+
+
+def test_the_sim_knows_a_pool_text_the_request_showed_cut_short() -> None:
+    long = [(f"refund money back number {i}", "refund") for i in range(3)]
+    long += [("refund " * 30 + "but in the end my card was lost", "card_lost")]
+    sim_pool = Pool([t for t, _ in long], [lab for _, lab in long])
+    prompt = build_label_prompt([("x", long[3][0])], LABELS, text_chars=40)
+    assert "…" in prompt.messages[1]["content"]
+    facts = read_prompt(prompt.messages)
+    assert sim_pool.nearest_labels(facts.to_label[0][1], LABELS)[0] == "refund", "no guess"
+    assert label_texts(sim_pool, facts, random.Random(0), 0.0)[0]["label"] == "card_lost"
 
 
 def test_the_sim_guesses_a_text_it_does_not_hold_by_the_closest_label(pool) -> None:

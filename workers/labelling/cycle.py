@@ -4,8 +4,8 @@
 shard of the run's unlabelled texts (``cycle=0/unlabelled/u00000``, …) and commits, for each
 text not labelled in an earlier cycle, its predicted class, the margin between its two most
 probable classes and the entropy of its distribution (``cycle=<c>/scores/<shard>``); the
-``candidates_factor × budget`` most uncertain of the shard also keep their embedding (what
-the ``diverse`` strategy clusters; the global most uncertain are among the shards' most
+``candidates_factor × budget`` most uncertain of the shard also keep their embedding (with
+the ``diverse`` strategy, which clusters them; the global most uncertain are among the shards' most
 uncertain, so no text it could need is missing). One job per shard, on the train queue; a
 shard already scored is not scored again, so a killed cycle resumes where it stopped.
 
@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from distillq import paths
 from distillq.errors import PermanentError
 from distillq.manifest import require_manifest
-from distillq.quotas import class_quotas, label_budget
+from distillq.quotas import class_quotas, label_budget, steering
 from distillq.spec import RunSpec
 from storage.schemas import SCORES
 from storage.store import ShardStore
@@ -71,14 +71,16 @@ def score_shard(spec: RunSpec, store: ShardStore, run_id: str, cycle: int, shard
     pred = clf.predict(texts_t.column("text").to_pylist(), embed=True)
     shutil.rmtree(folder, ignore_errors=True)
     margin, entropy = uncertainty(pred.probs) if len(pred.probs) else (np.zeros(0),) * 2
+    margin = margin.astype(np.float32)  # as stored: selection ranks these very values
     keep = math.ceil(spec.labelling.candidates_factor
                      * label_budget(spec.generation, spec.labelling))
-    top = set(np.argsort(margin, kind="stable")[:keep].tolist())
+    top = (set(np.argsort(margin, kind="stable")[:keep].tolist())
+           if spec.labelling.strategy == "diverse" else set())  # only it clusters
     assert pred.embeddings is not None
     table = pa.table({
         "id": texts_t.column("id"),
         "pred": [clf.labels[i] for i in pred.preds],
-        "margin": margin.astype(np.float32), "entropy": entropy.astype(np.float32),
+        "margin": margin, "entropy": entropy.astype(np.float32),
         "embedding": [pred.embeddings[i].tolist() if i in top else None
                       for i in range(len(margin))],
     }, schema=SCORES)
@@ -99,8 +101,7 @@ def select_texts(spec: RunSpec, store: ShardStore, run_id: str, cycle: int) -> d
     if lab.balance:
         report = store.read_json(run_id, paths.eval_report(cycle - 1)) or {}
         taxonomy = require_manifest(store, run_id).taxonomy
-        quotas = class_quotas(report.get("steer", report), taxonomy,
-                              spec.generation.class_floor, budget)
+        quotas = class_quotas(steering(report), taxonomy, spec.generation.class_floor, budget)
     chosen = [rows[i] for i in select(cands, budget, lab.strategy, quotas=quotas,
                                       factor=lab.candidates_factor,
                                       seed=spec.dataset.sample_seed * 1000 + cycle)]
@@ -124,8 +125,10 @@ def _candidates(scores: pa.Table, diverse: bool) -> tuple[Candidates, list[int]]
     if diverse:
         rows = [i for i, e in enumerate(scores.column("embedding").is_valid().to_pylist()) if e]
     sub = scores.take(pa.array(rows, pa.int64())) if diverse else scores
-    embeddings = (np.array(sub.column("embedding").to_pylist(), dtype=np.float32)
-                  if diverse and sub.num_rows else None)
+    embeddings = None
+    if diverse and sub.num_rows:
+        column = sub.column("embedding").combine_chunks()
+        embeddings = column.flatten().to_numpy().astype(np.float32).reshape(sub.num_rows, -1)
     return Candidates(sub.column("id").to_pylist(), sub.column("pred").to_pylist(),
                       sub.column("margin").to_numpy().astype(np.float64),
                       sub.column("entropy").to_numpy().astype(np.float64), embeddings), rows

@@ -13,7 +13,9 @@ them by ``strategy``:
   clustered (k-means on the L2-normalised embeddings, k-means++ seeding, ``budget`` clusters)
   and each cluster gives its most uncertain text, so a batch does not spend its budget on
   near-duplicates of one confusing text (the clustering idea of Zhdanov 2019, "Diverse
-  mini-batch active learning").
+  mini-batch active learning"). Its cost grows as ``factor × budget² × dims`` per k-means
+  iteration: a second or so for a budget of 400 at factor 10 on a CPU, minutes for budgets
+  of thousands.
 
 ``quotas`` (optional) balance the picks over predicted classes and steer them: a predicted
 class gets at most its quota (the planner gives weak and confused classes more, as PGKD
@@ -112,7 +114,8 @@ def _diverse(cands: Candidates, by_margin: np.ndarray, budget: int, factor: int,
     for rank, cluster in enumerate(assign):  # pool is ordered by margin: first = most uncertain
         firsts.setdefault(int(cluster), rank)
     heads = sorted(firsts.values())
-    rest = [r for r in range(len(pool)) if r not in set(heads)]
+    taken = set(heads)
+    rest = [r for r in range(len(pool)) if r not in taken]
     tail = by_margin[len(pool):]
     return np.concatenate([pool[heads], pool[rest], tail]).astype(np.int64)
 
@@ -131,8 +134,7 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator,
         dist = np.minimum(dist, ((x - centres[j]) ** 2).sum(axis=1))
     assign = np.zeros(n, dtype=np.int64)
     for step in range(iterations):
-        d = (x * x).sum(1)[:, None] - 2 * x @ centres.T + (centres * centres).sum(1)[None, :]
-        new = d.argmin(axis=1)
+        new = _nearest(x, centres)
         if step and np.array_equal(new, assign):
             break
         assign = new
@@ -141,3 +143,13 @@ def kmeans(x: np.ndarray, k: int, rng: np.random.Generator,
             if len(members):
                 centres[j] = members.mean(axis=0)
     return assign
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray, rows: int = 4096) -> np.ndarray:
+    """Each row's nearest centre, ``rows`` rows at a time (a bounded distance matrix)."""
+    sq = (centres * centres).sum(1)[None, :]
+    out = np.empty(len(x), dtype=np.int64)
+    for start in range(0, len(x), rows):
+        part = x[start:start + rows]
+        out[start:start + rows] = (sq - 2 * part @ centres.T).argmin(axis=1)
+    return out

@@ -203,8 +203,10 @@ async def _complete(ask: Asking, messages: list[dict[str, str]], n: int, record:
     first = paid and not (record.input_tokens or record.output_tokens)
     record.add(done.input_tokens, done.output_tokens, done.latency_s, cost, done.cached_tokens)
     record.api_id = done.api_id
-    if paid:  # on the run's counter now, not when the whole job is done
-        await ask.spend.add(done.input_tokens, done.output_tokens, cost, int(first), n)
+    if paid:  # on the run's counter now, not when the whole job is done; only examples
+        # teach the limiter what an example costs (``output_tokens_per_example``)
+        asked = n if ask.answer_key == "examples" else 0
+        await ask.spend.add(done.input_tokens, done.output_tokens, cost, int(first), asked)
     return done
 
 

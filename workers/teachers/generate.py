@@ -126,7 +126,9 @@ def ask_job(spec: RunSpec, job_id: str, call: JobCall, prompts: Sequence[Request
     """Send a job's requests (and their re-asks) and account for them; raise as the job
     must fail (``_check_failures``), carrying what the attempt paid for."""
     job_id, run_id, redis = str(job_id), call.run_id, call.redis
-    per_item = output_tokens_per_example(check_budget(redis, run_id, spec.budget))
+    spent = check_budget(redis, run_id, spec.budget)
+    per_item = (output_tokens_per_example(spent) if answer_key == "examples"
+                else LABEL_OUTPUT_TOKENS)
     runtime = call.pool or get_runtime()
     client = client_for(spec.teacher, runtime, redis, call.base_url)
     spend = Spend(redis, run_id)
@@ -210,6 +212,7 @@ def generate_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
 
 
 ANSWER_FAILURES = ("malformed", "truncated")
+LABEL_OUTPUT_TOKENS = 16  # a label's answer entry, {"id": "t01", "label": "..."}, booked
 
 
 def beat_interval(spec: RunSpec) -> float:

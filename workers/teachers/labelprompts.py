@@ -58,6 +58,8 @@ class LabelPrompt:
 
 
 def key_of(i: int, n: int) -> str:
+    """The key of the ``i``-th text of a request of ``n`` (its width: ``n``'s digits, 2 at
+    least)."""
     return f"t{i + 1:0{max(2, len(str(n)))}d}"
 
 
@@ -94,8 +96,8 @@ def halves(prompt: LabelPrompt, taxonomy: list[str], *,
     """``prompt`` as two requests for half its texts each, keeping their keys and which
     answer they are (an answer cut short is asked again this way)."""
     h = prompt.n // 2
-    width = int(prompt.keys[-1][1:]) if prompt.keys else prompt.n
-    first = int(prompt.keys[0][1:]) - 1 if prompt.keys else 0
+    width = 10 ** (len(prompt.keys[0]) - 2)  # a count with the keys' digits: same width
+    first = int(prompt.keys[0][1:]) - 1
 
     def part(texts: tuple[tuple[str, str], ...], start: int) -> LabelPrompt:
         return build_label_prompt(texts, taxonomy, descriptions=descriptions,

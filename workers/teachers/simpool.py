@@ -11,6 +11,7 @@ the prompt shows, never the same one twice.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import random
@@ -50,6 +51,7 @@ class Pool:
         self.labels = [str(lab) for lab in labels]
         self.keys = [normalise(t) for t in self.texts]
         self.label_by_key = {k: lab for k, lab in zip(self.keys, self.labels, strict=True) if k}
+        self.sorted_keys = sorted(self.label_by_key)
         self.by_label: dict[str, list[int]] = defaultdict(list)
         for i, label in enumerate(self.labels):
             if self.keys[i]:
@@ -65,8 +67,15 @@ class Pool:
                 self.postings[self.labels[i]][tok].append((i, w))
 
     def label_of(self, text: str) -> str | None:
-        """The pool's label of ``text`` (normalised), None where the pool lacks it."""
-        return self.label_by_key.get(normalise(text))
+        """The pool's label of ``text`` (normalised), None where the pool lacks it. A text a
+        prompt showed cut short ("…") is found by its beginning."""
+        key = normalise(text.rstrip("…"))
+        if not text.endswith("…") or key in self.label_by_key:
+            return self.label_by_key.get(key)
+        at = bisect.bisect_left(self.sorted_keys, key)
+        if at < len(self.sorted_keys) and self.sorted_keys[at].startswith(key) and key:
+            return self.label_by_key[self.sorted_keys[at]]
+        return None
 
     def nearest_labels(self, text: str, taxonomy: Sequence[str]) -> list[str]:
         """``taxonomy`` ordered by how close ``text`` is to each label's closest texts (the

@@ -11,8 +11,8 @@ from training_kit import Subset, Trained, write_subset_csv
 
 from distillq import paths
 from distillq.spec import parse_spec
-from orchestrator.runs import create_run, examples_table
 from orchestrator.datasets import Labelled
+from orchestrator.runs import create_run, examples_table
 from storage.store import ShardStore
 from workers.labelling.cycle import labelled_ids, score_shard, select_texts
 

@@ -7,10 +7,19 @@ import pytest
 from shard_tables import MakeExamples
 
 from distillq.errors import StorageError
-from storage import ATTRIBUTIONS, EXAMPLES, KINDS, PREDICTIONS, empty, validate
+from storage import (
+    ATTRIBUTIONS,
+    EXAMPLES,
+    KINDS,
+    PREDICTIONS,
+    SCORES,
+    UNLABELLED,
+    empty,
+    validate,
+)
 
 
-def test_the_three_kinds_have_the_documented_columns() -> None:
+def test_the_kinds_have_the_documented_columns() -> None:
     assert EXAMPLES.names == [
         "id", "run_id", "cycle", "source", "label", "text", "job_id", "teacher_model",
         "prompt_id", "input_tokens", "output_tokens", "latency_s", "cost"]
@@ -18,7 +27,10 @@ def test_the_three_kinds_have_the_documented_columns() -> None:
         "example_id", "run_id", "cycle", "label", "method", "words", "scores", "rationale"]
     assert PREDICTIONS.names == [
         "example_id", "run_id", "cycle", "split", "label", "pred", "confidence"]
-    assert KINDS == {"generated": EXAMPLES, "attributed": ATTRIBUTIONS, "predictions": PREDICTIONS}
+    assert UNLABELLED.names == ["id", "text"]
+    assert SCORES.names == ["id", "pred", "margin", "entropy", "embedding"]
+    assert KINDS == {"generated": EXAMPLES, "attributed": ATTRIBUTIONS, "predictions": PREDICTIONS,
+                     "unlabelled": UNLABELLED, "scores": SCORES}
     assert empty(ATTRIBUTIONS).schema == ATTRIBUTIONS and empty(ATTRIBUTIONS).num_rows == 0
 
 

@@ -12,13 +12,11 @@ from typing import Any
 
 from bench.quality.study import (
     FINDINGS,
+    FINDINGS_PROTOCOL,
     METRICS,
     NON_GENERATING,
     ROWS,
     TARGET_ADDED,
-    parser,
-    protocol,
-    protocol_id,
 )
 
 
@@ -98,10 +96,10 @@ def table(results: dict[int, list[dict[str, Any]]], args: argparse.Namespace,
     lines += against_guided(results)
     lines += rationales(results, args.classes or 77)
     lines += ["", *targets(results), "", *notes(args, results)]
-    # hand-written: what the study's cells show, and what is next; not for other studies (a
-    # quick look on a label subset, say), whose rows 0 and 1 are not the study's
-    study_base = protocol_id(protocol(parser().parse_args([]), generating=False))
-    if FINDINGS.is_file() and protocol_id(protocol(args, generating=False)) == study_base:
+    # hand-written: what the study's cells of FINDINGS_PROTOCOL show, and what is next; not
+    # for another protocol's cells (a quick look on a label subset, or the prompt layout the
+    # findings were not written about)
+    if FINDINGS.is_file() and proto_id == FINDINGS_PROTOCOL:
         lines += ["", FINDINGS.read_text().strip()]
     return "\n".join(lines) + "\n"
 
@@ -217,7 +215,7 @@ def notes(args: argparse.Namespace, results: dict[int, list[dict[str, Any]]]) ->
     return [
         "## How the rows are run",
         "",
-        "- Rows 1-8 are real runs of the system (`orchestrator run`: embedded Redis, local "
+        f"- Rows 1-{ROWS[-1].key} are real runs of the system (`orchestrator run`: embedded Redis, local "
         "generate / attribute / train workers, the controller); row 0 trains the same student "
         f"directly on the whole training split, validated on the same "
         f"{max(1, round(args.seed_size * 0.2))} validation examples.",
@@ -240,6 +238,13 @@ def notes(args: argparse.Namespace, results: dict[int, list[dict[str, Any]]]) ->
         "class-sharded prompt's report, so row 6 measures a fresh draw with shorter prompts, "
         "not what the report is worth to an LLM. Row 8's wrong labels are uniformly random "
         "other labels; an LLM's would fall on labels close to the right one.",
+        "- Rows 9-12 label instead of (or, row 11, beside) generating (docs/labelling.md): "
+        "the unlabelled texts are the training rows outside the seed, given as texts only "
+        "(`dataset.unlabelled: rest_of_train`); each cycle the last student scores them and "
+        "the select job picks 400 (row 11: 200) to label. The simulated teacher labels a text "
+        "by its own label (an oracle, as its generation draws real examples); row 12's wrong "
+        "labels are uniformly random other labels. *Examples added* counts labelled texts "
+        "too.",
         f"- {start} and stops after {args.patience} epochs without a lower validation loss"
         + ("; warm starts keep a 2-core CPU study within reach (a 6-layer epoch over 2,400 "
            "examples is ~1.5 min there)." if args.warm_start else "."),

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BANKING77 = ROOT.parent / "shared" / "data" / "banking77"
 RESULTS = ROOT / "bench" / "quality" / "results"
 FINDINGS = ROOT / "bench" / "quality" / "findings.md"
+FINDINGS_PROTOCOL = "ebc17e772e"  # the cells findings.md was written about (prompt layout 1)
 # Which cells run first when the whole study is asked for: the rows the targets need, then
 # the ablations (the table is always printed in row order).
 PRIORITY = "1,2,4,0,10,9,11,12,7,3,5,6,8"

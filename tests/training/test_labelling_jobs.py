@@ -17,7 +17,8 @@ from storage.store import ShardStore
 from workers.labelling.cycle import labelled_ids, score_shard, select_texts
 
 
-def _run(tmp_path: Path, corpus: Path, subset: Subset, trained: Trained) -> tuple:
+def _run(tmp_path: Path, corpus: Path, subset: Subset, trained: Trained,
+         strategy: str = "diverse") -> tuple:
     train = write_subset_csv(corpus, tmp_path / "train.csv", classes=10, per_class=8)
     pool = tmp_path / "pool.csv"
     with pool.open("w", newline="", encoding="utf-8") as f:
@@ -28,7 +29,7 @@ def _run(tmp_path: Path, corpus: Path, subset: Subset, trained: Trained) -> tupl
         "run_id": "lab", "storage": str(tmp_path / "store"),
         "dataset": {"train": str(train), "seed_size": 60, "unlabelled": str(pool)},
         "generation": {"examples_per_cycle": 40},
-        "labelling": {"share": 0.5, "strategy": "diverse", "candidates_factor": 2,
+        "labelling": {"share": 0.5, "strategy": strategy, "candidates_factor": 2,
                       "shard_rows": 100},
         "student": {"device": "cpu"},
     })
@@ -78,3 +79,23 @@ def test_scoring_and_selecting_a_cycle(tmp_path: Path, corpus: Path, subset: Sub
     assert labelled_ids(store, "lab", 1) == set(ids[:5])
     assert sum(score_shard(spec, store, "lab", 2, s, tmp_path / "work") for s in shards) == 195
     assert not set(ids[:5]) & set(store.read_kind("lab", 2, "scores").column("id").to_pylist())
+
+
+def test_a_strategy_that_does_not_cluster_stores_no_embeddings(
+        tmp_path: Path, corpus: Path, subset: Subset, trained: Trained) -> None:
+    spec, store = _run(tmp_path, corpus, subset, trained, strategy="margin")
+    for shard in store.list_jobs("lab", 0, "unlabelled"):
+        score_shard(spec, store, "lab", 1, shard, tmp_path / "work")
+    scores = store.read_kind("lab", 1, "scores")
+    assert scores.num_rows == 200 and scores.column("embedding").null_count == 200
+    chosen = select_texts(spec, store, "lab", 1)
+    assert len(chosen["texts"]) == 20
+    # within each predicted class, the chosen are that class's most uncertain texts
+    by_class: dict[str, list[tuple[float, str]]] = {}
+    for row in scores.to_pylist():
+        by_class.setdefault(row["pred"], []).append((row["margin"], row["id"]))
+    picked = {x["id"] for x in chosen["texts"]}
+    for rows in by_class.values():
+        ranked = [i for _, i in sorted(rows)]
+        n = sum(i in picked for i in ranked)
+        assert set(ranked[:n]) <= picked

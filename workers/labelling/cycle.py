@@ -68,20 +68,20 @@ def score_shard(spec: RunSpec, store: ShardStore, run_id: str, cycle: int, shard
     if not store.get_dir(run_id, paths.student(cycle - 1), folder):
         raise PermanentError(f"run {run_id} has no committed student for cycle {cycle - 1}")
     clf = Classifier.load(folder, spec.student.device)
-    pred = clf.predict(texts_t.column("text").to_pylist(), embed=True)
+    diverse = spec.labelling.strategy == "diverse"  # the only strategy that clusters
+    pred = clf.predict(texts_t.column("text").to_pylist(), embed=diverse)
     shutil.rmtree(folder, ignore_errors=True)
     margin, entropy = uncertainty(pred.probs) if len(pred.probs) else (np.zeros(0),) * 2
     margin = margin.astype(np.float32)  # as stored: selection ranks these very values
     keep = math.ceil(spec.labelling.candidates_factor
                      * label_budget(spec.generation, spec.labelling))
-    top = (set(np.argsort(margin, kind="stable")[:keep].tolist())
-           if spec.labelling.strategy == "diverse" else set())  # only it clusters
-    assert pred.embeddings is not None
+    top = set(np.argsort(margin, kind="stable")[:keep].tolist()) if diverse else set()
+    embeddings = pred.embeddings
     table = pa.table({
         "id": texts_t.column("id"),
         "pred": [clf.labels[i] for i in pred.preds],
         "margin": margin, "entropy": entropy.astype(np.float32),
-        "embedding": [pred.embeddings[i].tolist() if i in top else None
+        "embedding": [embeddings[i].tolist() if embeddings is not None and i in top else None
                       for i in range(len(margin))],
     }, schema=SCORES)
     store.commit(run_id, cycle, "scores", shard, table)

@@ -196,10 +196,11 @@ def merge_spec(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def base_spec(args: argparse.Namespace, train: str, test: str, seed: int,
               store: Path, generating: bool = True) -> dict[str, Any]:
-    """The spec every row's runs start from; ``generating``: for rows 2-8 (rows 0 and 1 are
+    """The spec every row's runs start from; ``generating``: for rows 2 on (rows 0 and 1 are
     measured without the generation-only settings, ``--steer-fraction``)."""
-    # The cache lets rows 2-6 and 8 copy the seed-only student of cycle 0 (row 1's student:
-    # same settings, data and seed) instead of training it again; it changes no result.
+    # The cache lets every generating row but 7 copy the seed-only student of cycle 0 (row
+    # 1's student: same settings, data and seed) instead of training it again; it changes no
+    # result.
     student: dict[str, Any] = {"model": "builtin:minilm", "max_length": args.max_length,
                                "lr": args.lr, "batch_size": args.batch_size,
                                "epochs": args.epochs, "patience": args.patience,

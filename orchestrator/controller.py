@@ -70,6 +70,7 @@ class Controller:
     _refusals: dict[tuple[int, str], str | None] = field(default_factory=dict)
     _warm_since: dict[int, float] = field(default_factory=dict)  # cycle -> warm-up start
     _labelling: dict[int, set[str]] = field(default_factory=dict)  # cycle -> its label jobs
+    _unlabelled: list[str] = field(default_factory=list)  # the run's unlabelled shards
 
     def __post_init__(self) -> None:
         self.dispatch = Dispatcher(self.redis, self.run_id, self.send, self.clock)
@@ -159,7 +160,9 @@ class Controller:
         chosen = self.store.read_json(self.run_id, paths.selection(cycle))
         if chosen is not None:
             return list(chosen["texts"])
-        shards = self.store.list_jobs(self.run_id, 0, "unlabelled")
+        if not self._unlabelled:  # written with the run, never changed: listed once
+            self._unlabelled = self.store.list_jobs(self.run_id, 0, "unlabelled")
+        shards = self._unlabelled
         scored = set(self.store.list_jobs(self.run_id, cycle, "scores"))
         self.progress.phase, self.progress.planned = "score", len(shards)
         self.progress.generated = len(scored & set(shards))

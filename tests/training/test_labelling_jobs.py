@@ -76,6 +76,10 @@ def test_scoring_and_selecting_a_cycle(tmp_path: Path, corpus: Path, subset: Sub
     table = examples_table(done, "lab", 1, "pool", "c01-0009", "x")
     table = table.set_column(0, "id", pa.array(ids[:5]))
     store.commit("lab", 1, "generated", "c01-0009", table)
+    generated = examples_table(done, "lab", 1, "teacher", "c01-0000", "c01-0000")
+    store.commit("lab", 1, "generated", "c01-0000", generated)  # a generation job's rows
+    store.write_json("lab", paths.plan(1), {"jobs": ["c01-0000", "c01-0009"],
+                                            "labelling": ["c01-0009"]})
     assert labelled_ids(store, "lab", 1) == set(ids[:5])
     assert sum(score_shard(spec, store, "lab", 2, s, tmp_path / "work") for s in shards) == 195
     assert not set(ids[:5]) & set(store.read_kind("lab", 2, "scores").column("id").to_pylist())

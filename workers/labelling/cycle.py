@@ -40,13 +40,15 @@ log = logging.getLogger(__name__)
 
 
 def labelled_ids(store: ShardStore, run_id: str, upto_cycle: int) -> set[str]:
-    """The unlabelled texts the teacher labelled in cycles 1..``upto_cycle``."""
+    """The unlabelled texts the teacher labelled in cycles 1..``upto_cycle``: the rows of
+    each cycle's labelling jobs (its plan names them), not of its generation jobs."""
     out: set[str] = set()
     for cycle in range(1, upto_cycle + 1):
-        table = store.read_kind(run_id, cycle, "generated")
-        if table.num_rows:
-            pool = table.filter(pc.equal(table.column("source"), "pool"))
-            out.update(pool.column("id").to_pylist())
+        plan = store.read_json(run_id, paths.plan(cycle)) or {}
+        for job in plan.get("labelling", []):
+            if store.has(run_id, cycle, "generated", job):
+                out.update(store.read_shard(run_id, cycle, "generated", job)
+                           .column("id").to_pylist())
     return out
 
 

@@ -41,20 +41,18 @@ class LabelPrompt:
 
     messages: list[dict[str, str]]
     keys: tuple[str, ...]  # t01, t02, … in the order shown
-    ids: tuple[str, ...]  # the pool ids, in the same order
-    texts: tuple[tuple[str, str], ...] = ()  # (pool id, text), as asked
+    texts: tuple[tuple[str, str], ...]  # (pool id, text), as asked, in the same order
     answer: tuple[int, int] = (0, 1)  # the k-th of K answers asked for these texts
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """The pool ids, in the keys' order."""
+        return tuple(pool_id for pool_id, _ in self.texts)
 
     @property
     def n(self) -> int:
         """How many texts it asks to label."""
-        return len(self.ids)
-
-    def pool_id(self, key: str) -> str | None:
-        try:
-            return self.ids[self.keys.index(key)]
-        except ValueError:
-            return None
+        return len(self.texts)
 
 
 def key_of(i: int, n: int) -> str:
@@ -87,7 +85,7 @@ def build_label_prompt(texts: Sequence[tuple[str, str]], taxonomy: list[str], *,
     if answer[1] > 1:
         lines.append(f"{ANSWER}{answer[0] + 1} of {answer[1]}")
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
-    return LabelPrompt(messages, keys, tuple(i for i, _ in texts), tuple(texts), answer)
+    return LabelPrompt(messages, keys, tuple(texts), answer)
 
 
 def halves(prompt: LabelPrompt, taxonomy: list[str], *,
@@ -116,13 +114,14 @@ class ReadLabels:
 def read_labels(items: Sequence[Any], prompt: LabelPrompt, taxonomy: list[str]) -> ReadLabels:
     """The answer's labels by pool id; every reject counted by reason (module docstring)."""
     names = {label.casefold().strip(): label for label in taxonomy}
+    by_key = dict(zip(prompt.keys, prompt.ids, strict=True))
     labels: dict[str, str] = {}
     rejects: Counter[str] = Counter()
     for item in items:
         if not isinstance(item, dict):
             rejects["not_an_object"] += 1
             continue
-        pool_id = prompt.pool_id(str(item.get("id", "")).strip())
+        pool_id = by_key.get(str(item.get("id", "")).strip())
         label = names.get(str(item.get("label", "")).casefold().strip())
         if pool_id is None:
             rejects["unknown_id"] += 1

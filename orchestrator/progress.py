@@ -86,7 +86,12 @@ class Progress:
             spent, wasted = split["paid"], split["wasted"]
             tokens = int(spent["tokens_in"] + spent["tokens_out"])
             lost = int(wasted["tokens_in"] + wasted["tokens_out"])
-            flying = self._in_flight(client, spent)
+            # the live counter holds the whole run: only the latest decision is set against
+            # it, and against all the run recorded (a resumed run prints earlier ones too)
+            latest = d is manifest.decisions[-1]
+            flying = self._in_flight(client, spent if d.cycle == manifest.cycle else
+                                     spend_split(self.store, self.run_id,
+                                                 manifest.cycle)["paid"]) if latest else ""
             note = f" — stop: {d.reason}" if d.action == "stop" else ""
             cached = int(spent.get("tokens_cached", 0))
             self._say(f"cycle {d.cycle}: val {d.metric}={d.value:.4f} "

@@ -18,6 +18,13 @@ from workers.teachers.prompts import build_prompt
 from workers.teachers.runtime import get_runtime
 
 
+def _ask(cache: PrefixCache, messages: list[dict[str, str]]) -> int:
+    """What a provider does with a prompt sent alone: look it up, answer, cache it."""
+    cached = cache.lookup(messages)
+    cache.store(messages)
+    return cached
+
+
 def _conv(shared: str, tail: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": "s"}, {"role": "user", "content": shared + tail}]
 
@@ -26,38 +33,38 @@ def test_a_shared_prefix_is_served_in_steps_from_the_minimum() -> None:
     cache = PrefixCache(min_tokens=1024, step_tokens=128)
     shared = "x" * 5000
     first = _conv(shared, "a" * 2000)
-    assert cache.lookup_and_store(first) == 0  # nothing seen yet
+    assert _ask(cache, first) == 0  # nothing seen yet
     common = len(conversation_text(_conv(shared, "")))  # the conversations' common prefix
-    got = cache.lookup_and_store(_conv(shared, "b" * 2000))
+    got = _ask(cache, _conv(shared, "b" * 2000))
     step, start = 128 * CHARS_PER_TOKEN, 1024 * CHARS_PER_TOKEN
     assert got == (start + (common - start) // step * step) // CHARS_PER_TOKEN
     assert 1024 <= got <= common // CHARS_PER_TOKEN and (got - 1024) % 128 == 0
     # the very same prompt again: every whole step of it
-    assert cache.lookup_and_store(first) == len(conversation_text(first)) // step * 128
+    assert _ask(cache, first) == len(conversation_text(first)) // step * 128
 
 
 def test_short_prompts_are_never_cached_and_zero_turns_it_off() -> None:
     short = _conv("y" * 3000, "")  # under 1,024 tokens
     cache = PrefixCache()
-    assert cache.lookup_and_store(short) == 0 and cache.lookup_and_store(short) == 0
+    assert _ask(cache, short) == 0 and _ask(cache, short) == 0
     off = PrefixCache(min_tokens=0)
     long = _conv("z" * 9000, "")
-    assert off.lookup_and_store(long) == 0 and off.lookup_and_store(long) == 0
+    assert _ask(off, long) == 0 and _ask(off, long) == 0
 
 
 def test_a_different_start_shares_nothing() -> None:
     cache = PrefixCache()
-    cache.lookup_and_store(_conv("Task: 8 examples\n" + "x" * 8000, ""))
-    assert cache.lookup_and_store(_conv("Task: 9 examples\n" + "x" * 8000, "")) == 0
+    _ask(cache, _conv("Task: 8 examples\n" + "x" * 8000, ""))
+    assert _ask(cache, _conv("Task: 9 examples\n" + "x" * 8000, "")) == 0
 
 
 def test_the_least_recently_used_prefixes_go_first() -> None:
     cache = PrefixCache(capacity=2)
     a, b = _conv("a" * 4200, ""), _conv("b" * 4200, "")  # one cacheable prefix each
-    cache.lookup_and_store(a)
-    cache.lookup_and_store(b)
-    cache.lookup_and_store(_conv("c" * 4200, ""))  # a's prefix dropped
-    assert cache.lookup_and_store(b) > 0 and cache.lookup_and_store(a) == 0
+    _ask(cache, a)
+    _ask(cache, b)
+    _ask(cache, _conv("c" * 4200, ""))  # a's prefix dropped
+    assert _ask(cache, b) > 0 and _ask(cache, a) == 0
 
 
 def test_requests_in_flight_together_do_not_serve_each_other() -> None:

@@ -71,11 +71,6 @@ class PrefixCache:
         while len(self._seen) > self.capacity:
             self._seen.popitem(last=False)
 
-    def lookup_and_store(self, messages: Sequence[Mapping[str, Any]]) -> int:
-        cached = self.lookup(messages)
-        self.store(messages)
-        return cached
-
 
 class InFlightCache:
     """Requests answered ``concurrency`` at a time, in order: request i finds the prompts of

@@ -18,7 +18,7 @@ from rich.progress import Progress as RichProgress
 from distillq import paths
 from distillq.manifest import Manifest
 from orchestrator.controller import Controller, CycleProgress
-from orchestrator.runs import load_manifest, spend_split, unrecorded
+from orchestrator.runs import labelling_row, load_manifest, spend_split, unrecorded
 from storage.store import ShardStore
 from workers.teachers.accounting import read_spend
 
@@ -56,7 +56,14 @@ class Progress:
         manifest = load_manifest(self.store, self.run_id)
         self._print_decisions(manifest)
         cycle = manifest.cycle
-        plan = self.store.read_json(self.run_id, paths.plan(cycle)) or {"jobs": []}
+        plan = self.store.read_json(self.run_id, paths.plan(cycle))
+        if plan is None and cycle and _labels(manifest):  # scoring the unlabelled texts
+            shards = set(self.store.list_jobs(self.run_id, 0, "unlabelled"))
+            scored = set(self.store.list_jobs(self.run_id, cycle, "scores")) & shards
+            self._show(CycleProgress(cycle, planned=len(shards), generated=len(scored),
+                                     phase="score" if scored < shards else "select"))
+            return
+        plan = plan or {"jobs": []}
         jobs = set(plan["jobs"]) or ({"seed"} if cycle == 0 else set())
         done = set(self.store.list_jobs(self.run_id, cycle, "generated")) & jobs
         attributed = set(self.store.list_jobs(self.run_id, cycle, "attributed")) & jobs
@@ -93,6 +100,10 @@ class Progress:
                                      spend_split(self.store, self.run_id,
                                                  manifest.cycle)["paid"]) if latest else ""
             note = f" — stop: {d.reason}" if d.action == "stop" else ""
+            row = labelling_row(self.store, self.run_id, d.cycle) if _labels(manifest) else None
+            if row is not None:
+                note = (f" labelled={row['labelled']}/{row['selected']} "
+                        f"rejected={sum(row['rejected'].values())}{note}")
             cached = int(spent.get("tokens_cached", 0))
             self._say(f"cycle {d.cycle}: val {d.metric}={d.value:.4f} "
                       f"(best c{d.best_cycle}={d.best_value:.4f}) teacher tokens={tokens} "
@@ -113,3 +124,8 @@ class Progress:
     def _say(self, text: str) -> None:
         elapsed = time.monotonic() - self.t0
         self.console.print(f"[{elapsed:7.1f}s] {text}", highlight=False)
+
+
+def _labels(manifest: Manifest) -> bool:
+    """Whether the run labels unlabelled texts (``labelling.share`` above 0)."""
+    return float(manifest.spec.get("labelling", {}).get("share", 0) or 0) > 0

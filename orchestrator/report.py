@@ -21,6 +21,7 @@ from orchestrator.runs import (
     cycle_stats,
     failed_attempts,
     failure_causes,
+    labelling_line,
     labelling_rows,
     load_manifest,
     spend_split,
@@ -293,6 +294,8 @@ def summary_lines(store: ShardStore, run_id: str) -> list[str]:
                  f"{int(wasted['tokens_in'] + wasted['tokens_out'])} tokens, cost "
                  f"{wasted['cost']:.4f}; input tokens read from the provider's prompt cache: "
                  f"{int(paid['tokens_cached'])}")
+    lines += [f"  labelling {labelling_line(row)}"
+              for row in labelling_rows(store, run_id, manifest.cycle)]
     for d in manifest.decisions:
         lines.append(f"  cycle {d.cycle}: val {d.metric} {d.value:.4f}")
     test = store.read_json(run_id, paths.TEST_RESULT)

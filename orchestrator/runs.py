@@ -286,27 +286,42 @@ def failure_causes(store: ShardStore, manifest: Manifest, top: int = 3) -> list[
 
 
 def labelling_rows(store: ShardStore, run_id: str, upto_cycle: int) -> list[dict[str, Any]]:
-    """Per cycle that labelled unlabelled texts: the selection (strategy, texts scored and
+    """``labelling_row`` of every cycle 1..``upto_cycle`` that selected texts to label."""
+    rows = (labelling_row(store, run_id, cycle) for cycle in range(1, upto_cycle + 1))
+    return [row for row in rows if row is not None]
+
+
+def labelling_line(row: dict[str, Any]) -> str:
+    """One ``labelling_row`` in words, for the terminal (``status``, ``watch``, ``run``)."""
+    why = ", ".join(f"{k} {v}" for k, v in sorted(row["rejected"].items()))
+    rejected = sum(row["rejected"].values())
+    agree = f", agreement {row['agreement']:.2f}" if row["agreement"] is not None else ""
+    return (f"cycle {row['cycle']}: labelled {row['labelled']} of {row['selected']} texts "
+            f"selected by `{row['strategy']}` from {row['scored']} scored; rejected {rejected}"
+            f"{f' ({why})' if why else ''}{agree}; {int(row['requests'])} requests, "
+            f"{int(row['tokens_in'] + row['tokens_out'])} tokens, cost {row['cost']:.4f}")
+
+
+def labelling_row(store: ShardStore, run_id: str, cycle: int) -> dict[str, Any] | None:
+    """For a cycle that labelled unlabelled texts: the selection (strategy, texts scored and
     chosen) and what the labelling jobs did (texts labelled, rejected by reason, answers per
-    text, mean agreement, requests, tokens, cost), from storage alone."""
-    rows = []
-    for cycle in range(1, upto_cycle + 1):
-        chosen = store.read_json(run_id, paths.selection(cycle))
-        if chosen is None:
-            continue
-        stats = [s for s in cycle_stats(store, run_id, cycle) if s.get("kind") == "label"]
-        wasted = [s for s in failed_attempts(store, run_id, cycle) if s.get("kind") == "label"]
-        rejects: Counter[str] = Counter()
-        for s in stats + wasted:
-            rejects.update(s.get("rejects_by_reason") or {})
-        agreement = [float(s["agreement"]) for s in stats if s.get("agreement") is not None]
-        rows.append({
-            "cycle": cycle, "strategy": chosen.get("strategy"), "scored": chosen.get("scored"),
-            "selected": len(chosen.get("texts", [])),
-            "labelled": sum(int(s.get("examples", 0) or 0) for s in stats),
-            "rejected": dict(rejects), "answers": max(
-                (int(s.get("self_consistency", 1)) for s in stats), default=1),
-            "agreement": round(sum(agreement) / len(agreement), 4) if agreement else None,
-            **{k: sum(float(s.get(k, 0) or 0) for s in stats + wasted)
-               for k in ("requests", "tokens_in", "tokens_out", "cost")}})
-    return rows
+    text, mean agreement, requests, tokens, cost), from storage alone; None for a cycle that
+    selected nothing (yet)."""
+    chosen = store.read_json(run_id, paths.selection(cycle))
+    if chosen is None:
+        return None
+    stats = [s for s in cycle_stats(store, run_id, cycle) if s.get("kind") == "label"]
+    wasted = [s for s in failed_attempts(store, run_id, cycle) if s.get("kind") == "label"]
+    rejects: Counter[str] = Counter()
+    for s in stats + wasted:
+        rejects.update(s.get("rejects_by_reason") or {})
+    agreement = [float(s["agreement"]) for s in stats if s.get("agreement") is not None]
+    return {
+        "cycle": cycle, "strategy": chosen.get("strategy"), "scored": chosen.get("scored"),
+        "selected": len(chosen.get("texts", [])),
+        "labelled": sum(int(s.get("examples", 0) or 0) for s in stats),
+        "rejected": dict(rejects), "answers": max(
+            (int(s.get("self_consistency", 1)) for s in stats), default=1),
+        "agreement": round(sum(agreement) / len(agreement), 4) if agreement else None,
+        **{k: sum(float(s.get(k, 0) or 0) for s in stats + wasted)
+           for k in ("requests", "tokens_in", "tokens_out", "cost")}}

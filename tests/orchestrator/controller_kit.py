@@ -64,6 +64,16 @@ def make_spec(tmp_path: Path, **over: Any) -> Any:
     return parse_spec(data)
 
 
+def with_unlabelled(tmp_path: Path, rows: int = 250) -> dict[str, Any]:
+    """Spec overrides for a run that labels: ``rows`` unlabelled texts in 100-text shards,
+    half of each cycle's budget labelled, 3 texts a request."""
+    pool = tmp_path / "unlabelled.csv"
+    pool.write_text("text\n" + "".join(f"an unlabelled text number {i}\n" for i in range(rows)))
+    return {"dataset": {"unlabelled": str(pool)},
+            "labelling": {"share": 0.5, "shard_rows": 100, "texts_per_request": 3},
+            "loop": {"train_deadline_s": 60, "queue_deadline_s": 60}}
+
+
 def write_eval(ctl: Controller, cycle: int, f1: float) -> None:
     report = {"cycle": cycle, "macro_f1": f1, "accuracy": f1, "loss": 1 - f1,
               "per_class": {c: {"precision": f1, "recall": f1, "f1": f1, "support": 2}

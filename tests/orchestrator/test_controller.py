@@ -18,6 +18,7 @@ from controller_kit import (
     make_spec,
     mark_sends_started,
     plan_cycle_one,
+    with_unlabelled,
     write_eval,
 )
 
@@ -432,20 +433,12 @@ def test_a_job_its_worker_keeps_marking_is_not_re_sent(
     assert sorted(s.job for s in sent[-len(generate):]) == sorted(s.job for s in generate)
 
 
-def _with_unlabelled(tmp_path: Path, rows: int = 250) -> dict[str, Any]:
-    pool = tmp_path / "unlabelled.csv"
-    pool.write_text("text\n" + "".join(f"an unlabelled text number {i}\n" for i in range(rows)))
-    return {"dataset": {"unlabelled": str(pool)},
-            "labelling": {"share": 0.5, "shard_rows": 100, "texts_per_request": 3},
-            "loop": {"train_deadline_s": 60, "queue_deadline_s": 60}}
-
-
 def test_a_labelling_cycle_scores_every_shard_then_selects_then_plans(
         setup: Any, tmp_path: Path) -> None:
     """Cycle 1 of a run with labelling.share: a score job per unlabelled shard; the select
     job once all are scored; then the plan, labelling jobs beside generation ones. A
     controller started again (after a kill mid-scoring) sends only the shards not scored."""
-    ctl, sent, _ = setup(**_with_unlabelled(tmp_path))
+    ctl, sent, _ = setup(**with_unlabelled(tmp_path))
     ctl.tick()
     write_eval(ctl, 0, 0.5)
     ctl.tick()
@@ -484,7 +477,7 @@ def test_a_labelling_cycle_scores_every_shard_then_selects_then_plans(
 
 
 def test_a_score_job_that_failed_for_good_fails_the_run(setup: Any, tmp_path: Path) -> None:
-    ctl, _, _ = setup(**_with_unlabelled(tmp_path, rows=50))
+    ctl, _, _ = setup(**with_unlabelled(tmp_path, rows=50))
     plan_cycle_one(ctl)
     ctl.store.write_json("r1", "cycle=1/failed/score-u00000.json", {"error": "no student"})
     assert ctl.tick() == "failed"

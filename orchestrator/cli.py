@@ -37,6 +37,11 @@ def _storage_arg(p: argparse.ArgumentParser) -> None:
                         "(default: $DISTILLQ_STORAGE or ./runs)")
 
 
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print JSON for programs instead of tables for people")
+
+
 def _preflight_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-preflight", action="store_true",
                    help="do not send the teacher the pre-flight request from this machine "
@@ -107,9 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "the manifest, checked by the pre-flight request")
         if name == "report":
             p.add_argument("--out", default=None, help="also copy the report to this folder")
+        if name in ("status", "report"):
+            _json_arg(p)
 
     p = sub.add_parser("list", help="list the runs in a storage root")
     _storage_arg(p)
+    _json_arg(p)
     p = sub.add_parser("export", help="copy the best student out, ready for from_pretrained",
                        description="Copy the best cycle's student checkpoint (Hugging Face "
                        "format with tokenizer and label map) to DIR, ready for "

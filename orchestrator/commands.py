@@ -30,7 +30,7 @@ from orchestrator.driver import drive, serve
 from orchestrator.embedded import LocalCluster, state_dir
 from orchestrator.metrics import start_metrics_server
 from orchestrator.progress import Progress
-from orchestrator.report import summary_lines, write_report
+from orchestrator.report import summary_lines, teacher_line, write_report
 from orchestrator.runs import (
     check_run_id,
     check_storage,
@@ -39,6 +39,7 @@ from orchestrator.runs import (
     reopen_failed_jobs,
     summarize,
 )
+from orchestrator.tables import print_runs, print_status
 from storage.store import ShardStore
 from workers.app import app, configure
 from workers.teachers.accounting import read_spend
@@ -258,30 +259,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not args.run_id:
         return cmd_list(args)
     run_id = check_run_id(args.run_id)
+    store = _store(args)
     live = None
     if os.environ.get("REDIS_URL"):  # a served run: its live counter has the answers in flight
         try:
             live = read_spend(_redis_from_env(ping=False), run_id)
         except redis.RedisError as exc:
             log.warning("the run's live spend in Redis is unavailable: %s", exc)
-    print(json.dumps(summarize(_store(args), run_id, live), indent=2))
+    summary = summarize(store, run_id, live)
+    if getattr(args, "json", False):
+        print(json.dumps(summary, indent=2))
+    else:
+        print_status(summary, teacher_line(load_manifest(store, run_id).spec))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
+    runs: list[dict[str, Any]] = []
     for run_id in store.list_runs():
         try:
             manifest = read_manifest(store, run_id)
         except ManifestError as exc:  # listed, not hidden: `list` is how one finds it
-            print(f"{run_id:40s} {'invalid':10s} {exc}")
+            runs.append({"run_id": run_id, "status": "invalid", "error": str(exc)})
             continue
         if manifest is None:  # removed since it was listed
-            print(f"{run_id:40s} {'?':10s}")
+            runs.append({"run_id": run_id, "status": "?"})
             continue
-        decisions = manifest.decisions
-        last = f"{decisions[-1].metric}={decisions[-1].value:.4f}" if decisions else "-"
-        print(f"{run_id:40s} {manifest.status:10s} cycles={len(decisions):<3d} {last}")
+        last = manifest.decisions[-1] if manifest.decisions else None
+        runs.append({"run_id": run_id, "status": manifest.status,
+                     "cycles": len(manifest.decisions), "created_at": manifest.created_at,
+                     "metric": last.metric if last else None,
+                     "last_value": last.value if last else None})
+    if getattr(args, "json", False):
+        print(json.dumps(runs, indent=2))
+    else:
+        print_runs(runs)
     return 0
 
 
@@ -313,8 +326,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = _store(args)
     load_manifest(store, check_run_id(args.run_id))
     path = write_report(store, args.run_id, out_dir=Path(args.out) if args.out else None)
+    if getattr(args, "json", False):
+        print(json.dumps({"report": str(path), **summarize(store, args.run_id)}, indent=2))
+        return 0
     print(f"report: {path}")
-    _print_summary(store, args.run_id)
+    manifest = load_manifest(store, args.run_id)
+    print_status(summarize(store, args.run_id), teacher_line(manifest.spec))
     return 0
 
 

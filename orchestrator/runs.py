@@ -180,6 +180,11 @@ def summarize(store: ShardStore, run_id: str,
            "metric": manifest.spec["loop"]["metric"], "cycles": cycles, "final": final,
            "stop_reason": manifest.stop_reason, "teacher": manifest.spec["teacher"]["kind"],
            "spend": spend}
+    if manifest.status in ("failed", "cancelled"):
+        out["causes"] = failure_causes(store, manifest)
+    test = store.read_json(run_id, paths.TEST_RESULT)
+    if isinstance(test, dict):
+        out["test"] = {k: test.get(k) for k in ("cycle", "macro_f1", "accuracy")}
     if manifest.spec.get("labelling", {}).get("share", 0) > 0:
         out["labelling"] = {"strategy": manifest.spec["labelling"]["strategy"],
                             "unlabelled": manifest.counts.get("unlabelled"),

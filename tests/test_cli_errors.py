@@ -78,7 +78,14 @@ def test_a_manifest_that_is_not_a_manifest_is_named_and_list_shows_every_run(
     err = capsys.readouterr().err
     assert err.startswith("error: ManifestError: manifest of b-broken is not valid: ")
     assert "status: Input should be" in err and "taxonomy: Field required" in err
-    assert main(["list", "--storage", str(root)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[:2] for line in lines] == [["a-ok", "done"], ["b-broken", "invalid"],
-                                                    ["c-ok", "running"]]
+    assert main(["list", "--storage", str(root), "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)
+    assert [(r["run_id"], r["status"]) for r in runs] == [("a-ok", "done"), ("b-broken", "invalid"),
+                                                          ("c-ok", "running")]
+    assert runs[1]["error"].startswith("manifest of b-broken is not valid: ")
+    assert main(["list", "--storage", str(root)]) == 0  # for people: a table, the same rows
+    out = capsys.readouterr().out
+    rows = [[cell.strip() for cell in line.strip("│").split("│")][:2]
+            for line in out.splitlines() if line.startswith("│")]
+    assert rows == [["a-ok", "done"], ["b-broken", "invalid"], ["c-ok", "running"]]
+    assert "b-broken: manifest of b-broken is not valid: " in out

@@ -134,11 +134,49 @@ def test_status_of_a_served_run_shows_the_spend_still_in_flight(
     save_manifest(ctl.store, manifest)
     record_spend(ctl.redis, "r1", 400, 200, 2.0, 3, 12)  # three answers so far, one job done
     monkeypatch.setenv("REDIS_URL", redis_url)
-    assert cmd_status(argparse.Namespace(storage=ctl.store.uri, run_id="r1")) == 0
+    assert cmd_status(argparse.Namespace(storage=ctl.store.uri, run_id="r1", json=True)) == 0
     spend = json.loads(capsys.readouterr().out)["spend"]
     assert spend["paid_tokens_in"] == 100 and spend["paid_cost"] == 0.5
     assert spend["in_flight_or_unrecorded_tokens"] == 600 - 150
     assert spend["in_flight_or_unrecorded_cost"] == 1.5
     monkeypatch.delenv("REDIS_URL")
-    assert cmd_status(argparse.Namespace(storage=ctl.store.uri, run_id="r1")) == 0
+    assert cmd_status(argparse.Namespace(storage=ctl.store.uri, run_id="r1", json=True)) == 0
     assert "in_flight_or_unrecorded_tokens" not in json.loads(capsys.readouterr().out)["spend"]
+
+
+def test_status_list_and_report_print_tables_for_people_and_json_on_request(
+        setup: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from controller_kit import plan_cycle_one
+
+    from orchestrator.cli import main
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    ctl, _, _ = setup()
+    plan_cycle_one(ctl)  # cycle 0 decided at 0.5
+    uri = ctl.store.uri
+
+    assert main(["status", "r1", "--storage", uri]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("run r1: running\nteacher: SIMULATED")
+    cells = [[c.strip() for c in line.strip("│").split("│")] for line in out.splitlines()
+             if line.startswith("│")]
+    assert cells == [["0", "0.5000", "continue", "0", "0.0000", "0.0000"]]
+    assert main(["status", "r1", "--storage", uri, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["cycles"][0]["value"] == 0.5 and summary["status"] == "running"
+
+    assert main(["status", "--storage", uri]) == 0, "no run: the runs, as `list` shows them"
+    listed = capsys.readouterr().out
+    assert main(["list", "--storage", uri]) == 0
+    assert capsys.readouterr().out == listed
+    assert [c.strip() for c in listed.splitlines()[3].strip("│").split("│")][:4] == \
+        ["r1", "running", "1", "macro_f1 0.5000"]
+
+    assert main(["report", "r1", "--storage", uri, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert Path(got["report"]).is_file() and got["cycles"] == summary["cycles"]
+    assert main(["report", "r1", "--storage", uri]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"report: {got['report']}\nrun r1: running") and "┃ cycle ┃" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ def test_watch_and_the_summary_show_what_a_cycle_labelled(
     """A labelling cycle: ``watch`` shows the unlabelled shards being scored, then, once the
     cycle is decided, how many of the selected texts were labelled and rejected; the summary
     that ``run``, ``watch`` and ``report`` end with has the strategy, the reasons and the cost."""
+    from orchestrator.commands import cmd_status
     from orchestrator.progress import Progress
     from orchestrator.report import summary_lines
 
@@ -103,3 +105,12 @@ def test_watch_and_the_summary_show_what_a_cycle_labelled(
     assert ("  labelling cycle 1: labelled 4 of 6 texts selected by `margin` from 250 scored; "
             "rejected 2 (label_not_in_taxonomy 2); 2 requests, 640 tokens, cost 0.0020"
             ) in summary_lines(ctl.store, "r1")
+    # `status RUN` for a person: the labelling table under the cycles table
+    assert cmd_status(argparse.Namespace(storage=ctl.store.uri, run_id="r1")) == 0
+    out = capsys.readouterr().out
+    assert "labelling: 250 unlabelled texts" in out
+    rows = [[c.strip() for c in line.strip("│").split("│")] for line in out.splitlines()
+            if line.startswith("│")]
+    assert ["1", "0.6000", "continue", "4", "0.0020", "0.0000"] in rows  # 2 label jobs' rows
+    assert ["1", "margin", "250", "6", "4", "label_not_in_taxonomy 2", "1", "-", "2", "640",
+            "0.0020"] in rows

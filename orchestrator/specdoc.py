@@ -25,26 +25,47 @@ This page is generated: `python -m orchestrator.specdoc > docs/spec.md`.
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("(top level)", S.RunSpec), ("dataset", S.DatasetSpec), ("teacher", S.TeacherSpec),
     ("teacher.price", S.PriceSpec), ("teacher.sim", S.SimSpec),
-    ("generation", S.GenerationSpec), ("attribution", S.AttributionSpec),
+    ("generation", S.GenerationSpec), ("labelling", S.LabellingSpec),
+    ("attribution", S.AttributionSpec),
     ("student", S.StudentSpec), ("loop", S.LoopSpec), ("budget", S.BudgetSpec),
 ]
 
 
 def _default(field: object) -> str:
     default = getattr(field, "default", None)
-    if getattr(field, "default_factory", None) is not None:
+    factory = getattr(field, "default_factory", None)
+    if isinstance(factory, type) and issubclass(factory, BaseModel):
         return "(section)"
+    if factory is not None:  # a mutable default such as dict
+        return f"`{factory()!r}`"
     if repr(default) == "PydanticUndefined":
         return "**required**"
     return f"`{default!r}`"
 
 
+class MissingDescriptionError(ValueError):
+    """A spec field without a ``description=``: the page would show it with no meaning."""
+
+
+def undescribed(cls: type[BaseModel]) -> list[str]:
+    """The fields of ``cls`` that have no description."""
+    return [name for name, field in cls.model_fields.items()
+            if not (field.description or "").strip()]
+
+
 def render() -> str:
+    """The page; raises MissingDescriptionError naming every field that has no description."""
+    missing = [f"{cls.__name__}.{name} ({title})" for title, cls in SECTIONS
+               for name in undescribed(cls)]
+    if missing:
+        raise MissingDescriptionError(
+            "spec fields without a description (give each a Field(description=...) in "
+            f"distillq/spec.py): {', '.join(missing)}")
     out = [INTRO]
     for title, cls in SECTIONS:
         out += [f"## `{title}`", "", "| field | default | meaning |", "|---|---|---|"]
         for name, field in cls.model_fields.items():
-            desc = (field.description or "").replace("|", "/")
+            desc = str(field.description).replace("|", "/")
             out.append(f"| `{name}` | {_default(field)} | {desc} |")
         out.append("")
     return "\n".join(out)

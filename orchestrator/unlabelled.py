@@ -1,9 +1,8 @@
 """The unlabelled texts of a run (``dataset.unlabelled``), read in batches and stored as shards.
 
-Sources: a CSV, TSV, Parquet or JSONL file (by suffix: ``.csv``, ``.tsv``, ``.parquet``/``.pq``,
-``.jsonl``/``.ndjson``), a folder of them (read in name order), or
-``rest_of_train``: the training rows outside the seed, as texts only (the quality study's
-pool). Parquet is read column by column (only the text and id columns) and every format in
+Sources: any that ``orchestrator.sources`` reads (a CSV, TSV, Parquet or JSONL file, a folder
+of them, a ``datasets`` save_to_disk folder), or ``rest_of_train``: the training rows outside
+the seed, as texts only (the quality study's pool). Only the text and id columns are read, in
 batches, twice (to check, then to write), so a pool of millions of texts never sits in memory
 whole: only each text's id and an 8-byte digest of it are kept, to find repeats.
 
@@ -11,7 +10,8 @@ A text is dropped, and counted, when its normalised form (``workers.teachers.par
 normalise``: case, spaces and punctuation ignored, as the teacher's copies are judged) is
 that of a seed, validation or test text (the teacher must not label what the student is
 evaluated on) or of an earlier unlabelled text (never label a text twice). A missing column,
-an empty text, a text over ``dataset.max_text_chars``, a missing or repeated id is an
+an empty text, a text over ``dataset.max_text_chars`` or holding a control character (NUL…),
+a missing or repeated id is an
 ``InvalidInputError`` naming the file and row; without an id column a text's id is
 ``<file name>:<row>``; nothing is written until the whole source has
 been read.
@@ -19,29 +19,23 @@ been read.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from distillq.errors import InvalidInputError
 from distillq.spec import DatasetSpec
 from orchestrator.datasets import Split
+from orchestrator.sources import BATCH_ROWS, control_character, files_of, read_columns
 from storage.schemas import UNLABELLED
 from storage.store import ShardStore
 from workers.teachers.parsing import normalise
 
 REST_OF_TRAIN = "rest_of_train"
-BATCH_ROWS = 10_000
-SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
-            ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 
 @dataclass
@@ -57,22 +51,6 @@ class PoolCounts:
 
 def _digest(text: str) -> bytes:
     return hashlib.blake2b(normalise(text).encode(), digest_size=8).digest()
-
-
-def files_of(ref: str) -> list[Path]:
-    path = Path(ref)
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
-        if not found:
-            raise InvalidInputError(f"dataset.unlabelled folder {ref} holds no "
-                                    f"{'/'.join(sorted(SUFFIXES))} file")
-        return found
-    if not path.is_file():
-        raise InvalidInputError(f"dataset.unlabelled {ref} does not exist")
-    if path.suffix.lower() not in SUFFIXES:
-        raise InvalidInputError(f"dataset.unlabelled {ref}: unknown format {path.suffix!r}; "
-                                f"known: {sorted(SUFFIXES)}")
-    return [path]
 
 
 @dataclass(frozen=True)
@@ -93,10 +71,13 @@ def batches(ds: DatasetSpec, split: Split) -> Iterator[Batch]:
         return
     assert ds.unlabelled is not None
     text_col = ds.unlabelled_text_column or ds.text_column
-    for path in files_of(ds.unlabelled):
-        kind = SUFFIXES[path.suffix.lower()]
+    id_col = ds.unlabelled_id_column
+    columns = [text_col] + ([id_col] if id_col else [])
+    fields = ["dataset.unlabelled_text_column", "dataset.unlabelled_id_column"][:len(columns)]
+    for path, kind in files_of(ds.unlabelled, "dataset.unlabelled"):
         row = 0
-        for ids, texts in _read(path, kind, text_col, ds.unlabelled_id_column):
+        for got in read_columns(path, kind, columns, fields):
+            texts, ids = got[0], got[1] if id_col else [None] * len(got[0])
             for j, text in enumerate(texts):
                 _check_text(text, path, row + j + 1, ds.max_text_chars)
             if ds.unlabelled_id_column is None:
@@ -117,72 +98,9 @@ def _check_text(text: Any, path: Path, row: int, limit: int) -> None:
     if len(text) > limit:
         raise InvalidInputError(f"{path}: row {row} text is {len(text)} characters, over "
                                 f"dataset.max_text_chars={limit}")
-
-
-def _read(path: Path, kind: str, text_col: str,
-          id_col: str | None) -> Iterator[tuple[list[Any], list[Any]]]:
-    columns = [text_col] + ([id_col] if id_col else [])
-    if kind == "jsonl":
-        yield from _read_jsonl(path, text_col, id_col)
-        return
-    try:
-        if kind == "parquet":
-            reader: Any = pq.ParquetFile(path)
-            names = reader.schema_arrow.names
-            _need(columns, names, path)
-            stream = reader.iter_batches(batch_size=BATCH_ROWS, columns=columns)
-        else:
-            names = _csv_names(path, kind)
-            _need(columns, names, path)
-            stream = pacsv.open_csv(
-                path, read_options=pacsv.ReadOptions(block_size=1 << 22),
-                parse_options=pacsv.ParseOptions(delimiter="," if kind == "csv" else "\t",
-                                                 newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(
-                    include_columns=columns,
-                    column_types={c: pa.string() for c in columns}))
-        for batch in stream:
-            texts = batch.column(text_col).to_pylist()
-            ids = batch.column(id_col).to_pylist() if id_col else [None] * len(texts)
-            yield ids, texts
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InvalidInputError(f"{path}: cannot read it as {kind}: {exc}") from None
-
-
-def _csv_names(path: Path, kind: str) -> list[str]:
-    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as f:
-        return next(csv.reader(f, delimiter="," if kind == "csv" else "\t"), [])
-
-
-def _read_jsonl(path: Path, text_col: str,
-                id_col: str | None) -> Iterator[tuple[list[Any], list[Any]]]:
-    ids: list[Any] = []
-    texts: list[Any] = []
-    with path.open("r", encoding="utf-8-sig") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise InvalidInputError(f"{path}: line {n} is not JSON: {exc}") from None
-            if not isinstance(obj, dict) or text_col not in obj or (id_col and id_col not in obj):
-                missing = text_col if not isinstance(obj, dict) or text_col not in obj else id_col
-                raise InvalidInputError(f"{path}: line {n} has no {missing!r} field")
-            texts.append(obj[text_col])
-            ids.append(obj.get(id_col) if id_col else None)
-            if len(texts) == BATCH_ROWS:
-                yield ids, texts
-                ids, texts = [], []
-    if texts:
-        yield ids, texts
-
-
-def _need(columns: Sequence[str], names: Sequence[str], path: Path) -> None:
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise InvalidInputError(f"{path}: column {missing[0]!r} not found (dataset.unlabelled"
-                                f"_text_column / _id_column); columns are {list(names)}")
+    if bad := control_character(text):
+        raise InvalidInputError(f"{path}: row {row}: its text holds the control character "
+                                f"{bad} (a binary or corrupted file?)")
 
 
 def check_unlabelled(ds: DatasetSpec, split: Split) -> tuple[bytearray, PoolCounts]:

@@ -27,6 +27,19 @@ def _csv(path: Path, rows: list[tuple[str, ...]]) -> str:
     return str(path)
 
 
+def _parquet(path: Path, columns: dict[str, list[str]]) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
+def _text(path: Path, body: str) -> str:
+    path.write_text(body)
+    return str(path)
+
+
 def _spec(tmp: Path, **over: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "name": "bad", "run_id": "bad-input", "storage": str(tmp / "store"),
@@ -97,6 +110,19 @@ CASES: dict[str, tuple[Case, str]] = {
     "non-UTF-8 bytes in the dataset": (_raw_dataset(b"text,label\nabc\xff\xfe,c0\n"),
                                        "UTF-8"),
     "empty dataset": (_raw_dataset(b"text,label\n"), "no examples"),
+    "NUL byte inside a text": (_raw_dataset(b"text,label\nabc\x00def,c0\nok,c1\n"),
+                               "line 2: its text holds the control character U+0000"),
+    "a single class": (_dataset([("text", "label")] + [(f"t {i}", "c0") for i in range(30)]),
+                       "a classifier needs at least two classes"),
+    "identical texts under different labels": (
+        _dataset(GOOD_ROWS + [(GOOD_ROWS[1][0], "c1"), (GOOD_ROWS[1][0], "c2")]),
+        "identical texts under more than one label: 1 (3 rows)"),
+    "Parquet without the label column": (_run_spec(lambda t: _spec(t, dataset={
+        "train": _parquet(t / "d.parquet", {"text": ["a", "b"], "category": ["x", "y"]})})),
+        "column 'label' (dataset.label_column) not found"),
+    "JSONL line that is not JSON": (_run_spec(lambda t: _spec(t, dataset={
+        "train": _text(t / "d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", label}\n')})),
+        "d.jsonl: line 2 is not JSON"),
     "seed larger than the data": (_run_spec(lambda t: _spec(t, dataset={"seed_size": 500})),
                                   "seed_size"),
     "test labels outside the taxonomy": (

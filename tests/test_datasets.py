@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,21 @@ def test_seed_split_is_deterministic_and_disjoint(tmp_path: Path) -> None:
          "leaves none to train on"),
         # a quoted two-line text and a blank line before the bad row: line 5, not 3
         ('text,label\n"two\nlines",x\n\n,y\n', {}, "line 5 has an empty text"),
+        ("text,label\nok,a\nnul \x00 inside,b\n", {}, "line 3: its text holds the control "
+         "character U+0000"),
+        ("text,label\nok,a\nfine,b\x1b[31m\n", {}, "line 3: its label holds the control "
+         "character U+001B"),
+        ("text,label\na,x\nb,x\nc,x\n", {}, "every row has the label 'x'; a classifier needs "
+         "at least two classes"),
+        ("text,label\nsame  text,x\nother,y\nsame text,y\n", {},
+         "identical texts under more than one label: 1 (2 rows), e.g. 'same text' under "
+         "['x', 'y']"),
     ],
 )
 def test_bad_datasets_name_the_problem(tmp_path: Path, body: str | bytes, kwargs: dict,
                                        needle: str) -> None:
     path = _csv(tmp_path, body)
-    with pytest.raises(InvalidInputError, match=needle.replace("[", r"\[").replace("]", r"\]")
-                       .replace("(", r"\(")):
+    with pytest.raises(InvalidInputError, match=re.escape(needle)):
         load_and_split(DatasetSpec(train=str(path), **{"seed_size": 2, **kwargs}))
 
 
@@ -116,3 +125,88 @@ def test_steer_fraction_that_leaves_one_part_empty_is_refused(tmp_path: Path) ->
     with pytest.raises(InvalidInputError, match="leaves none to select"):
         load_and_split(DatasetSpec(train=str(path), seed_size=20, val_fraction=0.2,
                                    steer_fraction=0.9))
+
+
+ROWS = [(f"example {c}-{i} about topic{c}", f"c{c}") for c in range(3) for i in range(10)]
+
+
+def _write_format(tmp_path: Path, fmt: str, rows: list[tuple[str, str]]) -> Path:
+    """``rows`` as a training set in ``fmt`` (the columns text and label)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"text": [r[0] for r in rows], "label": [r[1] for r in rows]})
+    if fmt == "parquet":
+        pq.write_table(table, tmp_path / "d.parquet")
+        return tmp_path / "d.parquet"
+    if fmt == "parquet shards":
+        folder = tmp_path / "shards"
+        folder.mkdir()
+        for k in range(3):  # read in name order: part-0, part-1, part-2
+            pq.write_table(table.slice(k * 10, 10), folder / f"part-{k}.parquet")
+        return folder
+    if fmt == "jsonl":
+        path = tmp_path / "d.jsonl"
+        path.write_text("".join(json.dumps({"text": t, "label": lab, "other": 1}) + "\n"
+                                for t, lab in rows))
+        return path
+    import datasets  # a real save_to_disk folder, the label as a ClassLabel
+
+    names = sorted({r[1] for r in rows})
+    data = datasets.Dataset.from_dict(
+        {"text": [r[0] for r in rows], "label": [names.index(r[1]) for r in rows]},
+        features=datasets.Features({"text": datasets.Value("string"),
+                                    "label": datasets.ClassLabel(names=names)}))
+    data.save_to_disk(str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "parquet shards", "jsonl", "hf"])
+def test_every_format_reads_as_the_same_rows(tmp_path: Path, fmt: str) -> None:
+    path = _write_format(tmp_path, fmt, ROWS)
+    data = read_labelled(resolve_data_path(str(path)), DatasetSpec(train=str(path)))
+    assert list(zip(data.texts, data.labels, strict=True)) == ROWS
+    split = load_and_split(DatasetSpec(train=str(path), seed_size=12))
+    assert split.taxonomy == ["c0", "c1", "c2"] and len(split.pool) == 18
+
+
+@pytest.mark.parametrize(("fmt", "rows", "kwargs", "needle"), [
+    ("parquet", ROWS, {"label_column": "category"},
+     "column 'category' (dataset.label_column) not found; columns are ['text', 'label']"),
+    ("parquet shards", ROWS[:12] + [("", "c1")] + ROWS[13:], {}, "part-1.parquet: row 3 has "
+     "an empty text"),
+    ("jsonl", ROWS[:4] + [("a \x00 b", "c0")] + ROWS[5:], {},
+     "row 5: its text holds the control character U+0000"),
+    ("hf", ROWS[:5] + [("x" * 60, "c0")] + ROWS[6:], {"max_text_chars": 50},
+     "hf: row 6 text is 60 characters, over dataset.max_text_chars=50"),
+])
+def test_every_format_names_the_file_and_row_of_a_problem(
+        tmp_path: Path, fmt: str, rows: list[tuple[str, str]], kwargs: dict, needle: str) -> None:
+    path = _write_format(tmp_path, fmt, rows)
+    with pytest.raises(InvalidInputError, match=re.escape(needle)):
+        load_and_split(DatasetSpec(train=str(path), seed_size=12, **kwargs))
+
+
+def test_a_datasetdict_folder_is_pointed_at_one_split(tmp_path: Path) -> None:
+    import datasets
+
+    data = datasets.Dataset.from_dict({"text": ["a", "b"], "label": ["x", "y"]})
+    datasets.DatasetDict({"train": data, "test": data}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(InvalidInputError, match=r"DatasetDict with the splits \['train', 'test'\]"
+                       ": point at one split's folder, e.g. .*dd/train"):
+        load_and_split(DatasetSpec(train=str(tmp_path / "dd"), seed_size=2))
+    split = load_and_split(DatasetSpec(train=str(tmp_path / "dd" / "train"), seed_size=2))
+    assert split.taxonomy == ["x", "y"]
+
+
+def test_conflicting_labels_are_dropped_or_kept_on_request(tmp_path: Path) -> None:
+    body = _rows(10) + "example 0-0 about topic0,c1\n"  # the same text under c0 and c1
+    path = _csv(tmp_path, body)
+    with pytest.raises(InvalidInputError, match="set dataset.conflicting_labels to drop"):
+        read_labelled(path, DatasetSpec(train=str(path)))
+    dropped = read_labelled(path, DatasetSpec(train=str(path), conflicting_labels="drop"))
+    kept = read_labelled(path, DatasetSpec(train=str(path), conflicting_labels="keep"))
+    assert (len(dropped), len(kept)) == (29, 31)
+    assert "example 0-0 about topic0" not in dropped.texts

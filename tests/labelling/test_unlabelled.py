@@ -52,7 +52,7 @@ def _stored(tmp_path: Path) -> list[tuple[str, str]]:
 TEXTS = [f"an unlabelled message number {i}" for i in range(250)]
 
 
-@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "folder"])
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet", "folder", "hf"])
 def test_every_format_is_read_and_stored_in_shards(tmp_path: Path, fmt: str) -> None:
     ids = [f"m{i}" for i in range(len(TEXTS))]
     if fmt in ("csv", "tsv"):
@@ -65,6 +65,11 @@ def test_every_format_is_read_and_stored_in_shards(tmp_path: Path, fmt: str) -> 
         path = tmp_path / "pool.jsonl"
         path.write_text("".join(json.dumps({"msg_id": i, "body": t}) + "\n"
                                 for i, t in zip(ids, TEXTS, strict=True)))
+    elif fmt == "hf":  # a real `datasets` save_to_disk folder
+        import datasets
+
+        path = tmp_path / "pool-hf"
+        datasets.Dataset.from_dict({"msg_id": ids, "body": TEXTS}).save_to_disk(str(path))
     else:
         path = tmp_path / ("pool" if fmt == "folder" else "pool.parquet")
         table = pa.table({"msg_id": ids, "body": TEXTS, "ignored": [0] * len(TEXTS)})
@@ -106,7 +111,9 @@ def test_rest_of_train_is_the_pool_as_texts(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("content,problem", [
     ("text\nfine\n\"\"\n", r"pool.csv: row 2 has an empty text"),
-    ("body\nfine\n", r"pool.csv: column 'text' not found"),
+    ("body\nfine\n", r"pool.csv: column 'text' \(dataset.unlabelled_text_column\) not found"),
+    ("text\nfine\nnot \x00 fine\n", r"pool.csv: row 2: its text holds the control character "
+     r"U\+0000"),
     ("text,id\nfine,1\nalso fine,1\n", r"pool.csv: row 2 repeats the id '1'"),
     ("text,id\nfine,1\nalso fine,\n", r"pool.csv: row 2 has no id"),
     ("text\nfine\n" + "x" * 20_001 + "\n", r"pool.csv: row 2 text is 20001 characters"),

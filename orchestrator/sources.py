@@ -1,0 +1,160 @@
+"""Reading the columns a run needs from a data file or folder, in batches.
+
+Formats, by suffix: CSV (``.csv``), TSV (``.tsv``), Parquet (``.parquet``, ``.pq``), JSONL
+(``.jsonl``, ``.ndjson``); a folder of such files (read in name order, e.g. Parquet shards); or
+a folder written by Hugging Face ``datasets``' ``save_to_disk`` (it holds ``state.json``), read
+with the ``datasets`` package (``pip install 'distillq[hf]'``), a ``ClassLabel`` column as its
+label names. Only the columns asked for are read (Parquet column by column, CSV with
+``include_columns``), in batches of ``BATCH_ROWS``, so a file of millions of rows never sits in
+memory whole unless its caller keeps it.
+
+Every problem is an ``InvalidInputError`` that names the file and, where there is one, the row
+(1: the first data row) or line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from distillq.errors import InvalidInputError
+
+BATCH_ROWS = 10_000
+SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet",
+            ".jsonl": "jsonl", ".ndjson": "jsonl"}
+HF = "hf"  # a `datasets` save_to_disk folder
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # not tab, newline, return
+
+
+def control_character(text: str) -> str | None:
+    """The first control character of ``text`` (NUL, escape, …), as ``U+0000``; None if none.
+    Tabs and line breaks are whitespace, not control characters here."""
+    found = _CONTROL.search(text)
+    return f"U+{ord(found.group()):04X}" if found else None
+
+
+def is_hf_folder(path: Path) -> bool:
+    return path.is_dir() and ((path / "state.json").is_file()
+                              or (path / "dataset_dict.json").is_file())
+
+
+def files_of(ref: str, field: str) -> list[tuple[Path, str]]:
+    """The files (and their format) behind ``ref``, the value of the spec field ``field``."""
+    path = Path(ref)
+    if is_hf_folder(path):
+        return [(path, HF)]
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in SUFFIXES)
+        if not found:
+            raise InvalidInputError(f"{field}: folder {ref} holds no "
+                                    f"{'/'.join(sorted(SUFFIXES))} file and is not a "
+                                    "`datasets` save_to_disk folder")
+        return [(p, SUFFIXES[p.suffix.lower()]) for p in found]
+    if not path.is_file():
+        raise InvalidInputError(f"{field}: {ref} does not exist")
+    if path.suffix.lower() not in SUFFIXES:
+        raise InvalidInputError(f"{field}: {ref}: unknown format {path.suffix!r}; known: "
+                                f"{sorted(SUFFIXES)} or a folder of them")
+    return [(path, SUFFIXES[path.suffix.lower()])]
+
+
+def read_columns(path: Path, kind: str, columns: Sequence[str],
+                 fields: Sequence[str]) -> Iterator[list[list[Any]]]:
+    """Batches of ``columns`` (one list per column, in that order) of one file; ``fields``
+    names the spec field each column comes from, for the error when one is missing."""
+    if kind == "jsonl":
+        yield from _read_jsonl(path, columns, fields)
+        return
+    if kind == HF:
+        yield from _read_hf(path, columns, fields)
+        return
+    try:
+        if kind == "parquet":
+            reader: Any = pq.ParquetFile(path)
+            _need(columns, fields, reader.schema_arrow.names, path)
+            stream = reader.iter_batches(batch_size=BATCH_ROWS, columns=list(columns))
+        else:
+            _need(columns, fields, _csv_names(path, kind), path)
+            stream = pacsv.open_csv(
+                path, read_options=pacsv.ReadOptions(block_size=1 << 22),
+                parse_options=pacsv.ParseOptions(delimiter="," if kind == "csv" else "\t",
+                                                 newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=list(columns),
+                    column_types={c: pa.string() for c in columns}))
+        for batch in stream:
+            yield [batch.column(c).to_pylist() for c in columns]
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidInputError(f"{path}: cannot read it as {kind}: {exc}") from None
+
+
+def _csv_names(path: Path, kind: str) -> list[str]:
+    with path.open("r", encoding="utf-8-sig", errors="replace", newline="") as f:
+        return next(csv.reader(f, delimiter="," if kind == "csv" else "\t"), [])
+
+
+def _read_jsonl(path: Path, columns: Sequence[str],
+                fields: Sequence[str]) -> Iterator[list[list[Any]]]:
+    out: list[list[Any]] = [[] for _ in columns]
+    with path.open("r", encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise InvalidInputError(f"{path}: line {n} is not JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise InvalidInputError(f"{path}: line {n} is not a JSON object")
+            for col, field, values in zip(columns, fields, out, strict=True):
+                if col not in obj:
+                    raise InvalidInputError(f"{path}: line {n} has no {col!r} field ({field})")
+                values.append(obj[col])
+            if len(out[0]) == BATCH_ROWS:
+                yield out
+                out = [[] for _ in columns]
+    if out[0]:
+        yield out
+
+
+def _read_hf(path: Path, columns: Sequence[str],
+             fields: Sequence[str]) -> Iterator[list[list[Any]]]:
+    try:
+        import datasets  # optional: pip install 'distillq[hf]'
+    except ImportError:
+        raise InvalidInputError(f"{path} is a Hugging Face `datasets` folder; reading it needs "
+                                "the datasets package: pip install 'distillq[hf]'") from None
+    try:
+        data = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise InvalidInputError(f"{path}: cannot read it as a `datasets` folder: {exc}") from None
+    if isinstance(data, datasets.DatasetDict):
+        raise InvalidInputError(f"{path} holds a DatasetDict with the splits {list(data)}: "
+                                f"point at one split's folder, e.g. {path / next(iter(data))}")
+    _need(columns, fields, data.column_names, path)
+    names = {c: data.features[c].int2str for c in columns
+             if isinstance(data.features[c], datasets.ClassLabel)}
+    for batch in data.select_columns(list(columns)).iter(batch_size=BATCH_ROWS):
+        yield [_names(batch[c], names[c]) if c in names else batch[c] for c in columns]
+
+
+def _names(values: list[Any], int2str: Any) -> list[Any]:
+    return [None if v is None or v < 0 else int2str(v) for v in values]  # -1: no label
+
+
+def _need(columns: Sequence[str], fields: Sequence[str], names: Sequence[str],
+          path: Path) -> None:
+    for col, field in zip(columns, fields, strict=True):
+        if col not in names:
+            raise InvalidInputError(f"{path}: column {col!r} ({field}) not found; columns are "
+                                    f"{list(names)}")

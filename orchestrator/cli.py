@@ -118,14 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the runs in a storage root")
     _storage_arg(p)
     _json_arg(p)
-    p = sub.add_parser("export", help="copy the best student out, ready for from_pretrained",
+    p = sub.add_parser("export", help="copy the best student out, ready to serve (Hugging "
+                       "Face folder, optionally ONNX / int8, with a model card)",
                        description="Copy the best cycle's student checkpoint (Hugging Face "
                        "format with tokenizer and label map) to DIR, ready for "
                        "AutoModelForSequenceClassification.from_pretrained(DIR) or "
-                       "pipeline('text-classification', model=DIR).")
+                       "pipeline('text-classification', model=DIR), with a model card "
+                       "(README.md). With --onnx, also model.onnx (and with --int8 "
+                       "model.int8.onnx, dynamically quantised) for ONNX Runtime, checked "
+                       "against PyTorch on the run's test texts and timed.")
     p.add_argument("run_id")
     p.add_argument("dir")
     p.add_argument("--cycle", type=int, default=None, help="a cycle other than the best")
+    p.add_argument("--onnx", action="store_true", help="also export the student as ONNX")
+    p.add_argument("--int8", action="store_true",
+                   help="with --onnx: also an int8 model (ONNX Runtime dynamic quantisation)")
     p.add_argument("--force", action="store_true",
                    help="replace DIR when it is not empty (it is swapped whole: a program "
                         "loading from DIR sees the old student or the new one, never a mix)")

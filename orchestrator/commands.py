@@ -28,6 +28,7 @@ from distillq.spec import RunSpec, TeacherSpec, load_spec
 from orchestrator.costplan import plan_costs
 from orchestrator.driver import drive, serve
 from orchestrator.embedded import LocalCluster, state_dir
+from orchestrator.exporting import export
 from orchestrator.metrics import start_metrics_server
 from orchestrator.progress import Progress
 from orchestrator.report import summary_lines, teacher_line, write_report
@@ -341,16 +342,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     cycle = args.cycle if args.cycle is not None else _best_so_far(manifest)
     if not store.has_dir(args.run_id, paths.student(cycle)):
         raise InvalidInputError(f"run {args.run_id} has no committed student for cycle {cycle}")
+    if args.int8 and not args.onnx:
+        raise InvalidInputError("export: --int8 quantises the ONNX student: add --onnx")
     out = Path(args.dir)
     if out.exists() and not out.is_dir():
         raise InvalidInputError(f"export: {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise InvalidInputError(f"export: {out} is not empty; pass --force to replace it "
                                 "(everything in it is removed)")
-    from workers.training.cycle import export_student  # deferred: torch, transformers
-
-    export_student(store, args.run_id, cycle, Path(args.dir))
-    print(f"exported the cycle {cycle} student of {args.run_id} to {args.dir}")
+    if args.onnx:
+        print("exporting to ONNX, checking it against PyTorch and timing it (a minute or so)",
+              file=sys.stderr, flush=True)
+    info = export(store, manifest, cycle, out, onnx=args.onnx, int8=args.int8)
+    print(f"exported the cycle {cycle} student of {args.run_id} to {args.dir}: "
+          f"{', '.join(info['files'])}")
+    for name, ms in info.get("latency_ms_per_64", {}).items():
+        agree = info["agreement"].get(name)
+        print(f"  {name}: {ms:.1f} ms per 64 texts"
+              + (f", agrees with PyTorch fp32 on {agree:.2%} of {info['agreement_n']} test texts"
+                 if agree is not None else ""))
     return 0
 
 

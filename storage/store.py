@@ -159,6 +159,9 @@ class ShardStore:
     def read_table(self, run_id: str, name: str) -> pa.Table:
         return self._read_parquet(layout.table_key(run_id, name), EXAMPLES)
 
+    def has_table(self, run_id: str, name: str) -> bool:
+        return self._b.exists(layout.table_key(run_id, name))
+
     def write_json(self, run_id: str, relpath: str, obj: Any) -> None:
         """Atomically write ``obj`` as JSON at ``<run_id>/<relpath>``."""
         key = layout.rel_key(run_id, relpath)

@@ -10,6 +10,7 @@ import pytest
 from manifestkit import decision, write_manifest
 
 from distillq.errors import EXIT_ERROR, EXIT_INVALID
+from distillq.spec import parse_spec
 from orchestrator.cli import main
 from storage import ShardStore
 
@@ -17,7 +18,8 @@ from storage import ShardStore
 def _run_with_student(root: Path, version: str = "v1") -> ShardStore:
     """A finished run whose cycle-0 student is committed (a stand-in checkpoint)."""
     store = ShardStore(root)
-    write_manifest(store, "r", status="done", decisions=[decision(0, 0)],
+    spec = parse_spec({"run_id": "r", "dataset": {"train": "d.csv"}}).model_dump(mode="json")
+    write_manifest(store, "r", spec=spec, status="done", decisions=[decision(0, 0)],
                    final={"best_cycle": 0, "reason": "max_cycles=0 reached"})
     src = root.parent / f"student-{version}"
     src.mkdir()
@@ -39,7 +41,8 @@ def test_export_refuses_a_folder_that_is_not_empty_unless_forced(
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"], "nothing touched"
 
     assert main([*args, "--force"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.json"], "replaced whole"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json"], \
+        "replaced whole, with its model card"
     assert json.loads((out / "config.json").read_text()) == {"version": "v1"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "store", "student-v1"], \
         "no temp or old folder left beside it"

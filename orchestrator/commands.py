@@ -182,6 +182,7 @@ def _run_embedded(spec: RunSpec, store: ShardStore, run_id: str, quiet: bool) ->
         with Progress(store, run_id, quiet=quiet) as progress:
             status = drive(store, client, run_id, app, on_tick=progress.update,
                            should_stop=stop_flag())
+            progress.refresh()  # the last tick's work (the test) settled in storage
         if status in TERMINAL:  # a failed or cancelled run's too: what it did and why
             try:
                 print(f"report: {write_report(store, run_id)}")
@@ -302,7 +303,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     store = _store(args)
     manifest = load_manifest(store, check_run_id(args.run_id))
-    with Progress(store, args.run_id) as progress:
+    # a served run's live counter (answers not yet in storage), when REDIS_URL names its Redis
+    client = _redis_from_env(ping=False) if os.environ.get("REDIS_URL") else None
+    with Progress(store, args.run_id, client=client) as progress:
         while not manifest.ended:
             progress.refresh()
             time.sleep(1.0)
@@ -372,5 +375,9 @@ def _best_so_far(manifest: Manifest) -> int:
 
 
 def _print_summary(store: ShardStore, run_id: str) -> None:
+    """How a run ended: tables for a person at a terminal, else one line per fact (logs)."""
+    if sys.stdout.isatty():
+        print_status(summarize(store, run_id), teacher_line(load_manifest(store, run_id).spec))
+        return
     for line in summary_lines(store, run_id):
         print(line)

@@ -1,92 +1,200 @@
-"""Live progress in the terminal: one bar per stage of the current cycle, one line per cycle.
+"""What a person watching a run sees (``orchestrator run``, ``orchestrator watch``).
 
-Falls back to plain log lines when the output is not a terminal (CI, pipes) or ``quiet`` is set.
+In a terminal: one live display, a row per phase a cycle really has (cycle 0: train; later
+cycles: score when they label, generate, attribute when rationales are on, train; at the end:
+test), updated in place, each with its true totals: jobs done of planned and failed, examples
+kept, requests, tokens and cost so far (from the jobs' records in storage, read once each), the
+validation score when the cycle is decided. Log records and the line each decided cycle gets
+are printed above the display, through the same console (the root logger's handlers are
+swapped for a ``RichHandler`` on it while the display runs), so nothing is written into a bar.
+
+Without a terminal (CI, a pipe) or with ``quiet``: one plain line per event — a phase begins,
+a cycle is decided — and no display.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import redis
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgress
 
 from distillq import paths
+from distillq.jobs import failed_names
 from distillq.manifest import Manifest
 from orchestrator.controller import Controller, CycleProgress
 from orchestrator.runs import labelling_row, load_manifest, spend_split, unrecorded
 from storage.store import ShardStore
 from workers.teachers.accounting import read_spend
 
+COUNTED = ("examples", "requests", "tokens_in", "tokens_out", "cost")
+
+
+@dataclass
+class Row:
+    """One phase of one cycle on the display."""
+
+    task: TaskID
+    done: int = 0
+    total: int = 1
+
 
 class Progress:
-    def __init__(self, store: ShardStore, run_id: str, quiet: bool = False):
-        self.store, self.run_id = store, run_id
+    def __init__(self, store: ShardStore, run_id: str, quiet: bool = False,
+                 client: redis.Redis | None = None):
+        self.store, self.run_id, self.client = store, run_id, client
         self.live = not quiet and sys.stderr.isatty()
         # a log (not a terminal) gets whole lines, never wrapped at 80 columns
         self.console = Console(stderr=True, width=None if self.live else 200)
         self.bars = RichProgress(
-            TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=self.console, disable=not self.live,
-        )
-        self.tasks: dict[str, Any] = {}
+            TextColumn("{task.description:<20}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=self.console,
+            disable=not self.live, refresh_per_second=4)
+        self.rows: dict[tuple[int, str], Row] = {}
+        self.stats: dict[int, dict[str, dict[str, Any]]] = {}  # cycle -> job -> its record
         self.decided = 0
         self.last_phase = ""
         self.t0 = time.monotonic()
+        self._handlers: list[logging.Handler] = []
 
     def __enter__(self) -> Progress:
         self.bars.start()
+        if self.live:  # log records go above the display, through its console
+            root = logging.getLogger()
+            self._handlers = list(root.handlers)
+            handler = RichHandler(console=self.console, show_path=False, markup=False,
+                                  rich_tracebacks=False, log_time_format="%H:%M:%S")
+            handler.setLevel(min((h.level for h in self._handlers), default=logging.INFO))
+            root.handlers = [handler]
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.bars.stop()
+        if self.live:
+            logging.getLogger().handlers = self._handlers
 
+    # ---- what drives it ------------------------------------------------------------------
     def update(self, controller: Controller) -> None:
+        """From the controller of ``orchestrator run`` (after each of its ticks)."""
         if controller.manifest is not None:
             self._print_decisions(controller.manifest, controller.redis)
-        if controller.progress is not None:
-            self._show(controller.progress)
+            if controller.progress is not None:
+                self._show(controller.progress, controller.manifest)
 
     def refresh(self) -> None:
-        """For ``watch``: progress from storage alone (no controller in this process)."""
+        """For ``watch``: the same view from storage (and the run's live counter in Redis,
+        when there is a client), for a run driven elsewhere."""
         manifest = load_manifest(self.store, self.run_id)
-        self._print_decisions(manifest)
+        self._print_decisions(manifest, self.client)
+        self._show(self._from_storage(manifest), manifest)
+
+    def _from_storage(self, manifest: Manifest) -> CycleProgress:
         cycle = manifest.cycle
+        if manifest.final is not None:
+            return CycleProgress(manifest.final.best_cycle, phase="test")
+        if self.store.read_json(self.run_id, paths.eval_report(cycle)) is not None:
+            return CycleProgress(cycle, trained=True, phase="decide")
+        if cycle == 0:
+            return CycleProgress(0, phase="train")
         plan = self.store.read_json(self.run_id, paths.plan(cycle))
-        if plan is None and cycle and _labels(manifest):  # scoring the unlabelled texts
+        if plan is None:
+            if not _labels(manifest):
+                return CycleProgress(cycle, phase="plan")
             shards = set(self.store.list_jobs(self.run_id, 0, "unlabelled"))
             scored = set(self.store.list_jobs(self.run_id, cycle, "scores")) & shards
-            self._show(CycleProgress(cycle, planned=len(shards), generated=len(scored),
-                                     phase="score" if scored < shards else "select"))
-            return
-        plan = plan or {"jobs": []}
-        jobs = set(plan["jobs"]) or ({"seed"} if cycle == 0 else set())
-        done = set(self.store.list_jobs(self.run_id, cycle, "generated")) & jobs
-        attributed = set(self.store.list_jobs(self.run_id, cycle, "attributed")) & jobs
-        self._show(CycleProgress(cycle, planned=len(jobs), generated=len(done),
-                                 attributed=len(attributed), phase="generate"))
+            return CycleProgress(cycle, planned=len(shards), generated=len(scored),
+                                 phase="score" if scored < shards else "select")
+        p = self._settled(CycleProgress(cycle))
+        p.phase = "train" if p.generated + p.failed == p.planned else "generate"
+        return p
 
-    def _show(self, p: CycleProgress) -> None:
-        scoring = p.phase in ("score", "select")  # counts are unlabelled shards scored
-        self._bar(f"cycle {p.cycle} {'score' if scoring else 'generate'}",
-                  p.generated + p.failed, p.planned)
-        if p.attributed:
-            self._bar(f"cycle {p.cycle} attribute", p.attributed, p.planned)
-        self._bar(f"cycle {p.cycle} train", int(p.trained), 1)
-        if not self.live and p.phase != self.last_phase:
-            done = "unlabelled shards scored" if scoring else "jobs generated"
-            self._say(f"cycle {p.cycle}: {p.phase} ({p.generated}/{p.planned} {done})")
-        self.last_phase = p.phase
+    # ---- the display ---------------------------------------------------------------------
+    def _show(self, p: CycleProgress, manifest: Manifest) -> None:
+        if p.phase == "test":
+            done = self.store.read_json(self.run_id, paths.TEST_RESULT) or {}
+            finished = done.get("cycle") == p.cycle
+            self._row(p.cycle, "test", int(finished), 1,
+                      f"test macro-F1 {done['macro_f1']:.4f}" if finished else "")
+            return self._event(p, f"cycle {p.cycle}: test")
+        if p.cycle > 0:
+            scoring = p.phase in ("score", "select")
+            if _labels(manifest) and ((p.cycle, "score") in self.rows or scoring):
+                row = self.rows.get((p.cycle, "score"))
+                total = p.planned if scoring else (row.total if row else p.planned)
+                self._row(p.cycle, "score", p.generated if scoring else total, total,
+                          "unlabelled shards scored" + ("; selecting" if p.phase == "select"
+                                                        else ""))
+            if scoring or p.phase == "plan":
+                return self._event(p, f"cycle {p.cycle}: {p.phase}"
+                                   + (f" ({p.generated}/{p.planned} unlabelled shards scored)"
+                                      if scoring else ""))
+            if p.phase not in ("generate", "train"):  # decided: the controller's counts
+                p = self._settled(p)  # are gone; the generation is in storage
+            self._row(p.cycle, "generate", p.generated + p.failed, p.planned,
+                      self._generation_info(p))
+            if manifest.spec.get("attribution", {}).get("enabled"):
+                self._row(p.cycle, "attribute", p.attributed, p.planned, "jobs attributed")
+        decided = next((d for d in manifest.decisions if d.cycle == p.cycle), None)
+        trained = p.trained or decided is not None
+        if p.phase in ("train", "decide") or trained:
+            self._row(p.cycle, "train", int(trained), 1,
+                      f"val {decided.metric}={decided.value:.4f}" if decided else
+                      "evaluated" if trained else "training")
+        self._event(p, f"cycle {p.cycle}: {p.phase}" + (
+            f" ({p.generated}/{p.planned} jobs generated, {p.failed} failed)"
+            if p.phase in ("generate", "train") and p.cycle else ""))
 
-    def _bar(self, name: str, done: int, total: int) -> None:
-        if name not in self.tasks:
-            self.tasks[name] = self.bars.add_task(name, total=max(total, 1))
-        self.bars.update(self.tasks[name], completed=done, total=max(total, 1))
+    def _settled(self, p: CycleProgress) -> CycleProgress:
+        """A decided cycle's generation counts, from storage."""
+        plan = self.store.read_json(self.run_id, paths.plan(p.cycle)) or {"jobs": []}
+        jobs = set(plan["jobs"])
+        done = set(self.store.list_jobs(self.run_id, p.cycle, "generated")) & jobs
+        failed = failed_names(self.store.list_names(self.run_id, paths.failed_dir(p.cycle)),
+                              "generate") & jobs - done
+        attributed = set(self.store.list_jobs(self.run_id, p.cycle, "attributed")) & jobs
+        return CycleProgress(p.cycle, planned=len(jobs), generated=len(done), failed=len(failed),
+                             attributed=len(attributed), trained=p.trained, phase=p.phase)
 
+    def _row(self, cycle: int, phase: str, done: int, total: int, info: str) -> None:
+        key = (cycle, phase)
+        if key not in self.rows:
+            self.rows[key] = Row(self.bars.add_task(f"cycle {cycle} {phase}", total=max(total, 1),
+                                                    info=info))
+        row = self.rows[key]
+        row.done, row.total = done, max(total, 1)
+        self.bars.update(row.task, completed=done, total=row.total, info=info)
+        if done >= row.total:
+            self.bars.stop_task(row.task)  # its clock stops at the time it took
+
+    def _generation_info(self, p: CycleProgress) -> str:
+        """Failed jobs, then what the committed jobs recorded: examples kept, requests,
+        tokens, cost (each job's record read once)."""
+        seen = self.stats.setdefault(p.cycle, {})
+        for job in self.store.list_jobs(self.run_id, p.cycle, "generated"):
+            if job not in seen:
+                seen[job] = self.store.read_json(self.run_id, paths.jobstats(p.cycle, job)) or {}
+        total = {k: sum(float(s.get(k, 0) or 0) for s in seen.values()) for k in COUNTED}
+        return (f"{p.failed} failed · {int(total['examples']):,} examples · "
+                f"{int(total['requests']):,} requests · "
+                f"{int(total['tokens_in'] + total['tokens_out']):,} tokens · "
+                f"cost {total['cost']:.4f}")
+
+    def _event(self, p: CycleProgress, text: str) -> None:
+        """Without a display: one line when a phase begins."""
+        key = f"{p.cycle}:{p.phase}"
+        if not self.live and key != self.last_phase:
+            self._say(text)
+        self.last_phase = key
+
+    # ---- a line per decided cycle ----------------------------------------------------------
     def _print_decisions(self, manifest: Manifest, client: redis.Redis | None = None) -> None:
         for d in manifest.decisions[self.decided:]:
             split = spend_split(self.store, self.run_id, d.cycle)
@@ -123,7 +231,7 @@ class Progress:
 
     def _say(self, text: str) -> None:
         elapsed = time.monotonic() - self.t0
-        self.console.print(f"[{elapsed:7.1f}s] {text}", highlight=False)
+        self.console.print(f"[{elapsed:7.1f}s] {text}", highlight=False, markup=False)
 
 
 def _labels(manifest: Manifest) -> bool:

@@ -31,7 +31,7 @@ def test_watch_shows_a_cycle_with_a_plan(setup: Any, capsys: pytest.CaptureFixtu
     with Progress(ctl.store, "r1") as progress:
         progress.refresh()
     out = capsys.readouterr().err  # progress goes to stderr
-    assert f"cycle 1: generate (1/{len(jobs)} jobs generated)" in out
+    assert f"cycle 1: generate (1/{len(jobs)} jobs generated, 0 failed)" in out
 
 
 def test_a_resumed_run_sets_only_its_latest_decision_against_the_live_counter(

@@ -58,6 +58,11 @@ def test_export_refuses_a_folder_that_is_not_empty_unless_forced(
     assert main(["export", "r", str(empty), "--storage", str(tmp_path / "store")]) == 0
     assert (empty / "config.json").is_file()
 
+    assert main(["export", "r", str(tmp_path / "x"), "--storage", str(tmp_path / "store"),
+                 "--int8"]) == EXIT_INVALID
+    assert "--int8 quantises the ONNX student: add --onnx" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
 
 def test_an_unreadable_run_is_exit_4_with_the_problem_named(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

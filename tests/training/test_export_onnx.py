@@ -91,9 +91,3 @@ def test_the_onnx_export_serves_without_torch_and_agrees_with_pytorch(
     fp32 = OnnxStudent(out).probs(texts)
     assert abs(fp32 - clf.predict(texts).probs).max() < 1e-4, "fp32 ONNX is PyTorch's numbers"
 
-
-def test_int8_needs_onnx(run: ShardStore, tmp_path: Path,
-                         capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["export", RUN, str(tmp_path / "x"), "--storage", run.uri, "--int8"]) == 2
-    assert "--int8 quantises the ONNX student: add --onnx" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists()

@@ -362,8 +362,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     for name, ms in info.get("latency_ms_per_64", {}).items():
         agree = info["agreement"].get(name)
         print(f"  {name}: {ms:.1f} ms per 64 texts"
-              + (f", agrees with PyTorch fp32 on {agree:.2%} of {info['agreement_n']} test texts"
-                 if agree is not None else ""))
+              + (f", agrees with PyTorch fp32 on {agree:.2%} of {info['agreement_n']} "
+                 f"{info['agreement_split']} texts" if agree is not None else ""))
     return 0
 
 

@@ -91,14 +91,15 @@ def _decode(path: Path) -> str:
 def _rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
     """Header, rows, and the file line number of the first row."""
     text = _decode(path)
-    if path.suffix == ".tab":
+    suffix = path.suffix.lower()
+    if suffix == ".tab":
         lines = text.split("\n")
         header = lines[0].rstrip("\r").split("\t")
         body = "\n".join(lines[3:])
         offset = 3  # the three header lines
         reader = csv.reader(io.StringIO(body), delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
-        delim = "," if path.suffix == ".csv" else "\t"
+        delim = "," if suffix == ".csv" else "\t"
         reader = csv.reader(io.StringIO(text), delimiter=delim)
         header = next(reader, [])
         offset = 0
@@ -112,7 +113,7 @@ def _rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
                 starts.append(offset + before + 1)
             before = reader.line_num
     except csv.Error as exc:
-        raise InvalidInputError(f"{path}: malformed {path.suffix} file near line "
+        raise InvalidInputError(f"{path}: malformed {suffix} file near line "
                                 f"{offset + reader.line_num}: {exc}") from None
     return header, rows, starts
 
@@ -208,7 +209,10 @@ def _conflicts(data: Labelled, path: Path, mode: str) -> Labelled:
     if mode == "keep":
         return data
     clash = set(rows)
-    return data.subset([i for i in range(len(data)) if i not in clash])
+    kept = data.subset([i for i in range(len(data)) if i not in clash])
+    if not len(kept):
+        raise InvalidInputError(f"{path}: no rows left once the conflicting ones are dropped")
+    return kept
 
 
 def _check_unique_ids(ids: list[str], path: Path) -> None:

@@ -36,6 +36,9 @@ def export(store: ShardStore, manifest: Manifest, cycle: int, out: Path, onnx: b
     # deferred: torch, transformers, onnxruntime are loaded only by an export
     from workers.training.cycle import export_student
 
+    if onnx:
+        _need_onnx()
+
     staging = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:12]}"
     try:
         export_student(store, manifest.run_id, cycle, staging)
@@ -48,6 +51,17 @@ def export(store: ShardStore, manifest: Manifest, cycle: int, out: Path, onnx: b
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return info
+
+
+def _need_onnx() -> None:
+    """The exporter and the runtime, or an error that says how to install them."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InvalidInputError(f"export --onnx needs {', '.join(missing)}: "
+                                "pip install 'distillq[onnx]'")
 
 
 def _onnx(store: ShardStore, run_id: str, folder: Path, int8: bool) -> dict[str, Any]:
@@ -63,24 +77,25 @@ def _onnx(store: ShardStore, run_id: str, folder: Path, int8: bool) -> dict[str,
     )
 
     export_onnx(folder, int8=int8)
-    texts = _check_texts(store, run_id)
+    split, texts = _check_texts(store, run_id)
     reference = Classifier.load(folder, "cpu").predict(texts).preds
     agreement = {}
     for name, file in (("onnx fp32", ONNX_FP32), ("onnx int8", ONNX_INT8)):
         if (folder / file).exists():
             got = OnnxStudent(folder, file).probs(texts).argmax(axis=1)
             agreement[name] = round(float((got == reference).mean()), 4)
-    return {"agreement": agreement, "agreement_n": len(texts),
+    return {"agreement": agreement, "agreement_n": len(texts), "agreement_split": split,
             "latency_ms_per_64": time_formats(folder, texts), "machine": machine_line()}
 
 
-def _check_texts(store: ShardStore, run_id: str, n: int = 512) -> list[str]:
-    """Up to ``n`` of the run's test texts (else validation texts) to check and time on."""
-    for name in ("test", "val"):
+def _check_texts(store: ShardStore, run_id: str, n: int = 512) -> tuple[str, list[str]]:
+    """Up to ``n`` of the run's test texts (else validation texts) to check and time on, and
+    which split they are from."""
+    for name, split in (("test", "test"), ("val", "validation")):
         if store.has_table(run_id, name):
             texts = store.read_table(run_id, name).column("text").to_pylist()[:n]
             if texts:
-                return list(texts)
+                return split, list(texts)
     raise InvalidInputError(f"run {run_id} has no test or validation texts to check the "
                             "ONNX student on")
 
@@ -120,8 +135,10 @@ def model_card(store: ShardStore, manifest: Manifest, cycle: int, info: dict[str
                      f"{val['accuracy']:.4f} |")
     if test.get("cycle") == cycle:
         lines.append(f"| test | {test['n']:,} | {test['macro_f1']:.4f} | {test['accuracy']:.4f} |")
-    else:
+    elif manifest.counts.get("test"):
         lines.append("| test | - | not measured for this cycle | |")
+    else:
+        lines.append("| test | - | the run had no test split | |")
     lines += _onnx_lines(info) + ["", "## Labels", "", ", ".join(f"`{x}`" for x in labels), ""]
     lines += _usage(info)
     return "\n".join(front + lines) + "\n"
@@ -137,8 +154,8 @@ def _onnx_lines(info: dict[str, Any]) -> list[str]:
     lines = ["", "## Latency and ONNX", "",
              f"Milliseconds per batch of 64 texts, tokenising included (median; {info['machine']}"
              "); agreement: the share of "
-             f"{info['agreement_n']} test texts where the format predicts the same label as "
-             "PyTorch fp32.", "", "| format | ms per 64 texts | agreement with PyTorch fp32 |",
+             f"{info['agreement_n']} {info['agreement_split']} texts where the format predicts "
+             "the same label as PyTorch fp32.", "", "| format | ms per 64 texts | agreement with PyTorch fp32 |",
              "|---|---:|---:|"]
     for name, ms in info["latency_ms_per_64"].items():
         agree = info["agreement"].get(name)
@@ -157,7 +174,8 @@ def _usage(info: dict[str, Any]) -> list[str]:
                     "no torch):", "", "```python", ONNX_SNIPPET.format(file=onnx_file), "```"]
 
 
-# Run as it stands by tests/test_export.py in a fresh process (no torch, no transformers).
+# Run as it stands by tests/training/test_export_onnx.py in a fresh process (no torch, no
+# transformers).
 ONNX_SNIPPET = """\
 import json
 import numpy as np

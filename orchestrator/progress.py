@@ -35,6 +35,8 @@ from orchestrator.runs import labelling_row, load_manifest, spend_split, unrecor
 from storage.store import ShardStore
 from workers.teachers.accounting import read_spend
 
+log = logging.getLogger(__name__)
+
 COUNTED = ("examples", "requests", "tokens_in", "tokens_out", "cost")
 
 
@@ -56,7 +58,8 @@ class Progress:
         self.console = Console(stderr=True, width=None if self.live else 200)
         self.bars = RichProgress(
             TextColumn("{task.description:<20}"), BarColumn(bar_width=30), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("{task.fields[info]}"), console=self.console,
+            TimeElapsedColumn(), TextColumn("{task.fields[info]}", markup=False),
+            console=self.console,
             disable=not self.live, refresh_per_second=4)
         self.rows: dict[tuple[int, str], Row] = {}
         self.stats: dict[int, dict[str, dict[str, Any]]] = {}  # cycle -> job -> its record
@@ -64,6 +67,7 @@ class Progress:
         self.last_phase = ""
         self.t0 = time.monotonic()
         self._handlers: list[logging.Handler] = []
+        self.view_failed = False
 
     def __enter__(self) -> Progress:
         self.bars.start()
@@ -83,22 +87,37 @@ class Progress:
 
     # ---- what drives it ------------------------------------------------------------------
     def update(self, controller: Controller) -> None:
-        """From the controller of ``orchestrator run`` (after each of its ticks)."""
-        if controller.manifest is not None:
-            self._print_decisions(controller.manifest, controller.redis)
-            if controller.progress is not None:
-                self._show(controller.progress, controller.manifest)
+        """From the controller of ``orchestrator run`` (after each of its ticks). What goes
+        wrong here is the view's problem, never the run's: logged once, the run goes on."""
+        try:
+            if controller.manifest is not None:
+                self._print_decisions(controller.manifest, controller.redis)
+                if controller.progress is not None:
+                    self._show(controller.progress, controller.manifest)
+        except Exception as exc:  # noqa: BLE001 - the display must not stop the controller
+            self._failed(exc)
 
     def refresh(self) -> None:
-        """For ``watch``: the same view from storage (and the run's live counter in Redis,
-        when there is a client), for a run driven elsewhere."""
-        manifest = load_manifest(self.store, self.run_id)
-        self._print_decisions(manifest, self.client)
-        self._show(self._from_storage(manifest), manifest)
+        """For ``watch`` (and ``run``'s last look): the same view from storage (and the run's
+        live counter in Redis, when there is a client), for a run driven elsewhere."""
+        try:
+            manifest = load_manifest(self.store, self.run_id)
+            self._print_decisions(manifest, self.client)
+            self._show(self._from_storage(manifest), manifest)
+        except Exception as exc:  # noqa: BLE001 - as in update
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        if not self.view_failed:
+            log.warning("run=%s the progress view could not be updated (%s: %s); the run goes "
+                        "on", self.run_id, type(exc).__name__, exc)
+        self.view_failed = True
 
     def _from_storage(self, manifest: Manifest) -> CycleProgress:
         cycle = manifest.cycle
         if manifest.final is not None:
+            if not manifest.counts.get("test"):  # no test split: nothing left to show
+                return CycleProgress(manifest.final.best_cycle, trained=True, phase="done")
             return CycleProgress(manifest.final.best_cycle, phase="test")
         if self.store.read_json(self.run_id, paths.eval_report(cycle)) is not None:
             return CycleProgress(cycle, trained=True, phase="decide")
@@ -118,6 +137,8 @@ class Progress:
 
     # ---- the display ---------------------------------------------------------------------
     def _show(self, p: CycleProgress, manifest: Manifest) -> None:
+        if p.phase == "done":
+            return
         if p.phase == "test":
             done = self.store.read_json(self.run_id, paths.TEST_RESULT) or {}
             finished = done.get("cycle") == p.cycle

@@ -33,12 +33,14 @@ SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".pq": "parquet
 HF = "hf"  # a `datasets` save_to_disk folder
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # not tab, newline, return
+# C0 and C1 controls but the whitespace ones (tab, line feed, vertical tab, form feed, carriage
+# return, next line: text extracted from PDFs and e-mails has them)
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
 
 
 def control_character(text: str) -> str | None:
     """The first control character of ``text`` (NUL, escape, …), as ``U+0000``; None if none.
-    Tabs and line breaks are whitespace, not control characters here."""
+    Whitespace controls (tab, line breaks, form feed) are not counted."""
     found = _CONTROL.search(text)
     return f"U+{ord(found.group()):04X}" if found else None
 
@@ -59,7 +61,11 @@ def files_of(ref: str, field: str) -> list[tuple[Path, str]]:
             raise InvalidInputError(f"{field}: folder {ref} holds no "
                                     f"{'/'.join(sorted(SUFFIXES))} file and is not a "
                                     "`datasets` save_to_disk folder")
-        return [(p, SUFFIXES[p.suffix.lower()]) for p in found]
+        kinds = sorted({SUFFIXES[p.suffix.lower()] for p in found})
+        if len(kinds) > 1:  # a test.jsonl beside train shards must not become training data
+            raise InvalidInputError(f"{field}: folder {ref} mixes {' and '.join(kinds)} files; "
+                                    "a folder is one dataset's shards, in one format")
+        return [(p, kinds[0]) for p in found]
     if not path.is_file():
         raise InvalidInputError(f"{field}: {ref} does not exist")
     if path.suffix.lower() not in SUFFIXES:

@@ -13,9 +13,10 @@ from rich.table import Table
 
 
 def console() -> Console:
-    """stdout; a pipe or a log gets whole lines (160 columns), not 80-column wraps."""
+    """stdout; a pipe or a log gets whole lines (160 columns), not 80-column wraps; text is
+    printed as it is, never read as rich markup."""
     return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160,
-                   highlight=False, soft_wrap=False)
+                   highlight=False, soft_wrap=False, markup=False)  # errors hold [brackets]
 
 
 def print_status(summary: dict[str, Any], teacher: str) -> None:

@@ -93,7 +93,10 @@ def batches(ds: DatasetSpec, split: Split) -> Iterator[Batch]:
 
 
 def _check_text(text: Any, path: Path, row: int, limit: int) -> None:
-    if not isinstance(text, str) or not text.strip():
+    if text is not None and not isinstance(text, str):
+        raise InvalidInputError(f"{path}: row {row}: its text is a {type(text).__name__}, "
+                                "not text")
+    if text is None or not text.strip():
         raise InvalidInputError(f"{path}: row {row} has an empty text")
     if len(text) > limit:
         raise InvalidInputError(f"{path}: row {row} text is {len(text)} characters, over "

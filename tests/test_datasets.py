@@ -210,3 +210,19 @@ def test_conflicting_labels_are_dropped_or_kept_on_request(tmp_path: Path) -> No
     kept = read_labelled(path, DatasetSpec(train=str(path), conflicting_labels="keep"))
     assert (len(dropped), len(kept)) == (29, 31)
     assert "example 0-0 about topic0" not in dropped.texts
+
+
+def test_whitespace_controls_pass_and_dropping_every_row_is_an_error(tmp_path: Path) -> None:
+    path = _csv(tmp_path, _rows(4) + "page one\fpage two\x85next line,c1\n")
+    data = read_labelled(path, DatasetSpec(train=str(path)))
+    assert "page one\fpage two\x85next line" in data.texts, "form feed, next line: whitespace"
+    clash = _csv(tmp_path, "text,label\nsame,a\nsame,b\n", "clash.csv")
+    with pytest.raises(InvalidInputError, match="no rows left once the conflicting ones"):
+        load_and_split(DatasetSpec(train=str(clash), seed_size=2, conflicting_labels="drop"))
+
+
+def test_a_folder_of_mixed_formats_is_refused(tmp_path: Path) -> None:
+    folder = _write_format(tmp_path, "parquet shards", ROWS)
+    (folder / "test.jsonl").write_text('{"text": "t", "label": "c0"}\n')
+    with pytest.raises(InvalidInputError, match="mixes jsonl and parquet files"):
+        load_and_split(DatasetSpec(train=str(folder), seed_size=12))

@@ -180,3 +180,16 @@ def test_status_list_and_report_print_tables_for_people_and_json_on_request(
     assert main(["report", "r1", "--storage", uri]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"report: {got['report']}\nrun r1: running") and "┃ cycle ┃" in out
+
+
+def test_the_tables_print_text_as_it_is_not_as_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    from orchestrator.tables import print_runs, print_status
+
+    cause = "1 generate job of cycle 1 failed: [type=literal_error] [/oops]"
+    spend = {f"{part}_{k}": 0.0 for part in ("paid", "wasted")
+             for k in ("tokens_in", "tokens_out", "tokens_cached", "cost", "requests")}
+    print_status({"run_id": "r", "status": "failed", "stop_reason": "x [/y]", "causes": [cause],
+                  "metric": "macro_f1", "cycles": [], "spend": spend}, teacher="t [b]")
+    print_runs([{"run_id": "r", "status": "invalid", "error": "bad [type=missing]"}])
+    out = capsys.readouterr().out
+    assert cause in out and "x [/y]" in out and "t [b]" in out and "bad [type=missing]" in out

@@ -70,8 +70,8 @@ def test_the_onnx_export_serves_without_torch_and_agrees_with_pytorch(
     # the card's ONNX Runtime snippet, as a user would paste it, in a fresh process
     snippet = card.split("```python\n")[2].split("```")[0]
     texts = run.read_table(RUN, "test").column("text").to_pylist()[:100]
-    probe = (snippet.replace('print(classify(["a text to classify"]))', "")
-             + "\nimport sys\n"
+    assert snippet.rstrip().endswith('print(classify(["a text to classify"]))')  # batch of 1
+    probe = (snippet + "\nimport sys\n"
              + f"print(json.dumps({{'labels': classify({texts!r}), "
              + "'heavy': [m for m in ('torch', 'transformers') if m in sys.modules]}))\n")
     done = subprocess.run([sys.executable, "-c", probe], cwd=out, capture_output=True, text=True,

@@ -31,7 +31,7 @@ from typing import Any
 from distillq.errors import InvalidInputError
 from distillq.spec import DatasetSpec
 from distillq.split import check_steer_split
-from orchestrator.sources import control_character, files_of, read_columns
+from orchestrator.sources import files_of, read_columns, text_cell
 
 log = logging.getLogger(__name__)
 
@@ -135,13 +135,9 @@ def read_labelled(path: Path, ds: DatasetSpec, field: str = "dataset.train") -> 
                else _columnar(path, ds, field))
     ids, texts, labels = [], [], []
     for n, (where, raw_id, text, label) in enumerate(records):
-        text, label = _value(text, where, "text"), _value(label, where, "label")
-        if len(text) > ds.max_text_chars:
-            raise InvalidInputError(f"{where} text is {len(text)} characters, over "
-                                    f"dataset.max_text_chars={ds.max_text_chars}")
-        ids.append(_value(raw_id, where, "id") if ds.id_column else str(n))
-        texts.append(text)
-        labels.append(label)
+        texts.append(text_cell(text, where, "text", ds.max_text_chars))
+        labels.append(text_cell(label, where, "label"))
+        ids.append(text_cell(raw_id, where, "id") if ds.id_column else str(n))
     if not texts:
         raise InvalidInputError(f"{path}: no examples")
     _check_unique_ids(ids, path)
@@ -172,19 +168,6 @@ def _columnar(path: Path, ds: DatasetSpec, field: str) -> Iterator[Record]:
             for raw_id, text, label in zip(ids, got[0], got[1], strict=True):
                 row += 1
                 yield f"{file}: row {row}", raw_id, text, label
-
-
-def _value(value: Any, where: str, what: str) -> str:
-    """A text, label or id as a stripped string; empty, missing or not text-like is an error."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise InvalidInputError(f"{where} has an empty {what}")
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise InvalidInputError(f"{where}: its {what} is a {type(value).__name__}, not text")
-    out = str(value).strip()
-    if bad := control_character(out):
-        raise InvalidInputError(f"{where}: its {what} holds the control character {bad} "
-                                "(a binary or corrupted file?)")
-    return out
 
 
 def _conflicts(data: Labelled, path: Path, mode: str) -> Labelled:

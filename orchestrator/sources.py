@@ -45,6 +45,24 @@ def control_character(text: str) -> str | None:
     return f"U+{ord(found.group()):04X}" if found else None
 
 
+def text_cell(value: Any, where: str, what: str, limit: int | None = None) -> str:
+    """A text, label or id read from a file, stripped, or an ``InvalidInputError`` that says
+    ``where`` (file and row or line) what is wrong: empty or missing, not text (a number is
+    taken as its digits), over ``limit`` characters, or holding a control character."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise InvalidInputError(f"{where} has an empty {what}")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InvalidInputError(f"{where}: its {what} is a {type(value).__name__}, not text")
+    out = str(value).strip()
+    if limit is not None and len(out) > limit:
+        raise InvalidInputError(f"{where} {what} is {len(out)} characters, over "
+                                f"dataset.max_text_chars={limit}")
+    if bad := control_character(out):
+        raise InvalidInputError(f"{where}: its {what} holds the control character {bad} "
+                                "(a binary or corrupted file?)")
+    return out
+
+
 def is_hf_folder(path: Path) -> bool:
     return path.is_dir() and ((path / "state.json").is_file()
                               or (path / "dataset_dict.json").is_file())

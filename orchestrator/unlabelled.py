@@ -22,15 +22,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
 from distillq.errors import InvalidInputError
 from distillq.spec import DatasetSpec
 from orchestrator.datasets import Split
-from orchestrator.sources import BATCH_ROWS, control_character, files_of, read_columns
+from orchestrator.sources import BATCH_ROWS, files_of, read_columns, text_cell
 from storage.schemas import UNLABELLED
 from storage.store import ShardStore
 from workers.teachers.parsing import normalise
@@ -78,8 +76,8 @@ def batches(ds: DatasetSpec, split: Split) -> Iterator[Batch]:
         row = 0
         for got in read_columns(path, kind, columns, fields):
             texts, ids = got[0], got[1] if id_col else [None] * len(got[0])
-            for j, text in enumerate(texts):
-                _check_text(text, path, row + j + 1, ds.max_text_chars)
+            texts = [text_cell(text, f"{path}: row {row + j + 1}", "text", ds.max_text_chars)
+                     for j, text in enumerate(texts)]
             if ds.unlabelled_id_column is None:
                 ids = [f"{path.name}:{row + j + 1}" for j in range(len(texts))]
             else:
@@ -88,22 +86,8 @@ def batches(ds: DatasetSpec, split: Split) -> Iterator[Batch]:
                         raise InvalidInputError(f"{path}: row {row + j + 1} has no id "
                                                 f"({ds.unlabelled_id_column!r})")
             yield Batch(str(path), row + 1, [str(i) for i in ids],
-                        [" ".join(str(t).split()) for t in texts])
+                        [" ".join(t.split()) for t in texts])
             row += len(texts)
-
-
-def _check_text(text: Any, path: Path, row: int, limit: int) -> None:
-    if text is not None and not isinstance(text, str):
-        raise InvalidInputError(f"{path}: row {row}: its text is a {type(text).__name__}, "
-                                "not text")
-    if text is None or not text.strip():
-        raise InvalidInputError(f"{path}: row {row} has an empty text")
-    if len(text) > limit:
-        raise InvalidInputError(f"{path}: row {row} text is {len(text)} characters, over "
-                                f"dataset.max_text_chars={limit}")
-    if bad := control_character(text):
-        raise InvalidInputError(f"{path}: row {row}: its text holds the control character "
-                                f"{bad} (a binary or corrupted file?)")
 
 
 def check_unlabelled(ds: DatasetSpec, split: Split) -> tuple[bytearray, PoolCounts]:

@@ -25,37 +25,6 @@ from storage.store import ShardStore
 pytestmark = pytest.mark.slow
 
 
-def test_embedded_run_completes_two_cycles_with_report(tmp_path: Path, corpus: Path) -> None:
-    """From a Parquet training file and a JSONL test file (the other formats' runs use CSV)."""
-    import csv
-    import json
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import yaml
-
-    spec = write_spec(tmp_path, corpus, "emb")
-    rows = list(csv.DictReader(open(tmp_path / "data.csv", encoding="utf-8")))
-    pq.write_table(pa.table({"text": [r["text"] for r in rows],
-                             "category": [r["category"] for r in rows]}), tmp_path / "d.parquet")
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data = yaml.safe_load(spec.read_text())
-    data["dataset"] |= {"train": str(tmp_path / "d.parquet"), "test": str(tmp_path / "d.jsonl")}
-    spec.write_text(yaml.safe_dump(data))
-    done = orchestrator("run", str(spec), "--quiet", env=run_env())
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    store = ShardStore(str(tmp_path / "store"))
-    manifest = store.read_json("emb", "manifest.json")
-    assert manifest["status"] == "done"
-    assert [d["cycle"] for d in manifest["decisions"]] == [0, 1]
-    generated = store.read_kind("emb", 1, "generated")
-    assert generated.num_rows > 0 and set(generated.column("source").to_pylist()) == {"teacher"}
-    assert store.read_json("emb", "test.json")["cycle"] in (0, 1)
-    report = (tmp_path / "store" / "emb" / "report" / "report.md").read_text()
-    assert "Simulated teacher" in report and "metrics.png" in report
-    assert "SIMULATED" in done.stdout
-
-
 # ---- distributed: submit + serve, controller killed mid-cycle ----------------------------
 
 @pytest.fixture

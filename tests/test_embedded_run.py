@@ -1,6 +1,9 @@
-"""`orchestrator run` in a pseudo-terminal, as a person sees it: the final screen (rendered by
-pyte, a VT100 emulator) has each cycle's phases once, their totals equal to the run's records,
-and the log records above the bars, never inside a bar's line."""
+"""An embedded `orchestrator run` end to end (embedded Redis, local workers, the simulated
+teacher, a real tiny student, two cycles: 0 and 1), from a Parquet training file and a JSONL
+test file, in a pseudo-terminal, as a person sees it: the run completes with its report, and
+the final screen (rendered by pyte, a VT100 emulator) has each cycle's phases once, their
+totals equal to the run's records, and the log records above the bars, never inside a bar's
+line."""
 
 from __future__ import annotations
 
@@ -63,14 +66,43 @@ def _screen(data: bytes) -> list[str]:
     return [line.rstrip() for line in screen.display]
 
 
-def test_the_live_view_shows_each_phase_once_with_its_totals_and_the_logs_above(
+def _parquet_and_jsonl(tmp_path: Path, spec: Path) -> None:
+    """The spec's data file as a Parquet training file and a JSONL test file."""
+    import csv
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    rows = list(csv.DictReader(open(tmp_path / "data.csv", encoding="utf-8")))
+    pq.write_table(pa.table({"text": [r["text"] for r in rows],
+                             "category": [r["category"] for r in rows]}), tmp_path / "d.parquet")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = yaml.safe_load(spec.read_text())
+    data["dataset"] |= {"train": str(tmp_path / "d.parquet"), "test": str(tmp_path / "d.jsonl")}
+    spec.write_text(yaml.safe_dump(data))
+
+
+def test_an_embedded_run_in_a_terminal_shows_each_phase_once_with_its_totals(
         tmp_path: Path, corpus: Path) -> None:
     spec = write_spec(tmp_path, corpus, "live", loop={"max_cycles": 1, "patience": 3})
+    _parquet_and_jsonl(tmp_path, spec)
     code, raw = _run_in_a_terminal([sys.executable, "-m", "orchestrator.cli", "run", str(spec)],
                                    tmp_path)
     lines = _screen(raw)
     text = "\n".join(lines)
     assert code == 0, text[-3000:]
+    store = ShardStore(str(tmp_path / "store"))
+    manifest = store.read_json("live", "manifest.json")
+    assert manifest["status"] == "done"
+    assert [d["cycle"] for d in manifest["decisions"]] == [0, 1]
+    generated = store.read_kind("live", 1, "generated")
+    assert generated.num_rows > 0 and set(generated.column("source").to_pylist()) == {"teacher"}
+    assert store.read_json("live", "test.json")["cycle"] in (0, 1)
+    report = (tmp_path / "store" / "live" / "report" / "report.md").read_text()
+    assert "Simulated teacher" in report and "metrics.png" in report
+    assert "teacher: SIMULATED" in text
     for line in lines:
         if "━━━━━━━━━━" in line and not line.startswith(("┏", "┡", "└")):  # a bar
             assert line.startswith("cycle "), f"a bar line that is not a phase's: {line!r}"
@@ -82,7 +114,6 @@ def test_the_live_view_shows_each_phase_once_with_its_totals_and_the_logs_above(
     assert names == ["cycle 0 train", "cycle 1 generate", "cycle 1 train",
                      f"cycle {_kept(tmp_path)} test"], text[-3000:]
 
-    store = ShardStore(str(tmp_path / "store"))
     for cycle in (1,):
         jobs = store.read_json("live", f"cycle={cycle}/plan.json")["jobs"]
         stats = [store.read_json("live", f"cycle={cycle}/jobstats/{j}.json") for j in jobs]

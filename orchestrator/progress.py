@@ -45,7 +45,6 @@ class Row:
     """One phase of one cycle on the display."""
 
     task: TaskID
-    done: int = 0
     total: int = 1
 
 
@@ -190,7 +189,7 @@ class Progress:
             self.rows[key] = Row(self.bars.add_task(f"cycle {cycle} {phase}", total=max(total, 1),
                                                     info=info))
         row = self.rows[key]
-        row.done, row.total = done, max(total, 1)
+        row.total = max(total, 1)
         self.bars.update(row.task, completed=done, total=row.total, info=info)
         if done >= row.total:
             self.bars.stop_task(row.task)  # its clock stops at the time it took

@@ -21,9 +21,9 @@ from orchestrator.runs import (
     cycle_stats,
     failed_attempts,
     failure_causes,
-    labelling_line,
     labelling_rows,
     load_manifest,
+    rejects_text,
     spend_split,
 )
 from storage.store import ShardStore
@@ -115,7 +115,7 @@ def labelling_lines(rows: list[dict[str, Any]], spec: dict[str, Any]) -> list[st
               "| answers per text | mean agreement | requests | tokens | cost |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        why = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items())) or "0"
+        why = rejects_text(r["rejected"]) or "0"
         agree = "" if r["agreement"] is None else f"{r['agreement']:.3f}"
         lines.append(f"| {r['cycle']} | {r['strategy']} | {r['scored']} | {r['selected']} | "
                      f"{r['labelled']} | {why} | {r['answers']} | {agree} | "
@@ -278,6 +278,17 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
     if "://" in store.uri:  # s3://bucket/key, without the URI's query (endpoint, ...)
         where = f"{store.uri.split('://', 1)[0]}://{where}"
     return f"{where}/report.md"
+
+
+def labelling_line(row: dict[str, Any]) -> str:
+    """One ``labelling_row`` in words, for the terminal (``status``, ``watch``, ``run``)."""
+    why = rejects_text(row["rejected"])
+    rejected = sum(row["rejected"].values())
+    agree = f", agreement {row['agreement']:.2f}" if row["agreement"] is not None else ""
+    return (f"cycle {row['cycle']}: labelled {row['labelled']} of {row['selected']} texts "
+            f"selected by `{row['strategy']}` from {row['scored']} scored; rejected {rejected}"
+            f"{f' ({why})' if why else ''}{agree}; {int(row['requests'])} requests, "
+            f"{int(row['tokens_in'] + row['tokens_out'])} tokens, cost {row['cost']:.4f}")
 
 
 def summary_lines(store: ShardStore, run_id: str) -> list[str]:

@@ -296,15 +296,9 @@ def labelling_rows(store: ShardStore, run_id: str, upto_cycle: int) -> list[dict
     return [row for row in rows if row is not None]
 
 
-def labelling_line(row: dict[str, Any]) -> str:
-    """One ``labelling_row`` in words, for the terminal (``status``, ``watch``, ``run``)."""
-    why = ", ".join(f"{k} {v}" for k, v in sorted(row["rejected"].items()))
-    rejected = sum(row["rejected"].values())
-    agree = f", agreement {row['agreement']:.2f}" if row["agreement"] is not None else ""
-    return (f"cycle {row['cycle']}: labelled {row['labelled']} of {row['selected']} texts "
-            f"selected by `{row['strategy']}` from {row['scored']} scored; rejected {rejected}"
-            f"{f' ({why})' if why else ''}{agree}; {int(row['requests'])} requests, "
-            f"{int(row['tokens_in'] + row['tokens_out'])} tokens, cost {row['cost']:.4f}")
+def rejects_text(rejected: dict[str, int]) -> str:
+    """Rejects by reason, ``reason count, ...`` in name order ("" for none)."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(rejected.items()))
 
 
 def labelling_row(store: ShardStore, run_id: str, cycle: int) -> dict[str, Any] | None:

@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.runs import rejects_text
+
 
 def console() -> Console:
     """stdout; a pipe or a log gets whole lines (160 columns), not 80-column wraps; text is
@@ -78,7 +80,7 @@ def labelling_table(labelling: dict[str, Any]) -> Table:
         table.add_column(name, justify="left" if name in ("strategy", "rejected (by reason)")
                          else "right")
     for r in labelling["cycles"]:
-        why = ", ".join(f"{k} {v}" for k, v in sorted(r["rejected"].items()))
+        why = rejects_text(r["rejected"])
         table.add_row(str(r["cycle"]), str(r["strategy"]), f"{r['scored'] or 0:,}",
                       str(r["selected"]), str(r["labelled"]), why or "0", str(r["answers"]),
                       "-" if r["agreement"] is None else f"{r['agreement']:.2f}",

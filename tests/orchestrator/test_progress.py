@@ -22,10 +22,7 @@ def test_watch_shows_a_cycle_with_a_plan(setup: Any, capsys: pytest.CaptureFixtu
     from orchestrator.progress import Progress
 
     ctl, sent, clock = setup()
-    ctl.tick()
-    write_eval(ctl, 0, 0.5)
-    ctl.tick()
-    ctl.tick()  # cycle 1 planned
+    plan_cycle_one(ctl)  # cycle 0 decided at 0.5, cycle 1 planned
     jobs = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"]
     commit_jobs(ctl, 1, jobs[:1])
     with Progress(ctl.store, "r1") as progress:
@@ -43,10 +40,7 @@ def test_a_resumed_run_sets_only_its_latest_decision_against_the_live_counter(
     from workers.teachers.accounting import record_spend
 
     ctl, _, _ = setup()
-    ctl.tick()
-    write_eval(ctl, 0, 0.5)
-    ctl.tick()
-    ctl.tick()  # cycle 1 planned
+    plan_cycle_one(ctl)  # cycle 0 decided at 0.5, cycle 1 planned
     jobs = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"]
     commit_jobs(ctl, 1, jobs)
     for job in jobs:

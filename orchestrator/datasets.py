@@ -162,12 +162,11 @@ def _columnar(path: Path, ds: DatasetSpec, field: str) -> Iterator[Record]:
     columns = [ds.text_column, ds.label_column] + ([ds.id_column] if ds.id_column else [])
     fields = ["dataset.text_column", "dataset.label_column", "dataset.id_column"]
     for file, kind in files_of(str(path), field):
-        row = 0
         for got in read_columns(file, kind, columns, fields[:len(columns)]):
-            ids = got[2] if ds.id_column else [None] * len(got[0])
-            for raw_id, text, label in zip(ids, got[0], got[1], strict=True):
-                row += 1
-                yield f"{file}: row {row}", raw_id, text, label
+            texts, labels = got.columns[0], got.columns[1]
+            ids = got.columns[2] if ds.id_column else [None] * len(texts)
+            for place, raw_id, text, label in zip(got.places, ids, texts, labels, strict=True):
+                yield f"{file}: {place}", raw_id, text, label
 
 
 def _conflicts(data: Labelled, path: Path, mode: str) -> Labelled:

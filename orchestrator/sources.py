@@ -9,7 +9,8 @@ label names. Only the columns asked for are read (Parquet column by column, CSV 
 memory whole unless its caller keeps it.
 
 Every problem is an ``InvalidInputError`` that names the file and, where there is one, the row
-(1: the first data row) or line.
+(1: the first data row) or, in a JSONL file, the line. Each batch carries the place of each of
+its rows in the same terms, so a caller's error about a cell points where the reader's would.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import csv
 import json
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,16 +94,32 @@ def files_of(ref: str, field: str) -> list[tuple[Path, str]]:
     return [(path, SUFFIXES[path.suffix.lower()])]
 
 
+@dataclass
+class Rows:
+    """One batch of a file: ``columns`` (one list per column asked for, in that order) and
+    ``places``, where each row sits in the file (``row 7``, or ``line 9`` in JSONL, where blank
+    lines are skipped and rows and lines part)."""
+
+    places: list[str]
+    columns: list[list[Any]]
+
+
 def read_columns(path: Path, kind: str, columns: Sequence[str],
-                 fields: Sequence[str]) -> Iterator[list[list[Any]]]:
-    """Batches of ``columns`` (one list per column, in that order) of one file; ``fields``
-    names the spec field each column comes from, for the error when one is missing."""
+                 fields: Sequence[str]) -> Iterator[Rows]:
+    """Batches of ``columns`` of one file; ``fields`` names the spec field each column comes
+    from, for the error when one is missing."""
     if kind == "jsonl":
         yield from _read_jsonl(path, columns, fields)
         return
-    if kind == HF:
-        yield from _read_hf(path, columns, fields)
-        return
+    row = 0
+    for batch in _read_hf(path, columns, fields) if kind == HF else _read_table(path, kind,
+                                                                                columns, fields):
+        yield Rows([f"row {row + j + 1}" for j in range(len(batch[0]))], batch)
+        row += len(batch[0])
+
+
+def _read_table(path: Path, kind: str, columns: Sequence[str],
+                fields: Sequence[str]) -> Iterator[list[list[Any]]]:
     try:
         if kind == "parquet":
             reader: Any = pq.ParquetFile(path)
@@ -128,8 +146,9 @@ def _csv_names(path: Path, kind: str) -> list[str]:
 
 
 def _read_jsonl(path: Path, columns: Sequence[str],
-                fields: Sequence[str]) -> Iterator[list[list[Any]]]:
+                fields: Sequence[str]) -> Iterator[Rows]:
     out: list[list[Any]] = [[] for _ in columns]
+    places: list[str] = []
     with path.open("r", encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -144,11 +163,12 @@ def _read_jsonl(path: Path, columns: Sequence[str],
                 if col not in obj:
                     raise InvalidInputError(f"{path}: line {n} has no {col!r} field ({field})")
                 values.append(obj[col])
-            if len(out[0]) == BATCH_ROWS:
-                yield out
-                out = [[] for _ in columns]
-    if out[0]:
-        yield out
+            places.append(f"line {n}")
+            if len(places) == BATCH_ROWS:
+                yield Rows(places, out)
+                out, places = [[] for _ in columns], []
+    if places:
+        yield Rows(places, out)
 
 
 def _read_hf(path: Path, columns: Sequence[str],

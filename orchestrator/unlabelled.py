@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -54,7 +55,7 @@ def _digest(text: str) -> bytes:
 @dataclass(frozen=True)
 class Batch:
     where: str  # the file (or rest_of_train)
-    first_row: int  # the row number of its first text (1: the first data row)
+    places: list[str]  # where each text sits in it: "row 7", or "line 9" in JSONL
     ids: list[str]
     texts: list[str]
 
@@ -64,7 +65,8 @@ def batches(ds: DatasetSpec, split: Split) -> Iterator[Batch]:
     if ds.unlabelled == REST_OF_TRAIN:
         pool = split.pool
         for i in range(0, len(pool), BATCH_ROWS):  # ids as in the run's pool table
-            yield Batch(REST_OF_TRAIN, i + 1, [f"pool-{x}" for x in pool.ids[i:i + BATCH_ROWS]],
+            chunk = [f"pool-{x}" for x in pool.ids[i:i + BATCH_ROWS]]
+            yield Batch(REST_OF_TRAIN, [f"row {i + j + 1}" for j in range(len(chunk))], chunk,
                         list(pool.texts[i:i + BATCH_ROWS]))
         return
     assert ds.unlabelled is not None
@@ -75,17 +77,18 @@ def batches(ds: DatasetSpec, split: Split) -> Iterator[Batch]:
     for path, kind in files_of(ds.unlabelled, "dataset.unlabelled"):
         row = 0
         for got in read_columns(path, kind, columns, fields):
-            texts, ids = got[0], got[1] if id_col else [None] * len(got[0])
-            texts = [text_cell(text, f"{path}: row {row + j + 1}", "text", ds.max_text_chars)
-                     for j, text in enumerate(texts)]
-            if ds.unlabelled_id_column is None:
+            texts = got.columns[0]
+            ids: list[Any] = got.columns[1] if id_col else [None] * len(texts)
+            texts = [text_cell(text, f"{path}: {place}", "text", ds.max_text_chars)
+                     for place, text in zip(got.places, texts, strict=True)]
+            if ds.unlabelled_id_column is None:  # the row's number, as in every earlier run
                 ids = [f"{path.name}:{row + j + 1}" for j in range(len(texts))]
             else:
-                for j, pool_id in enumerate(ids):
+                for place, pool_id in zip(got.places, ids, strict=True):
                     if pool_id is None or not str(pool_id).strip():
-                        raise InvalidInputError(f"{path}: row {row + j + 1} has no id "
+                        raise InvalidInputError(f"{path}: {place} has no id "
                                                 f"({ds.unlabelled_id_column!r})")
-            yield Batch(str(path), row + 1, [str(i) for i in ids],
+            yield Batch(str(path), got.places, [str(i) for i in ids],
                         [" ".join(t.split()) for t in texts])
             row += len(texts)
 
@@ -125,10 +128,10 @@ def _choose(ds: DatasetSpec, split: Split, counts: PoolCounts) -> bytearray:
     ids_seen: set[str] = set()
     keep = bytearray()
     for batch in batches(ds, split):
-        for j, (pool_id, text) in enumerate(zip(batch.ids, batch.texts, strict=True)):
+        for place, pool_id, text in zip(batch.places, batch.ids, batch.texts, strict=True):
             counts.read += 1
             if pool_id in ids_seen:
-                raise InvalidInputError(f"{batch.where}: row {batch.first_row + j} repeats "
+                raise InvalidInputError(f"{batch.where}: {place} repeats "
                                         f"the id {pool_id!r} of an earlier text")
             ids_seen.add(pool_id)
             key = _digest(text)

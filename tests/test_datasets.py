@@ -178,7 +178,7 @@ def test_every_format_reads_as_the_same_rows(tmp_path: Path, fmt: str) -> None:
     ("parquet shards", ROWS[:12] + [("", "c1")] + ROWS[13:], {}, "part-1.parquet: row 3 has "
      "an empty text"),
     ("jsonl", ROWS[:4] + [("a \x00 b", "c0")] + ROWS[5:], {},
-     "row 5: its text holds the control character U+0000"),
+     "d.jsonl: line 5: its text holds the control character U+0000"),
     ("hf", ROWS[:5] + [("x" * 60, "c0")] + ROWS[6:], {"max_text_chars": 50},
      "hf: row 6 text is 60 characters, over dataset.max_text_chars=50"),
 ])
@@ -187,6 +187,14 @@ def test_every_format_names_the_file_and_row_of_a_problem(
     path = _write_format(tmp_path, fmt, rows)
     with pytest.raises(InvalidInputError, match=re.escape(needle)):
         load_and_split(DatasetSpec(train=str(path), seed_size=12, **kwargs))
+
+
+def test_a_jsonl_problem_names_the_line_blank_lines_counted(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"  # the empty text is the 3rd row, on the 5th line
+    path.write_text('{"text": "a", "label": "x"}\n\n{"text": "b", "label": "y"}\n\n'
+                    '{"text": " ", "label": "x"}\n')
+    with pytest.raises(InvalidInputError, match=re.escape("d.jsonl: line 5 has an empty text")):
+        read_labelled(path, DatasetSpec(train=str(path)))
 
 
 def test_a_datasetdict_folder_is_pointed_at_one_split(tmp_path: Path) -> None:

@@ -129,6 +129,19 @@ def test_bad_input_is_named_and_nothing_is_written(tmp_path: Path, content: str,
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*.*"))
 
 
+def test_a_jsonl_pool_names_lines_and_keeps_row_numbered_ids(tmp_path: Path) -> None:
+    path = tmp_path / "pool.jsonl"  # blank lines: the 2nd text is on line 3, the 3rd on line 5
+    body = '{"text": "first new text"%s}\n\n{"text": "second new text"%s}\n\n' \
+        '{"text": "third new text"%s}\n'
+    path.write_text(body % (', "id": "z"', ', "id": "a"', ', "id": "a"'))
+    with pytest.raises(InvalidInputError, match=r"pool.jsonl: line 5 repeats the id 'a'"):
+        create_run(_spec(tmp_path, str(path), unlabelled_id_column="id"))
+    path.write_text(body % ("", "", ""))
+    create_run(_spec(tmp_path, str(path)))
+    assert _stored(tmp_path)[-2:] == [("pool.jsonl:2", "second new text"),
+                                      ("pool.jsonl:3", "third new text")]
+
+
 def test_share_needs_an_unlabelled_source(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="labelling.share > 0 needs dataset.unlabelled"):
         parse_spec({"dataset": {"train": "x.csv"}, "labelling": {"share": 0.5}})

@@ -272,7 +272,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps(summary, indent=2))
     else:
-        print_status(summary, teacher_line(load_manifest(store, run_id).spec))
+        _status_tables(store, run_id, summary)
     return 0
 
 
@@ -334,8 +334,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps({"report": str(path), **summarize(store, args.run_id)}, indent=2))
         return 0
     print(f"report: {path}")
-    manifest = load_manifest(store, args.run_id)
-    print_status(summarize(store, args.run_id), teacher_line(manifest.spec))
+    _status_tables(store, args.run_id, summarize(store, args.run_id))
     return 0
 
 
@@ -374,10 +373,16 @@ def _best_so_far(manifest: Manifest) -> int:
     return best
 
 
+def _status_tables(store: ShardStore, run_id: str, summary: dict[str, Any]) -> None:
+    """``status``'s tables, under the teacher's line (simulated by its spec or its answers)."""
+    answered_by_sim = summary["spend"]["paid_requests_simulated"]
+    print_status(summary, teacher_line(load_manifest(store, run_id).spec, answered_by_sim))
+
+
 def _print_summary(store: ShardStore, run_id: str) -> None:
     """How a run ended: tables for a person at a terminal, else one line per fact (logs)."""
     if sys.stdout.isatty():
-        print_status(summarize(store, run_id), teacher_line(load_manifest(store, run_id).spec))
+        _status_tables(store, run_id, summarize(store, run_id))
         return
     for line in summary_lines(store, run_id):
         print(line)

@@ -21,6 +21,7 @@ from distillq import paths
 from distillq.errors import InvalidInputError
 from distillq.manifest import Manifest
 from orchestrator.report import teacher_line
+from orchestrator.runs import simulated, spend
 from storage.backends import swap_in
 from storage.store import ShardStore
 
@@ -108,7 +109,7 @@ def model_card(store: ShardStore, manifest: Manifest, cycle: int, info: dict[str
     sources = Counter(store.training_set(run_id, cycle).column("source").to_pylist())
     val = store.read_json(run_id, paths.eval_report(cycle)) or {}
     test = store.read_json(run_id, paths.TEST_RESULT) or {}
-    simulated = spec["teacher"]["kind"] == "sim"
+    answered_by_sim = spend(store, run_id, manifest.cycle)["requests_simulated"]
     base = spec["student"]["model"]
     front = ["---", "library_name: transformers", "pipeline_tag: text-classification",
              "tags: [text-classification, distillation, distillq"
@@ -121,8 +122,8 @@ def model_card(store: ShardStore, manifest: Manifest, cycle: int, info: dict[str
              + (" (the cycle the run kept by its validation score)."
                 if manifest.final is not None and manifest.final.best_cycle == cycle else "."),
              f"Base model: `{base}`; it reads the first {_max_length(spec)} tokens of a text.", "",
-             "## Teacher", "", f"{teacher_line(spec)}."]
-    if simulated:
+             "## Teacher", "", f"{teacher_line(spec, answered_by_sim)}."]
+    if simulated(spec, answered_by_sim):
         lines += ["", "**The teacher was simulated**: its answers came from a pool of real "
                   "labelled examples, not from an LLM. The scores below show what the loop "
                   "does with a near-perfect teacher, not what a real LLM teacher would give."]

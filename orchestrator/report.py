@@ -24,6 +24,7 @@ from orchestrator.runs import (
     labelling_rows,
     load_manifest,
     rejects_text,
+    simulated,
     spend_split,
 )
 from storage.store import ShardStore
@@ -34,14 +35,20 @@ SIM_NOTE = ("> **Simulated teacher.** This run's teacher was distillq's simulate
             "Teacher quality, tokens, latency and cost below are those of the simulation.")
 
 
-def teacher_line(spec: dict[str, Any]) -> str:
+def teacher_line(spec: dict[str, Any], simulated_requests: float = 0) -> str:
     """The teacher as the report and the summary name it: model and host, never a key, and
-    whether it is real or the simulation."""
+    whether it is real or the simulation. ``simulated_requests``: the requests that
+    distillq's simulated teacher answered (``requests_simulated`` of the job statistics), so
+    the simulation reached as a real server (``teacher.kind: openai``) is named too."""
     teacher = spec["teacher"]
     if teacher["kind"] == "sim":
         return ("SIMULATED (distillq's simulated teacher: answers from a pool of real labelled "
                 "examples)")
     host = host_of(str(teacher.get("base_url") or ""))
+    if simulated_requests:
+        return (f"SIMULATED: `{teacher['model']}` at {host} is distillq's simulated teacher "
+                f"({int(simulated_requests):,} answers say so), reached as a real server "
+                "(teacher.kind openai)")
     return f"`{teacher['model']}` at {host} (a real OpenAI-compatible server)"
 
 
@@ -68,7 +75,7 @@ def _teacher_totals(store: ShardStore, run_id: str, n_cycles: int) -> list[dict[
         wasted = failed_attempts(store, run_id, cycle)
         row = {k: sum(float(s.get(k, 0) or 0) for s in stats + wasted)
                for k in ("requests", "tokens_in", "tokens_cached", "tokens_out", "cost",
-                         "latency_s")}
+                         "latency_s", "requests_simulated")}
         row["examples"] = sum(float(s.get("examples", 0) or 0) for s in stats)
         row["wasted_tokens"] = sum(float(s.get("tokens_in", 0) or 0)
                                    + float(s.get("tokens_out", 0) or 0) for s in wasted)
@@ -192,7 +199,8 @@ def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, A
     spec = manifest.spec
     causes, labelled = causes or [], labelled or []
     lines = [f"# distillq run `{manifest.run_id}`", ""]
-    if spec["teacher"]["kind"] == "sim":
+    answered_by_sim = sum(r.get("requests_simulated", 0) for r in rows)
+    if simulated(spec, answered_by_sim):
         lines += [SIM_NOTE, ""]
     final_best = manifest.final.best_cycle if manifest.final is not None else None
     lines += [f"Status: **{manifest.status}** — {manifest.stop_reason or ''}",
@@ -213,7 +221,8 @@ def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, A
                   f"{test.get('macro_f1', 0):.4f}, weighted-F1 {test.get('weighted_f1', 0):.4f}"
                   f" on {test.get('n', test.get('support', '?'))} examples."]
     lines += ["", "## Teacher spend per cycle", "",
-              f"Teacher: {teacher_line(spec)}. Every paid request is counted: those of committed "
+              f"Teacher: {teacher_line(spec, answered_by_sim)}. Every paid request is counted: "
+              "those of committed "
               "jobs and those of failed attempts (wasted: their answers were thrown away).", "",
               "| cycle | requests | retries | malformed / truncated answers | examples rejected "
               "| examples kept | tokens in (of them cached) | tokens out | cost "
@@ -296,9 +305,9 @@ def summary_lines(store: ShardStore, run_id: str) -> list[str]:
     lines = [f"run {run_id}: {manifest.status} ({manifest.stop_reason or ''})"]
     if manifest.status in ("failed", "cancelled"):
         lines += [f"  cause: {cause}" for cause in failure_causes(store, manifest)]
-    lines.append(f"teacher: {teacher_line(manifest.spec)}")
     split = spend_split(store, run_id, manifest.cycle)
     paid, wasted = split["paid"], split["wasted"]
+    lines.append(f"teacher: {teacher_line(manifest.spec, paid['requests_simulated'])}")
     lines.append(f"  paid: {int(paid['requests'])} requests, "
                  f"{int(paid['tokens_in'] + paid['tokens_out'])} tokens, cost "
                  f"{paid['cost']:.4f}; of it wasted on failed attempts: "

@@ -74,3 +74,37 @@ def test_a_run_that_failed_before_any_cycle_trained_gets_a_report(setup: Any) ->
     text = Path(write_report(ctl.store, "r1")).read_text()
     assert "Status: **failed** — train of cycle 0 failed: OutOfMemoryError: x" in text
     assert "- 1 train job of cycle 0 failed: OutOfMemoryError: x" in text
+
+
+def test_the_simulation_reached_as_a_real_server_is_reported_as_simulated(
+        setup: Any, capsys: Any) -> None:
+    """`teacher.kind: openai` pointed at distillq's simulated teacher: its answers say so
+    (``requests_simulated`` of the job statistics), and the report, the summary, `status`
+    and the model card's teacher line name the simulation, not a real server."""
+    import json
+
+    from distillq import paths
+    from orchestrator.cli import main
+    from orchestrator.report import summary_lines, teacher_line, write_report
+
+    teacher = {"kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "distillq-sim"}
+    ctl, _, _ = setup(teacher=teacher)
+    plan_cycle_one(ctl)
+    job = ctl.store.read_json("r1", "cycle=1/plan.json")["jobs"][0]
+    spec = load_manifest(ctl.store, "r1").spec
+    text = Path(write_report(ctl.store, "r1")).read_text()
+    assert "Simulated teacher" not in text and "(a real OpenAI-compatible server)" in text
+    ctl.store.write_json("r1", paths.failed_attempt(1, job, "t0"),
+                         {"requests": 2, "requests_simulated": 2, "tokens_in": 90,
+                          "tokens_out": 30, "cost": 0.01})
+    text = Path(write_report(ctl.store, "r1")).read_text()
+    named = ("SIMULATED: `distillq-sim` at 127.0.0.1:8000 is distillq's simulated teacher "
+             "(2 answers say so), reached as a real server (teacher.kind openai)")
+    assert text.split("\n")[2].startswith("> **Simulated teacher.**") and named in text
+    assert teacher_line(spec, 2) == named
+    assert f"teacher: {named}" in summary_lines(ctl.store, "r1")
+    assert main(["status", "r1", "--storage", ctl.store.uri]) == 0
+    assert f"teacher: {named}" in capsys.readouterr().out.replace("\n", " ")
+    assert main(["status", "r1", "--storage", ctl.store.uri, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["teacher_simulated"] is True and got["spend"]["paid_requests_simulated"] == 2

@@ -103,8 +103,14 @@ def test_a_model_the_server_does_not_list_is_named_in_a_warning(server: Server) 
     assert "warning" not in preflight(teacher(unlisted)).line()
 
 
-def test_the_simulated_teacher_passes(sim: SimFactory) -> None:
-    assert preflight(teacher(sim())).host.startswith("127.0.0.1:")
+def test_the_simulated_teacher_passes_and_is_named_as_the_simulation(
+        sim: SimFactory, server: Server) -> None:
+    got = preflight(TeacherSpec(kind="openai", base_url=sim(), model="distillq-sim"))
+    assert got.host.startswith("127.0.0.1:") and got.simulated
+    assert got.line().endswith("; it is distillq's SIMULATED teacher, not an LLM, and the "
+                               "report will say so")
+    url, _ = server((200, CHAT))  # no system_fingerprint: a real server, as far as we know
+    assert "SIMULATED" not in preflight(teacher(url)).line()
 
 
 def test_a_server_that_is_not_listening() -> None:

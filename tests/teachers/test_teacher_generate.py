@@ -37,7 +37,7 @@ def test_job_is_split_into_requests_and_accounted(sim: SimFactory, seen, redis_c
     assert set(table.column("label").to_pylist()) == {"refund"}
     assert set(table.column("teacher_model").to_pylist()) == {"distillq-sim"}
     assert set(table.column("prompt_id").to_pylist()) == {f"c01-0000-r0{i}" for i in range(3)}
-    assert stats["requests"] == 3 == sim_stats(url)["ok"]
+    assert stats["requests"] == 3 == sim_stats(url)["ok"] == stats["requests_simulated"]
     expected = (stats["tokens_in"] * 0.5 + stats["tokens_out"] * 2.0) / 1000
     assert stats["cost"] == pytest.approx(expected)
     assert sum(table.column("cost").to_pylist()) == pytest.approx(stats["cost"])
@@ -366,3 +366,13 @@ def test_a_job_beats_while_its_requests_wait_for_a_slot(
     assert len(beats) >= 2 and all(b <= took for b in beats)
     time.sleep(1.2)
     assert all(b <= took for b in beats), "no beat after the job"
+
+
+def test_the_simulation_reached_as_a_real_server_marks_its_answers(
+        sim: SimFactory, seen, redis_client) -> None:
+    """teacher.kind openai at the simulated teacher's URL: its system_fingerprint marks every
+    answer, so the run's report can say the teacher was simulated (tests/orchestrator)."""
+    url = sim(seed=3)
+    result = _run(url, redis_client, make_job(seen, n=8),
+                  teacher={"kind": "openai", "base_url": f"{url}/v1", "model": "distillq-sim"})
+    assert result.stats["requests"] == 1 == result.stats["requests_simulated"]

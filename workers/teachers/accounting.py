@@ -62,9 +62,11 @@ class RequestRecord:
     attempts: int = 0
     kept: int = 0
     cached_tokens: int = 0  # of input_tokens, served from the provider's prompt cache
+    simulated: bool = False  # an answer came from distillq's simulated teacher
 
     def add(self, input_tokens: int, output_tokens: int, latency_s: float, cost: float,
-            cached_tokens: int = 0) -> None:
+            cached_tokens: int = 0, simulated: bool = False) -> None:
+        self.simulated = self.simulated or simulated
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
         self.latency_s += latency_s
@@ -103,6 +105,7 @@ class Tally:
             "tokens_in": sum(r.input_tokens for r in reqs),
             "tokens_out": sum(r.output_tokens for r in reqs),
             "tokens_cached": sum(r.cached_tokens for r in reqs),
+            "requests_simulated": sum(r.simulated for r in reqs),
             "cost": sum(r.cost for r in reqs),
             "latency_s": round(sum(r.latency_s for r in reqs), 4),
             "retries_by_reason": dict(self.retries),

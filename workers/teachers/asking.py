@@ -201,7 +201,8 @@ async def _complete(ask: Asking, messages: list[dict[str, str]], n: int, record:
     cost = request_cost(ask.price, done.input_tokens, done.output_tokens, done.cached_tokens)
     paid = bool(done.input_tokens or done.output_tokens)
     first = paid and not (record.input_tokens or record.output_tokens)
-    record.add(done.input_tokens, done.output_tokens, done.latency_s, cost, done.cached_tokens)
+    record.add(done.input_tokens, done.output_tokens, done.latency_s, cost, done.cached_tokens,
+               done.simulated)
     record.api_id = done.api_id
     if paid:  # on the run's counter now, not when the whole job is done; only examples
         # teach the limiter what an example costs (``output_tokens_per_example``)

@@ -1,6 +1,8 @@
 """A chat completion as distillq reads it: the answer's text, what it cost (``usage``, with the
-input tokens a provider served from its prompt cache), and why it ended (``finish_reason``:
-``length`` means cut at ``max_tokens``)."""
+input tokens a provider served from its prompt cache), why it ended (``finish_reason``:
+``length`` means cut at ``max_tokens``), and whether distillq's simulated teacher wrote it (its
+``system_fingerprint``), so a run pointed at the simulation as at a real server
+(``teacher.kind: openai``) is still reported as simulated."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from workers.teachers.errors import TeacherTransientError
+
+SIM_FINGERPRINT = "distillq-simulated-teacher"  # workers.teachers.sim's system_fingerprint
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class Completion:
     model: str
     finish_reason: str = ""  # "length": cut at max_tokens
     cached_tokens: int = 0  # of input_tokens, read from the provider's prompt cache
+    simulated: bool = False  # written by distillq's simulated teacher, not an LLM
 
     @property
     def truncated(self) -> bool:
@@ -50,6 +55,7 @@ def read_completion(raw: bytes, latency: float, estimate: int, model: str) -> Co
         model=str(data.get("model") or model),
         finish_reason=str(choice.get("finish_reason") or ""),
         cached_tokens=cached_tokens(usage),
+        simulated=data.get("system_fingerprint") == SIM_FINGERPRINT,
     )
 
 

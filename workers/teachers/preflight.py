@@ -15,7 +15,8 @@ After an answer it asks ``GET /v1/models``: a server that lists its models witho
 spec's ``model`` answered anyway — llama-cpp-python answers any name with the one model it
 serves, and names that model as asked in its answers and so in distillq's records — so the
 line printed says so, naming the models listed. A server without the endpoint is not
-questioned.
+questioned. An answer from distillq's simulated teacher (its ``system_fingerprint``) is named
+as the simulation in that line, as the run's report will name it.
 """
 
 from __future__ import annotations
@@ -52,10 +53,13 @@ class Preflight:
     rate_limited: bool = False
     asked: str = ""  # the spec's model
     listed: tuple[str, ...] = ()  # the server's models, where they lack ``asked``
+    simulated: bool = False  # the answer came from distillq's simulated teacher
 
     def line(self) -> str:
         busy = " (rate limited now: the run will wait for it)" if self.rate_limited else ""
         line = f"teacher {self.model} at {self.host} answered in {self.latency_s:.2f}s{busy}"
+        if self.simulated:
+            line += "; it is distillq's SIMULATED teacher, not an LLM, and the report will say so"
         if self.listed:
             shown = ", ".join(repr(m) for m in self.listed[:5])
             more = f" and {len(self.listed) - 5} more" if len(self.listed) > 5 else ""
@@ -137,7 +141,8 @@ def _answered(raw: bytes, endpoint: Endpoint, latency: float, where: str) -> Pre
         head = endpoint.blank(raw.decode("utf-8", "replace"))[:200]
         raise TeacherUnavailableError(f"{where} answered, but not with a chat completion: "
                                       f"{head!r}") from None
-    return Preflight(answer.model, host_of(endpoint.base_url), latency)
+    return Preflight(answer.model, host_of(endpoint.base_url), latency,
+                     simulated=answer.simulated)
 
 
 def _server_message(raw: bytes, endpoint: Endpoint) -> str:

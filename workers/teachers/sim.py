@@ -49,6 +49,7 @@ import pyarrow as pa
 from aiohttp import web
 
 from workers.teachers.asking import RE_ASK_MARK_RE
+from workers.teachers.completion import SIM_FINGERPRINT
 from workers.teachers.prefixcache import PrefixCache
 from workers.teachers.simpool import Pool, answer, load_pool, read_prompt
 
@@ -208,7 +209,7 @@ class Simulator:
         return {
             "id": f"chatcmpl-sim-{key[:16]}-{attempt}", "object": "chat.completion",
             "created": int(time.time()), "model": SIM_MODEL,
-            "system_fingerprint": "distillq-simulated-teacher",
+            "system_fingerprint": SIM_FINGERPRINT,  # how a run knows it was simulated
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                          "finish_reason": "length" if truncated else "stop"}],
             "usage": {"prompt_tokens": prompt_tokens,

@@ -322,7 +322,8 @@ def labelling_row(store: ShardStore, run_id: str, cycle: int) -> dict[str, Any] 
     rejects: Counter[str] = Counter()
     for s in stats + wasted:
         rejects.update(s.get("rejects_by_reason") or {})
-    agreement = [float(s["agreement"]) for s in stats if s.get("agreement") is not None]
+    agreement = [float(s["agreement"]) for s in stats  # one answer a text: no agreement
+                 if s.get("agreement") is not None and int(s.get("self_consistency", 1)) > 1]
     return {
         "cycle": cycle, "strategy": chosen.get("strategy"), "scored": chosen.get("scored"),
         "selected": len(chosen.get("texts", [])),

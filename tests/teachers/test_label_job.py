@@ -45,6 +45,7 @@ def test_an_answer_outside_the_taxonomy_is_rejected_and_not_stored(
                     redis=redis_client, base_url=url)
     assert got.table.num_rows == 5
     assert got.stats["rejects_by_reason"] == {"label_not_in_taxonomy": 1, "unlabelled": 1}
+    assert got.stats["agreement"] is None, "one answer a text: nothing to agree with"
 
 
 def test_an_answer_cut_short_is_asked_again_in_halves_keeping_the_keys(

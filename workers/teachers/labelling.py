@@ -72,7 +72,9 @@ def label_job(spec: RunSpec, job: dict[str, Any], *, run_id: str, cycle: int,
     voted = majority(got) if got else {}
     rows = _rows(job, voted, answers, tally, {"run_id": run_id, "cycle": cycle,
                                               "job_id": job_id})
-    agreement = [share for _, share in voted.values()]
+    # the share of a text's answers that gave its kept label; one answer a text agrees with
+    # itself, which says nothing, so no agreement is recorded then
+    agreement = [share for _, share in voted.values()] if len(prompts) > 1 else []
     stats = {**tally.stats(len(rows)), "job_id": job_id, "cycle": cycle, "kind": "label",
              "requested": len(job.get("texts", [])), "teacher_model": answer_model(answers),
              "self_consistency": len(prompts),

@@ -26,6 +26,7 @@ import redis
 from distillq import paths
 from distillq.errors import BudgetExceededError
 from distillq.jobs import JobId, failed_names
+from distillq.keys import SPEND_KEY
 from distillq.manifest import Manifest, Status, save_manifest
 from distillq.plans import write_plan
 from distillq.runstate import cancel_pending
@@ -126,6 +127,9 @@ class Controller:
         if cycle == 0:
             return ["seed"]
         if cycle in self._plans:
+            if has_caps(self._spec.budget) and not self.redis.exists(
+                    SPEND_KEY.format(run_id=self.run_id)):
+                self._restore_spend(cycle)  # Redis lost the counter mid-cycle (one EXISTS)
             return self._plans[cycle]
         plan = self.store.read_json(self.run_id, paths.plan(cycle))
         if plan is None:
@@ -146,7 +150,9 @@ class Controller:
             log.info("run=%s cycle=%d planned %d generation jobs%s", self.run_id, cycle,
                      len(jobs) - labelling, f" and {labelling} labelling jobs" if labelling
                      else "")
-            self._restore_spend(cycle)
+        # the first time this controller meets the cycle: planned now, or mid-cycle after a
+        # restart or `resume` on a Redis that lost the counter
+        self._restore_spend(cycle)
         self._plans[cycle] = list(plan["jobs"])
         self._labelling[cycle] = set(plan.get("labelling", []))
         return self._plans[cycle]
@@ -261,11 +267,12 @@ class Controller:
         log.info("run=%s cycle=%d stopped: %s; best cycle %d", self.run_id, cycle, reason, best)
 
     def _restore_spend(self, cycle: int) -> None:
-        """Before a cycle's jobs go out, make the Redis spend counter the workers check the
-        budget against at least what storage recorded (Redis may have lost it)."""
+        """Before this controller sends a cycle's jobs, make the Redis spend counter the
+        workers check the budget against at least what storage recorded up to and in the
+        cycle (Redis may have lost it); what was in flight when it was lost is not recorded."""
         if not has_caps(self._spec.budget):
             return
-        added = restore_spend(self.redis, self.run_id, spend(self.store, self.run_id, cycle - 1))
+        added = restore_spend(self.redis, self.run_id, spend(self.store, self.run_id, cycle))
         if added:
             log.warning("run=%s the spend counter was behind storage; restored %s",
                         self.run_id, added)

@@ -22,6 +22,7 @@ from controller_kit import (
     write_eval,
 )
 
+from distillq import paths
 from distillq.plans import read_job
 from orchestrator.controller import Controller
 from orchestrator.runs import create_run, load_manifest
@@ -229,6 +230,30 @@ def test_a_lost_spend_counter_is_restored_from_storage_before_a_cycle(
     n = len(jobs)
     assert got == {"tokens_in": 100 * n, "tokens_out": 50 * n, "tokens": 150 * n,
                    "cost": pytest.approx(0.25 * n), "requests": 2 * n}
+
+
+def test_a_controller_restarted_mid_cycle_restores_the_spend_of_that_cycle_too(
+        setup: Any, redis_client: redis.Redis) -> None:
+    """`resume` on a fresh embedded Redis, or a restart after Redis lost its data, in the
+    middle of a cycle: the budget counts what the cycle's committed jobs and failed attempts
+    paid before the rest of its jobs go out, not only the cycles before it."""
+    from workers.teachers.accounting import read_spend
+
+    ctl, sent, jobs = _into_cycle_one(setup, budget={"max_tokens": 10_000})
+    commit_jobs(ctl, 1, jobs[:1])
+    ctl.store.write_json("r1", f"cycle=1/jobstats/{jobs[0]}.json", {
+        "tokens_in": 100, "tokens_out": 50, "cost": 0.25, "requests": 2})
+    ctl.store.write_json("r1", paths.failed_attempt(1, jobs[1], "t0"), {
+        "tokens_in": 10, "tokens_out": 5, "cost": 0.05, "requests": 1})
+    redis_client.flushall()
+    restarted = Controller(ctl.store, redis_client, "r1", lambda *a: None, clock=Clock())
+    restarted.tick()
+    paid = {"tokens_in": 110, "tokens_out": 55, "tokens": 165, "cost": pytest.approx(0.3),
+            "requests": 3}
+    assert read_spend(redis_client, "r1") == paid
+    redis_client.flushall()  # lost again, under the same controller, mid-cycle
+    restarted.tick()
+    assert read_spend(redis_client, "r1") == paid
 
 
 def test_a_job_that_never_answers_is_failed_after_max_sends(

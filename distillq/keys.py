@@ -24,6 +24,9 @@ STARTED_KEY = "dq:{run_id}:started"  # send key -> when a worker last marked it 
 EVENTS_KEY = "dq:{run_id}:events"  # list: a worker committed; the controller wakes
 TEACHER_URL_KEY = "dq:{run_id}:teacher_url"  # where the embedded sim teacher listens
 SPEND_KEY = "dq:{run_id}:spend"  # hash: teacher tokens, cost and requests so far
+# set once the controller has raised SPEND_KEY to what storage recorded; a Redis that lost its
+# data lacks it even after workers have added to SPEND_KEY again, so the controller restores
+SPEND_CHECKED_KEY = "dq:{run_id}:spend_checked"
 REASKS_KEY = "dq:{run_id}:reasks"  # hash: job -> its attempts that failed on the answers
 
 # per teacher endpoint: namespace = RATELIMIT_PREFIX + a hash of base URL and model

@@ -26,7 +26,7 @@ import redis
 from distillq import paths
 from distillq.errors import BudgetExceededError
 from distillq.jobs import JobId, failed_names
-from distillq.keys import SPEND_KEY
+from distillq.keys import SPEND_CHECKED_KEY
 from distillq.manifest import Manifest, Status, save_manifest
 from distillq.plans import write_plan
 from distillq.runstate import cancel_pending
@@ -128,8 +128,8 @@ class Controller:
             return ["seed"]
         if cycle in self._plans:
             if has_caps(self._spec.budget) and not self.redis.exists(
-                    SPEND_KEY.format(run_id=self.run_id)):
-                self._restore_spend(cycle)  # Redis lost the counter mid-cycle (one EXISTS)
+                    SPEND_CHECKED_KEY.format(run_id=self.run_id)):
+                self._restore_spend(cycle)  # Redis lost its data mid-cycle (one EXISTS)
             return self._plans[cycle]
         plan = self.store.read_json(self.run_id, paths.plan(cycle))
         if plan is None:
@@ -273,6 +273,7 @@ class Controller:
         if not has_caps(self._spec.budget):
             return
         added = restore_spend(self.redis, self.run_id, spend(self.store, self.run_id, cycle))
+        self.redis.set(SPEND_CHECKED_KEY.format(run_id=self.run_id), 1)
         if added:
             log.warning("run=%s the spend counter was behind storage; restored %s",
                         self.run_id, added)

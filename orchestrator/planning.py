@@ -76,9 +76,13 @@ class Planner:
              selection: list[Item] | None = None) -> list[Item]:
         """The cycle's jobs: PGKD generation for its share of ``examples_per_cycle``, then
         (with ``labelling.share``) one labelling job per ``texts_per_request`` of the
-        ``selection`` (the select job's texts: ``{"id", "text", ...}``)."""
-        jobs = self._generation(cycle, report, self.gen.examples_per_cycle
-                                - label_budget(self.gen, self.labelling))
+        ``selection`` (the select job's texts: ``{"id", "text", ...}``). In the mixed mode
+        (0 < share < 1) a selection short of the labelling budget (the unlabelled texts are
+        running out) leaves the rest to generation; ``share: 1`` never generates."""
+        labelled = label_budget(self.gen, self.labelling)
+        if 0 < self.labelling.share < 1:
+            labelled = min(labelled, len(selection or []))
+        jobs = self._generation(cycle, report, self.gen.examples_per_cycle - labelled)
         per = self.labelling.texts_per_request
         for start in range(0, len(selection or []), per):
             batch = (selection or [])[start:start + per]

@@ -202,3 +202,22 @@ def test_the_prompts_of_a_planned_cycle_share_their_first_part() -> None:
                for t in texts]
         assert len({t[:i] for t, i in zip(texts, own, strict=True)}) == 1
         assert ("Hard negatives" in texts[0][: own[0]]) == shared
+
+
+def test_a_mixed_cycle_gives_what_it_cannot_label_to_generation() -> None:
+    """share 0.5 of 40: 20 texts to label; a selection of 6 (the unlabelled texts are running
+    out) leaves 34 to generation. Labelling only (share 1) never generates."""
+    from distillq.spec import LabellingSpec
+
+    def counts(share: float, selected: int) -> tuple[int, int]:
+        gen = GenerationSpec(examples_per_cycle=40, examples_per_request=5)
+        lab = LabellingSpec(share=share, texts_per_request=4)
+        texts = [{"id": f"u{i}", "text": f"text {i}"} for i in range(selected)]
+        jobs = Planner(gen, TAX, _seed(), labelling=lab).plan(1, _report(), texts)
+        return (sum(j["n_examples"] for j in jobs if j.get("kind") != "label"),
+                sum(j["n_examples"] for j in jobs if j.get("kind") == "label"))
+
+    assert counts(0.5, 20) == (20, 20)
+    assert counts(0.5, 6) == (34, 6)
+    assert counts(0.5, 0) == (40, 0)
+    assert counts(1.0, 6) == (0, 6)

@@ -23,10 +23,11 @@ RESENDS = "dq:{run_id}:resends"  # re-sends of decided cycles' jobs, entries dro
 STARTED_KEY = "dq:{run_id}:started"  # send key -> when a worker last marked it (Redis time)
 EVENTS_KEY = "dq:{run_id}:events"  # list: a worker committed; the controller wakes
 TEACHER_URL_KEY = "dq:{run_id}:teacher_url"  # where the embedded sim teacher listens
-SPEND_KEY = "dq:{run_id}:spend"  # hash: teacher tokens, cost and requests so far
-# set once the controller has raised SPEND_KEY to what storage recorded; a Redis that lost its
-# data lacks it even after workers have added to SPEND_KEY again, so the controller restores
-SPEND_CHECKED_KEY = "dq:{run_id}:spend_checked"
+# hash: teacher tokens, cost and requests so far; its field SPEND_CHECKED is set once the
+# controller has raised it to what storage recorded: a hash without it lost its data (a
+# flush, a restart without persistence), even if workers have added to it since
+SPEND_KEY = "dq:{run_id}:spend"
+SPEND_CHECKED = "checked"
 REASKS_KEY = "dq:{run_id}:reasks"  # hash: job -> its attempts that failed on the answers
 
 # per teacher endpoint: namespace = RATELIMIT_PREFIX + a hash of base URL and model

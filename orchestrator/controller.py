@@ -26,7 +26,7 @@ import redis
 from distillq import paths
 from distillq.errors import BudgetExceededError
 from distillq.jobs import JobId, failed_names
-from distillq.keys import SPEND_CHECKED_KEY
+from distillq.keys import SPEND_CHECKED, SPEND_KEY
 from distillq.manifest import Manifest, Status, save_manifest
 from distillq.plans import write_plan
 from distillq.runstate import cancel_pending
@@ -127,9 +127,9 @@ class Controller:
         if cycle == 0:
             return ["seed"]
         if cycle in self._plans:
-            if has_caps(self._spec.budget) and not self.redis.exists(
-                    SPEND_CHECKED_KEY.format(run_id=self.run_id)):
-                self._restore_spend(cycle)  # Redis lost its data mid-cycle (one EXISTS)
+            if has_caps(self._spec.budget) and not self.redis.hexists(
+                    SPEND_KEY.format(run_id=self.run_id), SPEND_CHECKED):
+                self._restore_spend(cycle)  # Redis lost its data mid-cycle (one HEXISTS)
             return self._plans[cycle]
         plan = self.store.read_json(self.run_id, paths.plan(cycle))
         if plan is None:
@@ -273,7 +273,6 @@ class Controller:
         if not has_caps(self._spec.budget):
             return
         added = restore_spend(self.redis, self.run_id, spend(self.store, self.run_id, cycle))
-        self.redis.set(SPEND_CHECKED_KEY.format(run_id=self.run_id), 1)
         if added:
             log.warning("run=%s the spend counter was behind storage; restored %s",
                         self.run_id, added)

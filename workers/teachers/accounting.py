@@ -30,7 +30,7 @@ from typing import Any
 import redis
 
 from distillq.errors import BudgetExceededError
-from distillq.keys import ENDPOINT_STATS_KEY, SPEND_KEY
+from distillq.keys import ENDPOINT_STATS_KEY, SPEND_CHECKED, SPEND_KEY, as_text
 from distillq.spec import BudgetSpec, PriceSpec
 
 # Process-wide counters ("retry:<reason>", "failure:<reason>", "reject:<reason>"), for logs
@@ -116,12 +116,15 @@ class Tally:
 
 def read_spend(client: redis.Redis, run_id: str) -> dict[str, float]:
     raw = client.hgetall(SPEND_KEY.format(run_id=run_id))
-    return {k.decode(): float(v) for k, v in raw.items()}  # type: ignore[union-attr]
+    got = {as_text(k): float(v) for k, v in raw.items()}  # type: ignore[union-attr]
+    got.pop(SPEND_CHECKED, None)  # a mark, not spend
+    return got
 
 
 def restore_spend(client: redis.Redis, run_id: str, stored: dict[str, float]) -> dict[str, float]:
     """Raise the run's spend counter to at least ``stored`` — the spend its committed jobs
-    recorded in storage (``orchestrator.runs.spend``) — and return what was added.
+    recorded in storage (``orchestrator.runs.spend``) — mark it checked (``SPEND_CHECKED``, in
+    the same transaction), and return what was added.
 
     Redis can lose the counter (a restart without persistence, FLUSHALL, the fresh embedded
     Redis of an ``orchestrator resume``); a budget must not then start again from zero."""
@@ -132,14 +135,14 @@ def restore_spend(client: redis.Redis, run_id: str, stored: dict[str, float]) ->
               "requests": stored.get("requests", 0.0)}
     wanted["tokens"] = wanted["tokens_in"] + wanted["tokens_out"]
     added = {f: v - now.get(f, 0.0) for f, v in wanted.items() if v - now.get(f, 0.0) > 1e-9}
-    if added:
-        pipe = client.pipeline(transaction=True)
-        for name, diff in added.items():
-            if name == "cost":
-                pipe.hincrbyfloat(key, name, diff)
-            else:
-                pipe.hincrby(key, name, int(round(diff)))
-        pipe.execute()
+    pipe = client.pipeline(transaction=True)
+    for name, diff in added.items():
+        if name == "cost":
+            pipe.hincrbyfloat(key, name, diff)
+        else:
+            pipe.hincrby(key, name, int(round(diff)))
+    pipe.hset(key, SPEND_CHECKED, 1)
+    pipe.execute()
     return added
 
 

@@ -375,8 +375,9 @@ def _best_so_far(manifest: Manifest) -> int:
 
 def _status_tables(store: ShardStore, run_id: str, summary: dict[str, Any]) -> None:
     """``status``'s tables, under the teacher's line (simulated by its spec or its answers)."""
-    answered_by_sim = summary["spend"]["paid_requests_simulated"]
-    print_status(summary, teacher_line(load_manifest(store, run_id).spec, answered_by_sim))
+    spend = summary["spend"]
+    paid = {k: spend[f"paid_{k}"] for k in ("requests", "requests_simulated")}
+    print_status(summary, teacher_line(load_manifest(store, run_id).spec, paid))
 
 
 def _print_summary(store: ShardStore, run_id: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from distillq import paths
 from distillq.errors import InvalidInputError
 from distillq.manifest import Manifest
-from orchestrator.report import teacher_line
+from orchestrator.report import partly_simulated, sim_answers, teacher_line
 from orchestrator.runs import simulated, spend
 from storage.backends import swap_in
 from storage.store import ShardStore
@@ -109,7 +109,7 @@ def model_card(store: ShardStore, manifest: Manifest, cycle: int, info: dict[str
     sources = Counter(store.training_set(run_id, cycle).column("source").to_pylist())
     val = store.read_json(run_id, paths.eval_report(cycle)) or {}
     test = store.read_json(run_id, paths.TEST_RESULT) or {}
-    answered_by_sim = spend(store, run_id, manifest.cycle)["requests_simulated"]
+    paid = spend(store, run_id, manifest.cycle)
     base = spec["student"]["model"]
     front = ["---", "library_name: transformers", "pipeline_tag: text-classification",
              "tags: [text-classification, distillation, distillq"
@@ -122,8 +122,13 @@ def model_card(store: ShardStore, manifest: Manifest, cycle: int, info: dict[str
              + (" (the cycle the run kept by its validation score)."
                 if manifest.final is not None and manifest.final.best_cycle == cycle else "."),
              f"Base model: `{base}`; it reads the first {_max_length(spec)} tokens of a text.", "",
-             "## Teacher", "", f"{teacher_line(spec, answered_by_sim)}."]
-    if simulated(spec, answered_by_sim):
+             "## Teacher", "", f"{teacher_line(spec, paid)}."]
+    by_sim, requests = sim_answers(paid)
+    if partly_simulated(spec, paid):
+        lines += ["", f"**The teacher was partly simulated**: {by_sim:,} of the run's "
+                  f"{requests:,} requests were answered from a pool of real labelled examples "
+                  "by distillq's simulated teacher, not by an LLM. The scores below mix both."]
+    elif simulated(spec, paid):
         lines += ["", "**The teacher was simulated**: its answers came from a pool of real "
                   "labelled examples, not from an LLM. The scores below show what the loop "
                   "does with a near-perfect teacher, not what a real LLM teacher would give."]

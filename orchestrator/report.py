@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +36,50 @@ SIM_NOTE = ("> **Simulated teacher.** This run's teacher was distillq's simulate
             "Teacher quality, tokens, latency and cost below are those of the simulation.")
 
 
-def teacher_line(spec: dict[str, Any], simulated_requests: float = 0) -> str:
+def teacher_line(spec: dict[str, Any], paid: Mapping[str, float] | None = None) -> str:
     """The teacher as the report and the summary name it: model and host, never a key, and
-    whether it is real or the simulation. ``simulated_requests``: the requests that
-    distillq's simulated teacher answered (``requests_simulated`` of the job statistics), so
-    the simulation reached as a real server (``teacher.kind: openai``) is named too."""
+    whether it is real or the simulation. ``paid`` (``runs.spend_split``'s): how many of the
+    run's requests distillq's simulated teacher answered, so the simulation reached as a real
+    server (``teacher.kind: openai``), or a run that changed teacher, is named as it was."""
     teacher = spec["teacher"]
     if teacher["kind"] == "sim":
         return ("SIMULATED (distillq's simulated teacher: answers from a pool of real labelled "
                 "examples)")
     host = host_of(str(teacher.get("base_url") or ""))
-    if simulated_requests:
+    by_sim, requests = sim_answers(paid)
+    if by_sim and by_sim >= requests:
         return (f"SIMULATED: `{teacher['model']}` at {host} is distillq's simulated teacher "
-                f"({int(simulated_requests):,} answers say so), reached as a real server "
+                f"(its {by_sim:,} answers say so), reached as a real server "
                 "(teacher.kind openai)")
-    return f"`{teacher['model']}` at {host} (a real OpenAI-compatible server)"
+    line = f"`{teacher['model']}` at {host} (a real OpenAI-compatible server)"
+    if by_sim:
+        line += (f"; {by_sim:,} of the run's {requests:,} requests were answered by distillq's "
+                 "simulated teacher")
+    return line
+
+
+def sim_note(spec: dict[str, Any], paid: Mapping[str, float] | None) -> list[str]:
+    """The warning at the top of a report whose teacher was, wholly or partly, the simulation."""
+    by_sim, requests = sim_answers(paid)
+    if partly_simulated(spec, paid):
+        return [f"> **Partly simulated teacher.** {by_sim:,} of this run's {requests:,} teacher "
+                "requests were answered by distillq's simulated teacher (an oracle over real "
+                "labelled examples, not an LLM); figures that mix its answers with a real "
+                "teacher's say nothing of either alone.", ""]
+    return [SIM_NOTE, ""] if simulated(spec, paid) else []
+
+
+def partly_simulated(spec: dict[str, Any], paid: Mapping[str, float] | None) -> bool:
+    """A real teacher's run some of whose requests the simulation answered (a run resumed
+    with another teacher, say)."""
+    by_sim, requests = sim_answers(paid)
+    return spec["teacher"]["kind"] != "sim" and 0 < by_sim < requests
+
+
+def sim_answers(paid: Mapping[str, float] | None) -> tuple[int, int]:
+    """(requests the simulated teacher answered, requests) of a ``spend_split`` part."""
+    paid = paid or {}
+    return int(paid.get("requests_simulated", 0)), int(paid.get("requests", 0))
 
 
 def _evals(store: ShardStore, run_id: str, manifest: Manifest) -> list[dict[str, Any]]:
@@ -101,7 +131,8 @@ def _generated_counts(store: ShardStore, run_id: str, n_cycles: int) -> Counter[
     return counts
 
 
-def labelling_lines(rows: list[dict[str, Any]], spec: dict[str, Any]) -> list[str]:
+def labelling_lines(rows: list[dict[str, Any]], spec: dict[str, Any],
+                    paid: Mapping[str, float] | None = None) -> list[str]:
     """The "Labelled texts" section: per cycle, the selection and the labelling jobs."""
     if not rows:
         return []
@@ -118,12 +149,16 @@ def labelling_lines(rows: list[dict[str, Any]], spec: dict[str, Any]) -> list[st
         lines += ["", "The simulated teacher labels a text of its pool by the pool's own label "
                   "(an oracle) and any other by the label whose texts are closest to it; "
                   f"label noise {sim.get('label_noise', 0)} ({sim.get('noise_kind', 'uniform')})."]
+    elif simulated(spec, paid):
+        lines += ["", "The simulated teacher, reached as a server, labels a text of its pool by "
+                  "the pool's own label (an oracle) and any other by the label whose texts are "
+                  "closest to it; its label noise is the server's own setting."]
     lines += ["", "| cycle | strategy | texts scored | selected | labelled | rejected (by reason) "
               "| answers per text | mean agreement | requests | tokens | cost |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         why = rejects_text(r["rejected"]) or "0"
-        agree = "" if r["agreement"] is None else f"{r['agreement']:.3f}"
+        agree = "-" if r["agreement"] is None else f"{r['agreement']:.3f}"
         lines.append(f"| {r['cycle']} | {r['strategy']} | {r['scored']} | {r['selected']} | "
                      f"{r['labelled']} | {why} | {r['answers']} | {agree} | "
                      f"{int(r['requests'])} | {int(r['tokens_in'] + r['tokens_out'])} | "
@@ -153,7 +188,7 @@ def rationale_lines(quality: dict[str, Any] | None) -> list[str]:
 
 
 def latency_table(test: dict[str, Any], rows: list[dict[str, float]],
-                  sim_latency_ms: float | None = None) -> list[str]:
+                  sim_latency: str | None = None) -> list[str]:
     """PGKD Table 5 on this run: student per-64 latency vs the teacher's, and cost."""
     lat = test.get("latency", {}) if test else {}
     student_64 = lat.get("seconds_per_64")
@@ -164,10 +199,9 @@ def latency_table(test: dict[str, Any], rows: list[dict[str, float]],
     teacher_64 = sum(r["latency_s"] for r in rows) / examples * 64
     cost_64 = sum(r["cost"] for r in rows) / examples * 64
     speed = teacher_64 / student_64 if student_64 else float("inf")
-    note = ([] if sim_latency_ms is None else [
-        "", f"The teacher here is the simulation, answering after a configured "
-        f"{sim_latency_ms:g} ms (`teacher.sim.latency_ms`); its latency and cost stand in for an "
-        "LLM's and say nothing about one."])
+    note = ([] if sim_latency is None else [
+        "", f"The teacher here is the simulation, answering after {sim_latency}; its latency "
+        "and cost stand in for an LLM's and say nothing about one."])
     return [
         "| | seconds per 64 examples | cost per 64 examples |",
         "|---|---|---|",
@@ -195,13 +229,11 @@ def _steer_note(spec: dict[str, Any], evals: list[dict[str, Any]]) -> list[str]:
 def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, Any],
               rows: list[dict[str, float]], plots: list[str],
               quality: dict[str, Any] | None = None, causes: list[str] | None = None,
-              labelled: list[dict[str, Any]] | None = None) -> str:
+              labelled: list[dict[str, Any]] | None = None,
+              paid: Mapping[str, float] | None = None) -> str:
     spec = manifest.spec
     causes, labelled = causes or [], labelled or []
-    lines = [f"# distillq run `{manifest.run_id}`", ""]
-    answered_by_sim = sum(r.get("requests_simulated", 0) for r in rows)
-    if simulated(spec, answered_by_sim):
-        lines += [SIM_NOTE, ""]
+    lines = [f"# distillq run `{manifest.run_id}`", "", *sim_note(spec, paid)]
     final_best = manifest.final.best_cycle if manifest.final is not None else None
     lines += [f"Status: **{manifest.status}** — {manifest.stop_reason or ''}",
               *([""] + [f"- {cause}" for cause in causes] + [""] if causes else []),
@@ -221,7 +253,7 @@ def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, A
                   f"{test.get('macro_f1', 0):.4f}, weighted-F1 {test.get('weighted_f1', 0):.4f}"
                   f" on {test.get('n', test.get('support', '?'))} examples."]
     lines += ["", "## Teacher spend per cycle", "",
-              f"Teacher: {teacher_line(spec, answered_by_sim)}. Every paid request is counted: "
+              f"Teacher: {teacher_line(spec, paid)}. Every paid request is counted: "
               "those of committed "
               "jobs and those of failed attempts (wasted: their answers were thrown away).", "",
               "| cycle | requests | retries | malformed / truncated answers | examples rejected "
@@ -244,10 +276,13 @@ def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, A
     if any(r.get("failed_attribute") for r in rows):
         lines += ["", "Failed attribute jobs leave their examples without rationale words; "
                   "the student still trains on them."]
-    lines += labelling_lines(labelled, spec)
+    lines += labelling_lines(labelled, spec, paid)
     lines += rationale_lines(quality)
-    sim_ms = spec["teacher"]["sim"]["latency_ms"] if spec["teacher"]["kind"] == "sim" else None
-    lines += ["", "## Student vs teacher", "", *latency_table(test, rows, sim_ms), ""]
+    sim_latency = (f"a configured {spec['teacher']['sim']['latency_ms']:g} ms "
+                   "(`teacher.sim.latency_ms`)" if spec["teacher"]["kind"] == "sim" else
+                   "the latency it was started with (reached as a server)"
+                   if simulated(spec, paid) else None)
+    lines += ["", "## Student vs teacher", "", *latency_table(test, rows, sim_latency), ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -279,8 +314,9 @@ def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) ->
         causes = (failure_causes(store, manifest)
                   if manifest.status in ("failed", "cancelled") else [])
         labelled = labelling_rows(store, run_id, manifest.cycle + int(unfinished))
+        paid = spend_split(store, run_id, manifest.cycle)["paid"]
         (folder / "report.md").write_text(_markdown(manifest, evals, test, rows, images, quality,
-                                                    causes, labelled))
+                                                    causes, labelled, paid))
         where = store.put_dir(folder, run_id, paths.REPORT_DIR)  # a local path, or bucket/key
         if out_dir is not None:
             shutil.copytree(folder, out_dir, dirs_exist_ok=True)
@@ -307,7 +343,7 @@ def summary_lines(store: ShardStore, run_id: str) -> list[str]:
         lines += [f"  cause: {cause}" for cause in failure_causes(store, manifest)]
     split = spend_split(store, run_id, manifest.cycle)
     paid, wasted = split["paid"], split["wasted"]
-    lines.append(f"teacher: {teacher_line(manifest.spec, paid['requests_simulated'])}")
+    lines.append(f"teacher: {teacher_line(manifest.spec, paid)}")
     lines.append(f"  paid: {int(paid['requests'])} requests, "
                  f"{int(paid['tokens_in'] + paid['tokens_out'])} tokens, cost "
                  f"{paid['cost']:.4f}; of it wasted on failed attempts: "

@@ -179,7 +179,7 @@ def summarize(store: ShardStore, run_id: str,
     out = {"run_id": run_id, "status": manifest.status,
            "metric": manifest.spec["loop"]["metric"], "cycles": cycles, "final": final,
            "stop_reason": manifest.stop_reason, "teacher": manifest.spec["teacher"]["kind"],
-           "teacher_simulated": simulated(manifest.spec, split["paid"]["requests_simulated"]),
+           "teacher_simulated": simulated(manifest.spec, split["paid"]),
            "spend": spend}
     if manifest.status in ("failed", "cancelled"):
         out["causes"] = failure_causes(store, manifest)
@@ -193,10 +193,12 @@ def summarize(store: ShardStore, run_id: str,
     return out
 
 
-def simulated(spec: dict[str, Any], simulated_requests: float = 0) -> bool:
-    """Whether the run's teacher was the simulation: by its spec (``teacher.kind: sim``), or
-    by its answers (``requests_simulated``: the simulation reached as a real server)."""
-    return spec["teacher"]["kind"] == "sim" or simulated_requests > 0
+def simulated(spec: dict[str, Any], paid: Mapping[str, float] | None = None) -> bool:
+    """Whether the run's teacher was, wholly or partly, the simulation: by its spec
+    (``teacher.kind: sim``), or by its answers (``paid``, a ``spend_split`` part: its
+    ``requests_simulated``, the simulation reached as a real server)."""
+    return spec["teacher"]["kind"] == "sim" or float((paid or {}).get("requests_simulated",
+                                                                       0)) > 0
 
 
 SPEND_FIELDS = ("tokens_in", "tokens_out", "tokens_cached", "cost", "requests",

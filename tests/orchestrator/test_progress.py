@@ -88,7 +88,9 @@ def test_watch_and_the_summary_show_what_a_cycle_labelled(
         ctl.store.write_json("r1", f"cycle=1/jobstats/{job}.json",
                              {"kind": "label", "examples": 2, "requests": 1, "tokens_in": 300,
                               "tokens_out": 20, "cost": 0.001,
-                              "rejects_by_reason": {"label_not_in_taxonomy": 1}})
+                              "rejects_by_reason": {"label_not_in_taxonomy": 1},
+                              # as an older run's single-answer job recorded it: shown as none
+                              "self_consistency": 1, "agreement": 1.0})
     ctl.tick()  # every job committed: the cycle trains
     write_eval(ctl, 1, 0.6)
     ctl.tick()
@@ -108,3 +110,7 @@ def test_watch_and_the_summary_show_what_a_cycle_labelled(
     assert ["1", "0.6000", "continue", "4", "0.0020", "0.0000"] in rows  # 2 label jobs' rows
     assert ["1", "margin", "250", "6", "4", "label_not_in_taxonomy 2", "1", "-", "2", "640",
             "0.0020"] in rows
+    from orchestrator.report import write_report
+
+    report = Path(write_report(ctl.store, "r1")).read_text()
+    assert "| 1 | margin | 250 | 6 | 4 | label_not_in_taxonomy 2 | 1 | - | 2 | 640 |" in report

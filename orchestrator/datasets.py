@@ -165,8 +165,8 @@ def _columnar(path: Path, ds: DatasetSpec, field: str) -> Iterator[Record]:
         for got in read_columns(file, kind, columns, fields[:len(columns)]):
             texts, labels = got.columns[0], got.columns[1]
             ids = got.columns[2] if ds.id_column else [None] * len(texts)
-            for place, raw_id, text, label in zip(got.places, ids, texts, labels, strict=True):
-                yield f"{file}: {place}", raw_id, text, label
+            for j, (raw_id, text, label) in enumerate(zip(ids, texts, labels, strict=True)):
+                yield f"{file}: {got.places(j)}", raw_id, text, label
 
 
 def _conflicts(data: Labelled, path: Path, mode: str) -> Labelled:

@@ -94,14 +94,24 @@ def files_of(ref: str, field: str) -> list[tuple[Path, str]]:
     return [(path, SUFFIXES[path.suffix.lower()])]
 
 
-@dataclass
-class Rows:
-    """One batch of a file: ``columns`` (one list per column asked for, in that order) and
-    ``places``, where each row sits in the file (``row 7``, or ``line 9`` in JSONL, where blank
-    lines are skipped and rows and lines part)."""
+@dataclass(frozen=True)
+class Places:
+    """Where the rows of a batch sit in their file, for errors: ``places(j)`` is ``row 7``,
+    or in JSONL, where blank lines are skipped and rows and lines part, ``line 9``."""
 
-    places: list[str]
+    first_row: int  # the batch's first row (1: the file's first data row)
+    lines: list[int] | None = None  # JSONL: each row's line number
+
+    def __call__(self, j: int) -> str:
+        return f"line {self.lines[j]}" if self.lines is not None else f"row {self.first_row + j}"
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One batch of a file: ``columns`` (one list per column asked for, in that order)."""
+
     columns: list[list[Any]]
+    places: Places
 
 
 def read_columns(path: Path, kind: str, columns: Sequence[str],
@@ -111,10 +121,10 @@ def read_columns(path: Path, kind: str, columns: Sequence[str],
     if kind == "jsonl":
         yield from _read_jsonl(path, columns, fields)
         return
-    row = 0
+    row = 1
     for batch in _read_hf(path, columns, fields) if kind == HF else _read_table(path, kind,
                                                                                 columns, fields):
-        yield Rows([f"row {row + j + 1}" for j in range(len(batch[0]))], batch)
+        yield Rows(batch, Places(row))
         row += len(batch[0])
 
 
@@ -148,7 +158,8 @@ def _csv_names(path: Path, kind: str) -> list[str]:
 def _read_jsonl(path: Path, columns: Sequence[str],
                 fields: Sequence[str]) -> Iterator[Rows]:
     out: list[list[Any]] = [[] for _ in columns]
-    places: list[str] = []
+    lines: list[int] = []
+    row = 1
     with path.open("r", encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -163,12 +174,12 @@ def _read_jsonl(path: Path, columns: Sequence[str],
                 if col not in obj:
                     raise InvalidInputError(f"{path}: line {n} has no {col!r} field ({field})")
                 values.append(obj[col])
-            places.append(f"line {n}")
-            if len(places) == BATCH_ROWS:
-                yield Rows(places, out)
-                out, places = [[] for _ in columns], []
-    if places:
-        yield Rows(places, out)
+            lines.append(n)
+            if len(lines) == BATCH_ROWS:
+                yield Rows(out, Places(row, lines))
+                out, lines, row = [[] for _ in columns], [], row + len(lines)
+    if lines:
+        yield Rows(out, Places(row, lines))
 
 
 def _read_hf(path: Path, columns: Sequence[str],

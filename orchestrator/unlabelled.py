@@ -29,7 +29,7 @@ import pyarrow as pa
 from distillq.errors import InvalidInputError
 from distillq.spec import DatasetSpec
 from orchestrator.datasets import Split
-from orchestrator.sources import BATCH_ROWS, files_of, read_columns, text_cell
+from orchestrator.sources import BATCH_ROWS, Places, files_of, read_columns, text_cell
 from storage.schemas import UNLABELLED
 from storage.store import ShardStore
 from workers.teachers.parsing import normalise
@@ -55,7 +55,7 @@ def _digest(text: str) -> bytes:
 @dataclass(frozen=True)
 class Batch:
     where: str  # the file (or rest_of_train)
-    places: list[str]  # where each text sits in it: "row 7", or "line 9" in JSONL
+    places: Places  # where each text sits in it: "row 7", or "line 9" in JSONL
     ids: list[str]
     texts: list[str]
 
@@ -66,8 +66,7 @@ def batches(ds: DatasetSpec, split: Split) -> Iterator[Batch]:
         pool = split.pool
         for i in range(0, len(pool), BATCH_ROWS):  # ids as in the run's pool table
             chunk = [f"pool-{x}" for x in pool.ids[i:i + BATCH_ROWS]]
-            yield Batch(REST_OF_TRAIN, [f"row {i + j + 1}" for j in range(len(chunk))], chunk,
-                        list(pool.texts[i:i + BATCH_ROWS]))
+            yield Batch(REST_OF_TRAIN, Places(i + 1), chunk, list(pool.texts[i:i + BATCH_ROWS]))
         return
     assert ds.unlabelled is not None
     text_col = ds.unlabelled_text_column or ds.text_column
@@ -79,14 +78,14 @@ def batches(ds: DatasetSpec, split: Split) -> Iterator[Batch]:
         for got in read_columns(path, kind, columns, fields):
             texts = got.columns[0]
             ids: list[Any] = got.columns[1] if id_col else [None] * len(texts)
-            texts = [text_cell(text, f"{path}: {place}", "text", ds.max_text_chars)
-                     for place, text in zip(got.places, texts, strict=True)]
+            texts = [text_cell(text, f"{path}: {got.places(j)}", "text", ds.max_text_chars)
+                     for j, text in enumerate(texts)]
             if ds.unlabelled_id_column is None:  # the row's number, as in every earlier run
                 ids = [f"{path.name}:{row + j + 1}" for j in range(len(texts))]
             else:
-                for place, pool_id in zip(got.places, ids, strict=True):
+                for j, pool_id in enumerate(ids):
                     if pool_id is None or not str(pool_id).strip():
-                        raise InvalidInputError(f"{path}: {place} has no id "
+                        raise InvalidInputError(f"{path}: {got.places(j)} has no id "
                                                 f"({ds.unlabelled_id_column!r})")
             yield Batch(str(path), got.places, [str(i) for i in ids],
                         [" ".join(t.split()) for t in texts])
@@ -128,10 +127,10 @@ def _choose(ds: DatasetSpec, split: Split, counts: PoolCounts) -> bytearray:
     ids_seen: set[str] = set()
     keep = bytearray()
     for batch in batches(ds, split):
-        for place, pool_id, text in zip(batch.places, batch.ids, batch.texts, strict=True):
+        for j, (pool_id, text) in enumerate(zip(batch.ids, batch.texts, strict=True)):
             counts.read += 1
             if pool_id in ids_seen:
-                raise InvalidInputError(f"{batch.where}: {place} repeats "
+                raise InvalidInputError(f"{batch.where}: {batch.places(j)} repeats "
                                         f"the id {pool_id!r} of an earlier text")
             ids_seen.add(pool_id)
             key = _digest(text)

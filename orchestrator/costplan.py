@@ -10,7 +10,9 @@ class the same score (even quotas), confuses each class once with another (so co
 get their share of the jobs, as after a real cycle 0) and mines its examples from the seed,
 so the prompts carry as many examples, of the same lengths, as a real report's would. Later cycles are planned
 the same way, so each is estimated like cycle 1; the run at ``loop.max_cycles`` is their sum
-(an upper bound: early stopping ends most runs sooner). Cached input tokens are those a
+(an upper bound: early stopping ends most runs sooner). In the mixed mode (0 < ``share`` < 1)
+the unlabelled texts are counted as ``run`` keeps them: a cycle they cannot fill gives the
+rest of its budget to generation, which costs more, and is priced so. Cached input tokens are those a
 provider's prompt cache would serve (``workers.teachers.prefixcache``: OpenAI's rule, prompts
 from 1,024 tokens in steps of 128; the simulated teacher's own ``prefix_cache_tokens``), the
 requests sent in plan order, ``teacher.concurrency`` at a time (with
@@ -23,13 +25,14 @@ select), each label at ``generate.LABEL_OUTPUT_TOKENS`` output tokens.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 from distillq.quotas import label_budget
 from distillq.spec import RunSpec
 from orchestrator.datasets import Split, load_and_split
 from orchestrator.planning import Planner
+from orchestrator.unlabelled import check_unlabelled
 from workers.teachers.accounting import request_cost
 from workers.teachers.generate import LABEL_OUTPUT_TOKENS
 from workers.teachers.labelling import label_prompts
@@ -54,17 +57,18 @@ class CyclePlan:
     cost: float
 
 
+    def __add__(self, other: CyclePlan) -> CyclePlan:
+        return CyclePlan(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+
 @dataclass(frozen=True)
 class CostPlan:
     cycle: CyclePlan
     cycles: int  # loop.max_cycles
     output_tokens_per_example: float
-
-    @property
-    def run(self) -> CyclePlan:
-        c, n = self.cycle, self.cycles
-        return CyclePlan(c.jobs * n, c.requests * n, c.examples * n, c.tokens_in * n,
-                         c.tokens_out * n, c.tokens_cached * n, c.cost * n)
+    run: CyclePlan  # every cycle to loop.max_cycles
+    short_from: int | None = None  # the first cycle the unlabelled texts cannot fill
+    unlabelled: int | None = None  # the unlabelled texts a run keeps (mixed mode)
 
     def lines(self, spec: RunSpec) -> list[str]:
         teacher = spec.teacher
@@ -83,6 +87,10 @@ class CostPlan:
         cached_price = ("billed at price.cached_input_per_1k" if
                         teacher.price.cached_input_per_1k is not None else
                         "billed as input: price.cached_input_per_1k is not set")
+        if self.short_from is not None:
+            out += ["", f"The {self.unlabelled:,} unlabelled texts run short in cycle "
+                    f"{self.short_from}: from it on, what a cycle cannot label is generated, "
+                    "and priced so."]
         out += ["", "Estimates before any answer: retries, re-asks and malformed answers are "
                 f"extra; cached tokens assume a provider prompt cache ({cached_price}; "
                 "docs/teachers.md, \"Cost plan\")."]
@@ -116,26 +124,46 @@ def output_tokens_per_example(split: Split, max_chars: int) -> float:
     return chars / max(1, len(texts)) / 4 + JSON_TOKENS_PER_EXAMPLE
 
 
-def plan_cycle_one(spec: RunSpec, split: Split) -> list[dict[str, Any]]:
+def plan_cycle_one(spec: RunSpec, split: Split,
+                   labelled: int | None = None) -> list[dict[str, Any]]:
     """Cycle 1's jobs as the controller would plan them, from the stand-in report; with
     ``labelling.share``, labelling jobs of seed texts standing in for the selection (texts
-    of the same data, so of the same lengths)."""
+    of the same data, so of the same lengths): ``labelled`` of them (default: the cycle's
+    labelling budget)."""
     pool = [{"text": t, "label": lab}
             for t, lab in zip(split.seed_train.texts, split.seed_train.labels, strict=True)]
     planner = Planner(spec.generation, list(split.taxonomy), pool,
                       seed=spec.dataset.sample_seed, labelling=spec.labelling)
     texts = split.seed_train.texts + split.val.texts
-    budget = label_budget(spec.generation, spec.labelling)
+    budget = label_budget(spec.generation, spec.labelling) if labelled is None else labelled
     chosen = [{"id": f"stand-in-{i}", "text": texts[i % len(texts)]} for i in range(budget)]
     return planner.plan(1, stand_in_report(split, spec.dataset.sample_seed),
                         chosen if spec.labelling.share > 0 else None)
 
 
 def plan_costs(spec: RunSpec) -> CostPlan:
-    """Plan cycle 1 of ``spec`` and price its requests (InvalidInputError: bad data)."""
+    """Plan cycle 1 of ``spec`` and price its requests, then every cycle to
+    ``loop.max_cycles`` (InvalidInputError: bad data)."""
     split = load_and_split(spec.dataset)
-    jobs = plan_cycle_one(spec, split)
     per_example = output_tokens_per_example(split, spec.generation.max_chars)
+    budget = label_budget(spec.generation, spec.labelling)
+    labelled = [budget] * spec.loop.max_cycles
+    kept = None
+    if 0 < spec.labelling.share < 1:  # the mixed mode generates what it cannot label
+        kept = check_unlabelled(spec.dataset, split)[1].kept
+        labelled = [min(budget, max(0, kept - budget * c)) for c in range(spec.loop.max_cycles)]
+    priced = {n: _price_cycle(spec, split, n, per_example) for n in set(labelled)}
+    run = priced[labelled[0]]
+    for n in labelled[1:]:
+        run += priced[n]
+    short = next((c + 1 for c, n in enumerate(labelled) if n < budget), None)
+    return CostPlan(priced[labelled[0]], spec.loop.max_cycles, per_example, run, short,
+                    kept if short is not None else None)
+
+
+def _price_cycle(spec: RunSpec, split: Split, labelled: int, per_example: float) -> CyclePlan:
+    """One cycle that labels ``labelled`` texts, planned and priced."""
+    jobs = plan_cycle_one(spec, split, labelled)
     teacher = spec.teacher
     cache = InFlightCache(PrefixCache(teacher.sim.prefix_cache_tokens if teacher.kind == "sim"
                                       else 1024), teacher.concurrency)
@@ -159,5 +187,4 @@ def plan_costs(spec: RunSpec) -> CostPlan:
         if spec.generation.shared_examples and spec.generation.mode != "unguided" and \
                 job is jobs[0]:
             cache.settle()  # the controller sends the rest once the first job is done
-    cycle = CyclePlan(len(jobs), requests, examples, tokens_in, tokens_out, tokens_cached, cost)
-    return CostPlan(cycle, spec.loop.max_cycles, per_example)
+    return CyclePlan(len(jobs), requests, examples, tokens_in, tokens_out, tokens_cached, cost)

@@ -85,3 +85,25 @@ def test_plan_prices_the_labelling_requests_too(tmp_path: Path, corpus: Path) ->
     assert mixed.tokens_out == pytest.approx(12 * generated + 2 * 12 * LABEL_OUTPUT_TOKENS,
                                              abs=8)
     assert mixed.requests > full.requests / 2 + 2, "the labelling requests are counted"
+
+
+def test_a_mixed_plan_prices_the_cycles_after_the_unlabelled_texts_run_short(
+        tmp_path: Path, corpus: Path) -> None:
+    """20 unlabelled texts, 12 a cycle to label: cycle 2 labels 8 and generates 16, cycle 3
+    generates all 24; generating costs more than labelling, so the run costs more than three
+    times cycle 1 (in output tokens; the spec has no prices)."""
+    pool = tmp_path / "pool.csv"
+    pool.write_text("text\n" + "".join(f"a new unlabelled message number {i}\n"
+                                       for i in range(20)))
+    path = write_spec(tmp_path, corpus, "short", dataset={"unlabelled": str(pool)},
+                      generation={"examples_per_cycle": 24, "examples_per_request": 4},
+                      labelling={"share": 0.5, "texts_per_request": 6},
+                      loop={"max_cycles": 3})
+    spec = load_spec(path)
+    plan = plan_costs(spec)
+    assert (plan.short_from, plan.unlabelled) == (2, 20)
+    assert plan.run.examples == 72 and plan.run.tokens_out > 3 * plan.cycle.tokens_out
+    assert "The 20 unlabelled texts run short in cycle 2" in "\n".join(plan.lines(spec))
+    roomy = plan_costs(spec.model_copy(update={"loop": spec.loop.model_copy(
+        update={"max_cycles": 1})}))
+    assert roomy.short_from is None and roomy.run == roomy.cycle

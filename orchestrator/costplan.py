@@ -8,18 +8,19 @@ the examples asked for, each at the data's own size: its mean text (cut at
 Before any student exists the planner has no evaluation report: a stand-in one gives every
 class the same score (even quotas), confuses each class once with another (so confused pairs
 get their share of the jobs, as after a real cycle 0) and mines its examples from the seed,
-so the prompts carry as many examples, of the same lengths, as a real report's would. Later cycles are planned
-the same way, so each is estimated like cycle 1; the run at ``loop.max_cycles`` is their sum
-(an upper bound: early stopping ends most runs sooner). In the mixed mode (0 < ``share`` < 1)
-the unlabelled texts are counted as ``run`` keeps them: a cycle they cannot fill gives the
-rest of its budget to generation, which costs more, and is priced so. Cached input tokens are those a
-provider's prompt cache would serve (``workers.teachers.prefixcache``: OpenAI's rule, prompts
-from 1,024 tokens in steps of 128; the simulated teacher's own ``prefix_cache_tokens``), the
-requests sent in plan order, ``teacher.concurrency`` at a time (with
-``generation.shared_examples``, the first job alone: the controller's cache warm-up); they
-are billed at ``price.cached_input_per_1k`` when it is set. With ``labelling.share`` the
-labelling requests are planned too (seed texts standing in for the texts a cycle would
-select), each label at ``generate.LABEL_OUTPUT_TOKENS`` output tokens.
+so the prompts carry as many examples, of the same lengths, as a real report's would. Later
+cycles are planned the same way, so each is estimated like cycle 1; the run at
+``loop.max_cycles`` is their sum (an upper bound: early stopping ends most runs sooner). In
+the mixed mode (0 < ``share`` < 1) the unlabelled texts are counted as ``run`` keeps them: a
+cycle they cannot fill gives the rest of its budget to generation, which costs more, and is
+priced so. Cached input tokens are those a provider's prompt cache would serve
+(``workers.teachers.prefixcache``: OpenAI's rule, prompts from 1,024 tokens in steps of 128;
+the simulated teacher's own ``prefix_cache_tokens``), the requests sent in plan order,
+``teacher.concurrency`` at a time (with ``generation.shared_examples``, the first job alone:
+the controller's cache warm-up); they are billed at ``price.cached_input_per_1k`` when it is
+set. With ``labelling.share`` the labelling requests are planned too (seed texts standing in
+for the texts a cycle would select), each label at ``generate.LABEL_OUTPUT_TOKENS`` output
+tokens.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ class CyclePlan:
     tokens_out: int
     tokens_cached: int
     cost: float
-
 
     def __add__(self, other: CyclePlan) -> CyclePlan:
         return CyclePlan(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))

@@ -105,7 +105,7 @@ def _teacher_totals(store: ShardStore, run_id: str, n_cycles: int) -> list[dict[
         wasted = failed_attempts(store, run_id, cycle)
         row = {k: sum(float(s.get(k, 0) or 0) for s in stats + wasted)
                for k in ("requests", "tokens_in", "tokens_cached", "tokens_out", "cost",
-                         "latency_s", "requests_simulated")}
+                         "latency_s")}
         row["examples"] = sum(float(s.get("examples", 0) or 0) for s in stats)
         row["wasted_tokens"] = sum(float(s.get("tokens_in", 0) or 0)
                                    + float(s.get("tokens_out", 0) or 0) for s in wasted)
@@ -253,9 +253,9 @@ def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, A
                   f"{test.get('macro_f1', 0):.4f}, weighted-F1 {test.get('weighted_f1', 0):.4f}"
                   f" on {test.get('n', test.get('support', '?'))} examples."]
     lines += ["", "## Teacher spend per cycle", "",
-              f"Teacher: {teacher_line(spec, paid)}. Every paid request is counted: "
-              "those of committed "
-              "jobs and those of failed attempts (wasted: their answers were thrown away).", "",
+              f"Teacher: {teacher_line(spec, paid)}. Every paid request is counted: those of "
+              "committed jobs and those of failed attempts (wasted: their answers were thrown "
+              "away).", "",
               "| cycle | requests | retries | malformed / truncated answers | examples rejected "
               "| examples kept | tokens in (of them cached) | tokens out | cost "
               "| of it wasted (tokens, cost) "

@@ -136,9 +136,11 @@ def test_the_labelling_targets_are_judged_on_their_rows() -> None:
         for cell in seed_cells:
             cell["tokens"] = tokens
     got = "\n".join(targets(cells))
-    assert "(10) closes 87% ((1) 0.800, (10) 0.905, (0) 0.920) on seeds 0, 1: **met**" in got
+    assert ("(10) closes 87% ((1) 0.800, (10) 0.905, (0) 0.920) on seeds 0, 1 — two seeds of "
+            "three: indicative, not a verdict: **met**") in got
     # stds (n - 1): (10) 0.00707, (9) 0.00707; the bar 0.0141; (10) - (9) = +0.030
-    assert "(10) − (9) = +0.030 against 0.014 on seeds 0, 1: **met**" in got
+    assert ("(10) − (9) = +0.030 against 0.014 on seeds 0, 1 — two seeds of three: "
+            "indicative, not a verdict: **met**") in got
     # (2): 500k / 5 points = 100,000; (10): 60k / 10 and 60k / 11 points
     assert tokens_per_point(cells, 2) == pytest.approx([100_000.0, 100_000.0])
     assert "(10) 5,727 against (2) 100,000 tokens per point (6%)" in got and \

@@ -290,8 +290,10 @@ def _f1(results: dict[int, list[dict[str, Any]]], key: int, seeds: list[int]) ->
 
 
 def _on(seeds: list[int]) -> str:
-    one = " — one seed: indicative, not a verdict" if len(seeds) == 1 else ""
-    return f"on seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}{one}"
+    """The seeds a verdict rests on; fewer than the study's three make it indicative."""
+    few = {1: " — one seed: indicative, not a verdict",
+           2: " — two seeds of three: indicative, not a verdict"}.get(len(seeds), "")
+    return f"on seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}{few}"
 
 
 def _have(results: dict[int, list[dict[str, Any]]], keys: tuple[int, ...]) -> str:

@@ -376,7 +376,7 @@ def _best_so_far(manifest: Manifest) -> int:
 def _status_tables(store: ShardStore, run_id: str, summary: dict[str, Any]) -> None:
     """``status``'s tables, under the teacher's line (simulated by its spec or its answers)."""
     spend = summary["spend"]
-    paid = {k: spend[f"paid_{k}"] for k in ("requests", "requests_simulated")}
+    paid = {k: spend[f"paid_{k}"] for k in ("requests_simulated", "requests_real")}
     print_status(summary, teacher_line(load_manifest(store, run_id).spec, paid))
 
 

@@ -123,11 +123,12 @@ def model_card(store: ShardStore, manifest: Manifest, cycle: int, info: dict[str
                 if manifest.final is not None and manifest.final.best_cycle == cycle else "."),
              f"Base model: `{base}`; it reads the first {_max_length(spec)} tokens of a text.", "",
              "## Teacher", "", f"{teacher_line(spec, paid)}."]
-    by_sim, requests = sim_answers(paid)
+    by_sim, real = sim_answers(paid)
     if partly_simulated(spec, paid):
-        lines += ["", f"**The teacher was partly simulated**: {by_sim:,} of the run's "
-                  f"{requests:,} requests were answered from a pool of real labelled examples "
-                  "by distillq's simulated teacher, not by an LLM. The scores below mix both."]
+        lines += ["", f"**The teacher was partly simulated**: distillq's simulated teacher "
+                  f"answered {by_sim:,} of the run's requests from a pool of real labelled "
+                  f"examples, not as an LLM would; a real server answered {real:,}. The scores "
+                  "below mix both."]
     elif simulated(spec, paid):
         lines += ["", "**The teacher was simulated**: its answers came from a pool of real "
                   "labelled examples, not from an LLM. The scores below show what the loop "

@@ -46,40 +46,41 @@ def teacher_line(spec: dict[str, Any], paid: Mapping[str, float] | None = None) 
         return ("SIMULATED (distillq's simulated teacher: answers from a pool of real labelled "
                 "examples)")
     host = host_of(str(teacher.get("base_url") or ""))
-    by_sim, requests = sim_answers(paid)
-    if by_sim and by_sim >= requests:
+    by_sim, real = sim_answers(paid)
+    if by_sim and not real:
         return (f"SIMULATED: `{teacher['model']}` at {host} is distillq's simulated teacher "
-                f"(its {by_sim:,} answers say so), reached as a real server "
+                f"(its answers to {by_sim:,} requests say so), reached as a real server "
                 "(teacher.kind openai)")
     line = f"`{teacher['model']}` at {host} (a real OpenAI-compatible server)"
     if by_sim:
-        line += (f"; {by_sim:,} of the run's {requests:,} requests were answered by distillq's "
-                 "simulated teacher")
+        line += (f"; distillq's simulated teacher answered {by_sim:,} of the run's requests, "
+                 f"a real server {real:,}")
     return line
 
 
 def sim_note(spec: dict[str, Any], paid: Mapping[str, float] | None) -> list[str]:
     """The warning at the top of a report whose teacher was, wholly or partly, the simulation."""
-    by_sim, requests = sim_answers(paid)
+    by_sim, real = sim_answers(paid)
     if partly_simulated(spec, paid):
-        return [f"> **Partly simulated teacher.** {by_sim:,} of this run's {requests:,} teacher "
-                "requests were answered by distillq's simulated teacher (an oracle over real "
-                "labelled examples, not an LLM); figures that mix its answers with a real "
-                "teacher's say nothing of either alone.", ""]
+        return [f"> **Partly simulated teacher.** distillq's simulated teacher (an oracle over "
+                f"real labelled examples, not an LLM) answered {by_sim:,} of this run's "
+                f"requests, a real server {real:,}; figures that mix their answers say nothing "
+                "of either alone.", ""]
     return [SIM_NOTE, ""] if simulated(spec, paid) else []
 
 
 def partly_simulated(spec: dict[str, Any], paid: Mapping[str, float] | None) -> bool:
-    """A real teacher's run some of whose requests the simulation answered (a run resumed
+    """A run whose requests both the simulation and a real server answered (a run resumed
     with another teacher, say)."""
-    by_sim, requests = sim_answers(paid)
-    return spec["teacher"]["kind"] != "sim" and 0 < by_sim < requests
+    by_sim, real = sim_answers(paid)
+    return spec["teacher"]["kind"] != "sim" and by_sim > 0 and real > 0
 
 
 def sim_answers(paid: Mapping[str, float] | None) -> tuple[int, int]:
-    """(requests the simulated teacher answered, requests) of a ``spend_split`` part."""
+    """(requests the simulated teacher answered, requests another server answered) of a
+    ``spend_split`` part; a request that got no answer is neither."""
     paid = paid or {}
-    return int(paid.get("requests_simulated", 0)), int(paid.get("requests", 0))
+    return int(paid.get("requests_simulated", 0)), int(paid.get("requests_real", 0))
 
 
 def _evals(store: ShardStore, run_id: str, manifest: Manifest) -> list[dict[str, Any]]:
@@ -150,9 +151,11 @@ def labelling_lines(rows: list[dict[str, Any]], spec: dict[str, Any],
                   "(an oracle) and any other by the label whose texts are closest to it; "
                   f"label noise {sim.get('label_noise', 0)} ({sim.get('noise_kind', 'uniform')})."]
     elif simulated(spec, paid):
-        lines += ["", "The simulated teacher, reached as a server, labels a text of its pool by "
-                  "the pool's own label (an oracle) and any other by the label whose texts are "
-                  "closest to it; its label noise is the server's own setting."]
+        lines += ["", f"The simulated teacher, reached as a server, labelled "
+                  f"{'some of ' if partly_simulated(spec, paid) else ''}these texts: it labels "
+                  "a text of its pool by the pool's own label (an oracle) and any other by the "
+                  "label whose texts are closest to it; its label noise is the server's own "
+                  "setting."]
     lines += ["", "| cycle | strategy | texts scored | selected | labelled | rejected (by reason) "
               "| answers per text | mean agreement | requests | tokens | cost |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -280,6 +283,9 @@ def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, A
     lines += rationale_lines(quality)
     sim_latency = (f"a configured {spec['teacher']['sim']['latency_ms']:g} ms "
                    "(`teacher.sim.latency_ms`)" if spec["teacher"]["kind"] == "sim" else
+                   "the latency it was started with (reached as a server), for some requests "
+                   "only: the teacher's figures mix it with a real server's"
+                   if partly_simulated(spec, paid) else
                    "the latency it was started with (reached as a server)"
                    if simulated(spec, paid) else None)
     lines += ["", "## Student vs teacher", "", *latency_table(test, rows, sim_latency), ""]

@@ -202,7 +202,7 @@ def simulated(spec: dict[str, Any], paid: Mapping[str, float] | None = None) -> 
 
 
 SPEND_FIELDS = ("tokens_in", "tokens_out", "tokens_cached", "cost", "requests",
-                "requests_simulated")  # the last: answered by distillq's simulated teacher
+                "requests_simulated", "requests_real")  # answered by the sim, by another
 
 
 def spend(store: ShardStore, run_id: str, upto_cycle: int) -> dict[str, float]:

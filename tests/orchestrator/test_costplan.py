@@ -107,3 +107,6 @@ def test_a_mixed_plan_prices_the_cycles_after_the_unlabelled_texts_run_short(
     roomy = plan_costs(spec.model_copy(update={"loop": spec.loop.model_copy(
         update={"max_cycles": 1})}))
     assert roomy.short_from is None and roomy.run == roomy.cycle
+    none = plan_costs(spec.model_copy(update={"loop": spec.loop.model_copy(
+        update={"max_cycles": 0})}))  # cycle 0 only: nothing asked of the teacher
+    assert none.run.requests == 0 and none.cycle.requests > 0

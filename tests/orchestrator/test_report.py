@@ -95,23 +95,25 @@ def test_the_simulation_reached_as_a_real_server_is_reported_as_simulated(
     text = Path(write_report(ctl.store, "r1")).read_text()
     assert "Simulated teacher" not in text and "(a real OpenAI-compatible server)" in text
     ctl.store.write_json("r1", paths.failed_attempt(1, job, "t0"),
-                         {"requests": 2, "requests_simulated": 2, "tokens_in": 90,
-                          "tokens_out": 30, "cost": 0.01})
+                         {"requests": 3, "requests_simulated": 2, "tokens_in": 90,
+                          "tokens_out": 30, "cost": 0.01})  # one request got no answer
     text = Path(write_report(ctl.store, "r1")).read_text()
     named = ("SIMULATED: `distillq-sim` at 127.0.0.1:8000 is distillq's simulated teacher "
-             "(its 2 answers say so), reached as a real server (teacher.kind openai)")
+             "(its answers to 2 requests say so), reached as a real server (teacher.kind "
+             "openai)")
     assert text.split("\n")[2].startswith("> **Simulated teacher.**") and named in text
-    assert teacher_line(spec, {"requests": 2, "requests_simulated": 2}) == named
+    assert teacher_line(spec, {"requests_simulated": 2, "requests_real": 0}) == named
     assert f"teacher: {named}" in summary_lines(ctl.store, "r1")
     assert main(["status", "r1", "--storage", ctl.store.uri]) == 0
-    assert f"teacher: {named}" in capsys.readouterr().out.replace("\n", " ")
+    assert f"teacher: {named}" in " ".join(capsys.readouterr().out.split())  # as wrapped
     assert main(["status", "r1", "--storage", ctl.store.uri, "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["teacher_simulated"] is True and got["spend"]["paid_requests_simulated"] == 2
     # resumed with a real teacher: 3 more requests, none of them the simulation's
     ctl.store.write_json("r1", paths.failed_attempt(1, job, "t1"),
-                         {"requests": 3, "requests_simulated": 0, "cost": 0.01})
+                         {"requests": 3, "requests_simulated": 0, "requests_real": 3,
+                          "cost": 0.01})
     text = Path(write_report(ctl.store, "r1")).read_text()
-    assert text.split("\n")[2].startswith("> **Partly simulated teacher.** 2 of this run's 5 ")
-    assert ("`distillq-sim` at 127.0.0.1:8000 (a real OpenAI-compatible server); 2 of the "
-            "run's 5 requests were answered by distillq's simulated teacher") in text
+    assert text.split("\n")[2].startswith("> **Partly simulated teacher.** distillq's")
+    assert ("`distillq-sim` at 127.0.0.1:8000 (a real OpenAI-compatible server); distillq's "
+            "simulated teacher answered 2 of the run's requests, a real server 3") in text

@@ -376,3 +376,4 @@ def test_the_simulation_reached_as_a_real_server_marks_its_answers(
     result = _run(url, redis_client, make_job(seen, n=8),
                   teacher={"kind": "openai", "base_url": f"{url}/v1", "model": "distillq-sim"})
     assert result.stats["requests"] == 1 == result.stats["requests_simulated"]
+    assert result.stats["requests_real"] == 0

@@ -63,10 +63,13 @@ class RequestRecord:
     kept: int = 0
     cached_tokens: int = 0  # of input_tokens, served from the provider's prompt cache
     simulated: bool = False  # an answer came from distillq's simulated teacher
+    real: bool = False  # an answer came from any other server
 
     def add(self, input_tokens: int, output_tokens: int, latency_s: float, cost: float,
             cached_tokens: int = 0, simulated: bool = False) -> None:
+        """One answer of the request (each attempt that got one)."""
         self.simulated = self.simulated or simulated
+        self.real = self.real or not simulated
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
         self.latency_s += latency_s
@@ -105,7 +108,8 @@ class Tally:
             "tokens_in": sum(r.input_tokens for r in reqs),
             "tokens_out": sum(r.output_tokens for r in reqs),
             "tokens_cached": sum(r.cached_tokens for r in reqs),
-            "requests_simulated": sum(r.simulated for r in reqs),
+            "requests_simulated": sum(r.simulated for r in reqs),  # answered by the sim
+            "requests_real": sum(r.real for r in reqs),  # answered by another server
             "cost": sum(r.cost for r in reqs),
             "latency_s": round(sum(r.latency_s for r in reqs), 4),
             "retries_by_reason": dict(self.retries),
@@ -115,8 +119,11 @@ class Tally:
 
 
 def read_spend(client: redis.Redis, run_id: str) -> dict[str, float]:
-    raw = client.hgetall(SPEND_KEY.format(run_id=run_id))
-    got = {as_text(k): float(v) for k, v in raw.items()}  # type: ignore[union-attr]
+    return _spend_of(client.hgetall(SPEND_KEY.format(run_id=run_id)))
+
+
+def _spend_of(raw: Any) -> dict[str, float]:
+    got = {as_text(k): float(v) for k, v in raw.items()}
     got.pop(SPEND_CHECKED, None)  # a mark, not spend
     return got
 
@@ -127,22 +134,30 @@ def restore_spend(client: redis.Redis, run_id: str, stored: dict[str, float]) ->
     the same transaction), and return what was added.
 
     Redis can lose the counter (a restart without persistence, FLUSHALL, the fresh embedded
-    Redis of an ``orchestrator resume``); a budget must not then start again from zero."""
+    Redis of an ``orchestrator resume``); a budget must not then start again from zero. The
+    counter is read and raised under WATCH: a worker's addition (or a loss) between the two
+    makes it read again."""
     key = SPEND_KEY.format(run_id=run_id)
-    now = read_spend(client, run_id)
     wanted = {"tokens_in": stored.get("tokens_in", 0.0),
               "tokens_out": stored.get("tokens_out", 0.0), "cost": stored.get("cost", 0.0),
               "requests": stored.get("requests", 0.0)}
     wanted["tokens"] = wanted["tokens_in"] + wanted["tokens_out"]
-    added = {f: v - now.get(f, 0.0) for f, v in wanted.items() if v - now.get(f, 0.0) > 1e-9}
-    pipe = client.pipeline(transaction=True)
-    for name, diff in added.items():
-        if name == "cost":
-            pipe.hincrbyfloat(key, name, diff)
-        else:
-            pipe.hincrby(key, name, int(round(diff)))
-    pipe.hset(key, SPEND_CHECKED, 1)
-    pipe.execute()
+    added: dict[str, float] = {}
+
+    def raise_to_stored(pipe: Any) -> None:
+        now = _spend_of(pipe.hgetall(key))  # watched: executed at once
+        added.clear()
+        added.update({f: v - now.get(f, 0.0) for f, v in wanted.items()
+                      if v - now.get(f, 0.0) > 1e-9})
+        pipe.multi()
+        for name, diff in added.items():
+            if name == "cost":
+                pipe.hincrbyfloat(key, name, diff)
+            else:
+                pipe.hincrby(key, name, int(round(diff)))
+        pipe.hset(key, SPEND_CHECKED, 1)
+
+    client.transaction(raise_to_stored, key)
     return added
 
 

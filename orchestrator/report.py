@@ -281,16 +281,22 @@ def _markdown(manifest: Manifest, evals: list[dict[str, Any]], test: dict[str, A
                   "the student still trains on them."]
     lines += labelling_lines(labelled, spec, paid)
     lines += rationale_lines(quality)
-    sim_latency = (f"a configured {spec['teacher']['sim']['latency_ms']:g} ms "
-                   "(`teacher.sim.latency_ms`)" if spec["teacher"]["kind"] == "sim" else
-                   "the latency it was started with (reached as a server), for some requests "
-                   "only: the teacher's figures mix it with a real server's"
-                   if partly_simulated(spec, paid) else
-                   "the latency it was started with (reached as a server)"
-                   if simulated(spec, paid) else None)
-    lines += ["", "## Student vs teacher", "", *latency_table(test, rows, sim_latency), ""]
+    lines += ["", "## Student vs teacher", "",
+              *latency_table(test, rows, _sim_latency(spec, paid)), ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _sim_latency(spec: dict[str, Any], paid: Mapping[str, float] | None) -> str | None:
+    """How long the simulated teacher took to answer, for the latency table's note; None for
+    a run no simulation answered."""
+    if spec["teacher"]["kind"] == "sim":
+        return f"a configured {spec['teacher']['sim']['latency_ms']:g} ms (`teacher.sim.latency_ms`)"
+    if partly_simulated(spec, paid):
+        return ("the latency it was started with (reached as a server), for some requests "
+                "only: the teacher's figures mix it with a real server's")
+    return "the latency it was started with (reached as a server)" if simulated(spec, paid) \
+        else None
 
 
 def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) -> str:

@@ -74,14 +74,13 @@ def batches(ds: DatasetSpec, split: Split) -> Iterator[Batch]:
     columns = [text_col] + ([id_col] if id_col else [])
     fields = ["dataset.unlabelled_text_column", "dataset.unlabelled_id_column"][:len(columns)]
     for path, kind in files_of(ds.unlabelled, "dataset.unlabelled"):
-        row = 0
         for got in read_columns(path, kind, columns, fields):
             texts = got.columns[0]
             ids: list[Any] = got.columns[1] if id_col else [None] * len(texts)
             texts = [text_cell(text, f"{path}: {got.places(j)}", "text", ds.max_text_chars)
                      for j, text in enumerate(texts)]
             if ds.unlabelled_id_column is None:  # the row's number, as in every earlier run
-                ids = [f"{path.name}:{row + j + 1}" for j in range(len(texts))]
+                ids = [f"{path.name}:{got.places.first_row + j}" for j in range(len(texts))]
             else:
                 for j, pool_id in enumerate(ids):
                     if pool_id is None or not str(pool_id).strip():
@@ -89,7 +88,6 @@ def batches(ds: DatasetSpec, split: Split) -> Iterator[Batch]:
                                                 f"({ds.unlabelled_id_column!r})")
             yield Batch(str(path), got.places, [str(i) for i in ids],
                         [" ".join(t.split()) for t in texts])
-            row += len(texts)
 
 
 def check_unlabelled(ds: DatasetSpec, split: Split) -> tuple[bytearray, PoolCounts]:

@@ -152,12 +152,13 @@ def plan_costs(spec: RunSpec) -> CostPlan:
     if 0 < spec.labelling.share < 1:  # the mixed mode generates what it cannot label
         kept = check_unlabelled(spec.dataset, split)[1].kept
         labelled = [min(budget, max(0, kept - budget * c)) for c in range(spec.loop.max_cycles)]
-    priced = {n: _price_cycle(spec, split, n, per_example) for n in {budget, *labelled}}
-    run = CyclePlan(0, 0, 0, 0, 0, 0, 0.0)  # loop.max_cycles may be 0: cycle 0 alone
+    first = labelled[0] if labelled else budget  # loop.max_cycles may be 0: cycle 0 alone
+    priced = {n: _price_cycle(spec, split, n, per_example) for n in {first, *labelled}}
+    run = CyclePlan(0, 0, 0, 0, 0, 0, 0.0)
     for n in labelled:
         run += priced[n]
     short = next((c + 1 for c, n in enumerate(labelled) if n < budget), None)
-    return CostPlan(priced[labelled[0] if labelled else budget], spec.loop.max_cycles,
+    return CostPlan(priced[first], spec.loop.max_cycles,
                     per_example, run, short, kept if short is not None else None)
 
 

@@ -295,8 +295,9 @@ def _sim_latency(spec: dict[str, Any], paid: Mapping[str, float] | None) -> str 
     if partly_simulated(spec, paid):
         return ("the latency it was started with (reached as a server), for some requests "
                 "only: the teacher's figures mix it with a real server's")
-    return "the latency it was started with (reached as a server)" if simulated(spec, paid) \
-        else None
+    if simulated(spec, paid):
+        return "the latency it was started with (reached as a server)"
+    return None
 
 
 def write_report(store: ShardStore, run_id: str, out_dir: Path | None = None) -> str:
